@@ -1,0 +1,121 @@
+/* kboss configuration: INI files that mirror a cloud's scopes.
+ *
+ *   kboss.conf          [global] [zone] [cluster] [account:NAME] [store:NAME]
+ *   offerings.d/N.conf  [offering] name=, description=, zone=, ...
+ *   vms.d/VM.conf       [vm] account=, offering=, backupValidation*=...
+ *
+ * offerings.d and vms.d are looked for beside kboss.conf. A lookup for a VM
+ * resolves vm -> account -> cluster -> zone -> global -> built-in default,
+ * only through the levels the key's scope allows (a key of scope S may be
+ * set at level S and at every less specific level). */
+#ifndef KBOSS_CONFIG_H
+#define KBOSS_CONFIG_H
+
+#include <stdbool.h>
+#include <stdint.h>
+
+enum kb_scope {
+  KB_SCOPE_GLOBAL = 0,
+  KB_SCOPE_ZONE,
+  KB_SCOPE_CLUSTER,
+  KB_SCOPE_ACCOUNT,
+  KB_SCOPE_VM,          /* VM settings, vms.d only */
+};
+
+enum kb_type {
+  KB_TYPE_BOOL,
+  KB_TYPE_INT,
+  KB_TYPE_REAL,
+  KB_TYPE_STRING,
+  KB_TYPE_PATH,         /* absolute path */
+  KB_TYPE_BASE64,
+};
+
+struct kb_setting_def {
+  const char *key;
+  enum kb_type type;
+  enum kb_scope scope;
+  const char *def;      /* built-in default as text; NULL = unset */
+  double min, max;      /* for INT and REAL; min > max means unbounded */
+  const char *help;
+};
+
+/* The table of every setting (NULL-key terminated), in settings.c. */
+extern const struct kb_setting_def kb_setting_defs[];
+const struct kb_setting_def *kb_setting_find(const char *key);
+const char *kb_scope_name(enum kb_scope scope);
+
+struct kb_offering {
+  char *name;
+  char *description;
+  char *zone;
+  bool allow_user_driven_backups;
+  bool public_;
+  char *domain;
+  bool compress;
+  char *compression_library;   /* "zstd" or "zlib" */
+  bool validate;
+  char **validation_steps;     /* NULL-terminated: wait_for_boot execute_command screenshot fs_check */
+  bool allow_extract_file;
+  bool allow_quick_restore;
+  long long backup_chain_size; /* 0 = not set, use backup.chain.size */
+  char *file;                  /* where it was read from */
+};
+
+struct kb_store {
+  char *name;
+  char *path;
+  bool backups_only;
+};
+
+struct kb_config;
+
+/* Where a value came from. */
+struct kb_value {
+  const char *value;     /* text; never NULL on success */
+  const char *file;      /* NULL for the built-in default */
+  int line;              /* 0 for the built-in default */
+  const char *section;   /* "global", "zone", "cluster", "account:X", "vm:X", or "default" */
+};
+
+/* Load PATH (NULL: $KBOSS_CONF, else SYSCONFDIR/kboss/kboss.conf) with its
+ * offerings.d and vms.d. On any error returns -EINVAL and sets *ret_errors to
+ * a newline-separated list of "FILE:LINE: KEY: what is wrong" messages. */
+int kb_config_load(const char *path, struct kb_config **ret, char **ret_errors);
+void kb_config_free(struct kb_config *cfg);
+const char *kb_config_path(const struct kb_config *cfg);
+const char *kb_config_dir(const struct kb_config *cfg);
+
+/* Resolve KEY for VM (VM may be NULL: no vm/account level). Returns 0 or
+ * -ENOENT for an unknown key / a key with no value anywhere. */
+int kb_config_lookup(const struct kb_config *cfg, const char *vm, const char *key,
+                     struct kb_value *ret);
+
+/* Typed lookups of keys that have defaults; an unknown key aborts (a bug). */
+long long kb_config_int(const struct kb_config *cfg, const char *vm, const char *key);
+double kb_config_real(const struct kb_config *cfg, const char *vm, const char *key);
+bool kb_config_bool(const struct kb_config *cfg, const char *vm, const char *key);
+const char *kb_config_str(const struct kb_config *cfg, const char *vm, const char *key);
+
+/* Offerings and stores. */
+const struct kb_offering *kb_config_offering(const struct kb_config *cfg, const char *name);
+const struct kb_offering *kb_config_offering_at(const struct kb_config *cfg, unsigned n);
+const struct kb_store *kb_config_store(const struct kb_config *cfg, const char *name);
+const struct kb_store *kb_config_store_at(const struct kb_config *cfg, unsigned n);
+
+/* Per-VM file vms.d/VM.conf: the assigned offering and account (NULL if
+ * none) and a VM setting (backupValidationCommand, ...; NULL if unset). */
+const char *kb_config_vm_offering(const struct kb_config *cfg, const char *vm);
+const char *kb_config_vm_account(const struct kb_config *cfg, const char *vm);
+const char *kb_config_vm_setting(const struct kb_config *cfg, const char *vm, const char *key);
+
+/* Names of VMs that have a vms.d file (NULL-terminated, owned by cfg). */
+const char *const *kb_config_vm_names(const struct kb_config *cfg);
+
+/* Write or change a VM setting in vms.d/VM.conf (creating it 0600).
+ * AS_USER true: a non-admin caller, refused (-EPERM) for the keys listed
+ * in user.vm.readonly.details. VALUE NULL removes the key. */
+int kb_config_vm_set(struct kb_config *cfg, const char *vm, const char *key,
+                     const char *value, bool as_user, char **ret_error);
+
+#endif

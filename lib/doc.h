@@ -1,0 +1,39 @@
+/* An INI document kept in memory: ordered sections, ordered keys. The
+ * catalog's metadata files (vm.ini, chain.ini, backup.ini, jobs) are such
+ * documents. Sections may repeat names with a ":" qualifier ("disk:vda"). */
+#ifndef KBOSS_DOC_H
+#define KBOSS_DOC_H
+
+#include <stdbool.h>
+#include <stdint.h>
+
+struct kb_doc;
+
+struct kb_doc *kb_doc_new(void);
+void kb_doc_free(struct kb_doc *doc);   /* NULL is fine */
+
+/* Parse TEXT (INI, inih syntax). Returns 0, or -EINVAL with *ret_line set to
+ * the first bad line. */
+int kb_doc_parse(const char *text, struct kb_doc **ret, int *ret_line);
+
+/* Serialise; the caller frees the string. */
+char *kb_doc_format(const struct kb_doc *doc);
+
+/* Getters return NULL / the fallback when the section or key is absent. */
+const char *kb_doc_get(const struct kb_doc *doc, const char *section, const char *key);
+long long kb_doc_get_ll(const struct kb_doc *doc, const char *section, const char *key, long long fallback);
+bool kb_doc_get_bool(const struct kb_doc *doc, const char *section, const char *key, bool fallback);
+
+/* Setters create the section/key as needed; VALUE NULL removes the key.
+ * Values must not contain newlines (-EINVAL). */
+int kb_doc_set(struct kb_doc *doc, const char *section, const char *key, const char *value);
+int kb_doc_set_ll(struct kb_doc *doc, const char *section, const char *key, long long value);
+int kb_doc_remove_section(struct kb_doc *doc, const char *section);
+
+/* Iterate sections: returns the name of the Nth section or NULL past the end. */
+const char *kb_doc_section_name(const struct kb_doc *doc, unsigned n);
+/* Iterate keys of a section: key/value of the Nth key, false past the end. */
+bool kb_doc_key_at(const struct kb_doc *doc, const char *section, unsigned n,
+                   const char **ret_key, const char **ret_value);
+
+#endif

@@ -1,0 +1,14 @@
+/* Hashing of stored backup files (XXH3-128), reading without evicting the
+ * host's page cache. */
+#ifndef KBOSS_HASH_H
+#define KBOSS_HASH_H
+
+#include <stdint.h>
+
+#define KB_HASH_HEX_LEN 32
+
+/* Hash the whole file at PATH into RET_HEX (33 bytes, lower-case hex, the
+ * same digits `xxhsum -H2` prints). RET_BYTES gets the size read. */
+int kb_hash_file(const char *path, char ret_hex[KB_HASH_HEX_LEN + 1], uint64_t *ret_bytes);
+
+#endif

@@ -1,0 +1,24 @@
+/* Locks that work among processes and hosts sharing an NFS export without
+ * relying on OFD/POSIX locks: a lock is a file created with O_EXCL that names
+ * its holder (host, pid, process start time, purpose); the holder refreshes
+ * its mtime while it lives (a heartbeat thread), and a lock whose holder is
+ * gone (same host: the process is dead; another host: the lease, measured in
+ * the server's own clock, ran out) is broken by the next taker. */
+#ifndef KBOSS_LOCK_H
+#define KBOSS_LOCK_H
+
+struct kb_lock;
+
+/* Take the lock file PATH. TIMEOUT_MS 0 tries once; < 0 waits forever.
+ * -EBUSY when held by a live holder (after the timeout). */
+int kb_lock_take(const char *path, const char *purpose, int timeout_ms, struct kb_lock **ret);
+/* Release (NULL is fine). Removes the file only if it is still ours. */
+void kb_lock_release(struct kb_lock *lock);
+/* Is PATH held by a live holder? 1 yes, 0 no, negative errno. With
+ * RET_HOLDER, a description "host pid purpose since". */
+int kb_lock_probe(const char *path, char **ret_holder);
+
+/* Lease length in seconds (default 120; KBOSS_LOCK_LEASE overrides, tests). */
+int kb_lock_lease_seconds(void);
+
+#endif

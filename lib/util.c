@@ -1,0 +1,325 @@
+#include <config.h>
+
+#include <ctype.h>
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <limits.h>
+#include <stdarg.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <sys/random.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "util.h"
+
+void kb_cleanup_free(void *ptr)
+{
+  free(*(void **) ptr);
+}
+
+void kb_cleanup_close(int *fd)
+{
+  if (*fd >= 0)
+    (void) close(*fd);
+}
+
+void kb_cleanup_fclose(FILE **fp)
+{
+  if (*fp)
+    (void) fclose(*fp);
+}
+
+bool kb_name_ok(const char *name)
+{
+  size_t n;
+
+  if (!name || !*name || name[0] == '.' || name[0] == '-')
+    return false;
+  for (n = 0; name[n]; n++) {
+    unsigned char c = name[n];
+    if (!(isalnum(c) || c == '.' || c == '_' || c == '-'))
+      return false;
+    if (n >= 128)
+      return false;
+  }
+  return true;
+}
+
+bool kb_uuid_ok(const char *uuid)
+{
+  static const int dash[] = { 8, 13, 18, 23 };
+  size_t i, d = 0;
+
+  if (!uuid || strlen(uuid) != 36)
+    return false;
+  for (i = 0; i < 36; i++) {
+    if (d < 4 && (int) i == dash[d]) {
+      if (uuid[i] != '-')
+        return false;
+      d++;
+    } else if (!isxdigit((unsigned char) uuid[i]))
+      return false;
+  }
+  return true;
+}
+
+char *kb_printf(const char *fmt, ...)
+{
+  va_list ap;
+  char *s;
+  int r;
+
+  va_start(ap, fmt);
+  r = vasprintf(&s, fmt, ap);
+  va_end(ap);
+  return r < 0 ? NULL : s;
+}
+
+int kb_mkdir_p(const char *dir, mode_t mode)
+{
+  CLEANUP_FREE char *copy = strdup(dir);
+  struct stat st;
+  char *p;
+
+  if (!copy)
+    return -ENOMEM;
+  for (p = copy + 1; ; p++) {
+    if (*p == '/' || *p == '\0') {
+      char saved = *p;
+      *p = '\0';
+      if (mkdir(copy, mode) < 0 && errno != EEXIST)
+        return -errno;
+      if (lstat(copy, &st) < 0)
+        return -errno;
+      if (!S_ISDIR(st.st_mode))
+        return -ENOTDIR;
+      *p = saved;
+      if (saved == '\0')
+        break;
+    }
+  }
+  return 0;
+}
+
+int kb_read_file(const char *path, char **ret, size_t *ret_len)
+{
+  CLEANUP_CLOSE int fd = open(path, O_RDONLY | O_NOFOLLOW | O_CLOEXEC);
+  struct stat st;
+  char *buf;
+  size_t len = 0, cap;
+
+  if (fd < 0)
+    return -errno;
+  if (fstat(fd, &st) < 0)
+    return -errno;
+  if (!S_ISREG(st.st_mode))
+    return -EINVAL;
+  cap = st.st_size + 1;
+  buf = malloc(cap);
+  if (!buf)
+    return -ENOMEM;
+  for (;;) {
+    ssize_t r;
+    if (len + 1 >= cap) {
+      char *n = realloc(buf, cap * 2);
+      if (!n) {
+        free(buf);
+        return -ENOMEM;
+      }
+      buf = n;
+      cap *= 2;
+    }
+    r = read(fd, buf + len, cap - len - 1);
+    if (r < 0) {
+      if (errno == EINTR)
+        continue;
+      int e = errno;
+      free(buf);
+      return -e;
+    }
+    if (r == 0)
+      break;
+    len += r;
+  }
+  buf[len] = '\0';
+  *ret = buf;
+  if (ret_len)
+    *ret_len = len;
+  return 0;
+}
+
+int kb_write_all(int fd, const void *buf, size_t len)
+{
+  const char *p = buf;
+
+  while (len > 0) {
+    ssize_t r = write(fd, p, len);
+    if (r < 0) {
+      if (errno == EINTR)
+        continue;
+      return -errno;
+    }
+    p += r;
+    len -= r;
+  }
+  return 0;
+}
+
+const char *kb_hostname(void)
+{
+  static char name[HOST_NAME_MAX + 1];
+  const char *env;
+
+  if (name[0])
+    return name;
+  env = getenv("KBOSS_HOSTNAME");  /* tests pose as several hosts */
+  if (env && kb_name_ok(env))
+    snprintf(name, sizeof name, "%s", env);
+  else if (gethostname(name, sizeof name - 1) < 0 || !kb_name_ok(name))
+    snprintf(name, sizeof name, "localhost");
+  return name;
+}
+
+int64_t kb_now(void)
+{
+  return (int64_t) time(NULL);
+}
+
+int64_t kb_mono_ms(void)
+{
+  struct timespec ts;
+
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return (int64_t) ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+void kb_format_time(int64_t t, char *buf, size_t len)
+{
+  time_t tt = (time_t) t;
+  struct tm tm;
+
+  gmtime_r(&tt, &tm);
+  strftime(buf, len, "%Y-%m-%dT%H:%M:%SZ", &tm);
+}
+
+int kb_parse_ll(const char *s, long long *ret)
+{
+  char *end;
+  long long v;
+
+  if (!s || !*s)
+    return -EINVAL;
+  errno = 0;
+  v = strtoll(s, &end, 10);
+  if (errno || *end || end == s)
+    return -EINVAL;
+  *ret = v;
+  return 0;
+}
+
+int kb_parse_double(const char *s, double *ret)
+{
+  char *end;
+  double v;
+
+  if (!s || !*s)
+    return -EINVAL;
+  errno = 0;
+  v = strtod(s, &end);
+  if (errno || *end || end == s || v != v)
+    return -EINVAL;
+  *ret = v;
+  return 0;
+}
+
+int kb_parse_bool(const char *s, bool *ret)
+{
+  static const char *const yes[] = { "true", "yes", "on", "1" };
+  static const char *const no[] = { "false", "no", "off", "0" };
+  size_t i;
+
+  if (!s)
+    return -EINVAL;
+  for (i = 0; i < KB_ARRAY_SIZE(yes); i++) {
+    if (strcasecmp(s, yes[i]) == 0) {
+      *ret = true;
+      return 0;
+    }
+    if (strcasecmp(s, no[i]) == 0) {
+      *ret = false;
+      return 0;
+    }
+  }
+  return -EINVAL;
+}
+
+int kb_random_hex(char *buf, size_t nbytes)
+{
+  unsigned char raw[64];
+  size_t i;
+
+  if (nbytes > sizeof raw)
+    return -EINVAL;
+  if (getrandom(raw, nbytes, 0) != (ssize_t) nbytes)
+    return -errno;
+  for (i = 0; i < nbytes; i++)
+    sprintf(buf + 2 * i, "%02x", raw[i]);
+  return 0;
+}
+
+static int rm_rf_at(int parent, const char *name)
+{
+  struct stat st;
+  int fd, r = 0;
+  DIR *d;
+  struct dirent *de;
+
+  if (fstatat(parent, name, &st, AT_SYMLINK_NOFOLLOW) < 0)
+    return errno == ENOENT ? 0 : -errno;
+  if (!S_ISDIR(st.st_mode))
+    return unlinkat(parent, name, 0) < 0 && errno != ENOENT ? -errno : 0;
+  fd = openat(parent, name, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+  if (fd < 0)
+    return -errno;
+  d = fdopendir(fd);
+  if (!d) {
+    close(fd);
+    return -errno;
+  }
+  while ((de = readdir(d))) {
+    if (KB_STREQ(de->d_name, ".") || KB_STREQ(de->d_name, ".."))
+      continue;
+    int k = rm_rf_at(dirfd(d), de->d_name);
+    if (k < 0 && r == 0)
+      r = k;
+  }
+  closedir(d);
+  if (unlinkat(parent, name, AT_REMOVEDIR) < 0 && errno != ENOENT && r == 0)
+    r = -errno;
+  return r;
+}
+
+int kb_rm_rf(const char *path)
+{
+  return rm_rf_at(AT_FDCWD, path);
+}
+
+void kb_format_size(uint64_t bytes, char *buf, size_t len)
+{
+  static const char *const unit[] = { "B", "KiB", "MiB", "GiB", "TiB", "PiB" };
+  double v = (double) bytes;
+  size_t u = 0;
+
+  while (v >= 1024 && u + 1 < KB_ARRAY_SIZE(unit)) {
+    v /= 1024;
+    u++;
+  }
+  if (u == 0)
+    snprintf(buf, len, "%llu B", (unsigned long long) bytes);
+  else
+    snprintf(buf, len, "%.1f %s", v, unit[u]);
+}

@@ -1,0 +1,66 @@
+/* Small helpers shared by every kboss program. */
+#ifndef KBOSS_UTIL_H
+#define KBOSS_UTIL_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <sys/types.h>
+
+void kb_cleanup_free(void *ptr);
+void kb_cleanup_close(int *fd);
+void kb_cleanup_fclose(FILE **fp);
+#define CLEANUP_FREE __attribute__((cleanup(kb_cleanup_free)))
+#define CLEANUP_CLOSE __attribute__((cleanup(kb_cleanup_close)))
+#define CLEANUP_FCLOSE __attribute__((cleanup(kb_cleanup_fclose)))
+
+#define KB_ARRAY_SIZE(a) (sizeof(a) / sizeof((a)[0]))
+#define KB_STREQ(a, b) (strcmp((a), (b)) == 0)
+
+/* Names from INI files, VM definitions or the command line become path
+ * components only after this check: 1-128 of [A-Za-z0-9._-], not starting
+ * with '.' or '-'. */
+bool kb_name_ok(const char *name);
+
+/* A libvirt UUID in its canonical 36-character form. */
+bool kb_uuid_ok(const char *uuid);
+
+/* asprintf that returns NULL on failure instead of leaving junk. */
+char *kb_printf(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+
+/* Create DIR and its parents with MODE; an existing directory is fine,
+ * anything else in its place (a symlink included) is -ENOTDIR. */
+int kb_mkdir_p(const char *dir, mode_t mode);
+
+/* Read a whole regular file (not through a symlink); NUL-terminated. */
+int kb_read_file(const char *path, char **ret, size_t *ret_len);
+
+/* Write all of BUF, retrying on short writes and EINTR. */
+int kb_write_all(int fd, const void *buf, size_t len);
+
+/* This host's name as kboss uses it in slot and lock files. */
+const char *kb_hostname(void);
+
+/* Wall clock in seconds / monotonic clock in milliseconds. */
+int64_t kb_now(void);
+int64_t kb_mono_ms(void);
+
+/* ISO 8601 UTC timestamp "2026-11-26T10:01:39Z" into BUF (at least 21 bytes). */
+void kb_format_time(int64_t t, char *buf, size_t len);
+
+/* Parse helpers returning -EINVAL on anything but a whole valid value. */
+int kb_parse_ll(const char *s, long long *ret);
+int kb_parse_double(const char *s, double *ret);
+int kb_parse_bool(const char *s, bool *ret);
+
+/* A random hex string of 2*NBYTES characters (for ids and temp names). */
+int kb_random_hex(char *buf, size_t nbytes);
+
+/* Remove a directory tree without following symlinks; missing is fine. */
+int kb_rm_rf(const char *path);
+
+/* Human-readable size "1.5 GiB". */
+void kb_format_size(uint64_t bytes, char *buf, size_t len);
+
+#endif
