@@ -8,8 +8,8 @@
  * resolves vm -> account -> cluster -> zone -> global -> built-in default,
  * only through the levels the key's scope allows (a key of scope S may be
  * set at level S and at every less specific level). */
-#ifndef KBOSS_CONFIG_H
-#define KBOSS_CONFIG_H
+#ifndef KBOSS_KBCONFIG_H
+#define KBOSS_KBCONFIG_H
 
 #include <stdbool.h>
 #include <stdint.h>
