@@ -11,6 +11,7 @@
 #include <strings.h>
 #include <sys/random.h>
 #include <sys/stat.h>
+#include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -322,4 +323,72 @@ void kb_format_size(uint64_t bytes, char *buf, size_t len)
     snprintf(buf, len, "%llu B", (unsigned long long) bytes);
   else
     snprintf(buf, len, "%.1f %s", v, unit[u]);
+}
+
+int kb_run(const char *const argv[], char **ret_output)
+{
+  int pipefd[2] = { -1, -1 };
+  char *out = NULL;
+  size_t len = 0, cap = 0;
+  pid_t pid;
+  int status;
+
+  if (ret_output && pipe2(pipefd, O_CLOEXEC) < 0)
+    return -errno;
+  pid = fork();
+  if (pid < 0) {
+    int e = errno;
+    if (pipefd[0] >= 0) {
+      close(pipefd[0]);
+      close(pipefd[1]);
+    }
+    return -e;
+  }
+  if (pid == 0) {
+    int fd = ret_output ? pipefd[1] : open("/dev/null", O_WRONLY);
+    int nul = open("/dev/null", O_RDONLY);
+    if (fd < 0 || nul < 0)
+      _exit(127);
+    dup2(nul, 0);
+    dup2(fd, 1);
+    dup2(fd, 2);
+    execv(argv[0], (char *const *) argv);
+    _exit(127);
+  }
+  if (ret_output) {
+    close(pipefd[1]);
+    for (;;) {
+      ssize_t r;
+      if (len + 4096 + 1 > cap) {
+        char *n = realloc(out, cap ? cap * 2 : 8192);
+        if (!n)
+          break;
+        out = n;
+        cap = cap ? cap * 2 : 8192;
+      }
+      r = read(pipefd[0], out + len, cap - len - 1);
+      if (r < 0 && errno == EINTR)
+        continue;
+      if (r <= 0)
+        break;
+      len += r;
+    }
+    close(pipefd[0]);
+  }
+  while (waitpid(pid, &status, 0) < 0) {
+    if (errno != EINTR) {
+      free(out);
+      return -errno;
+    }
+  }
+  if (ret_output) {
+    if (!out)
+      out = strdup("");
+    else
+      out[len] = '\0';
+    *ret_output = out;
+  }
+  if (WIFEXITED(status))
+    return WEXITSTATUS(status);
+  return 128 + WTERMSIG(status);
 }

@@ -63,4 +63,9 @@ int kb_rm_rf(const char *path);
 /* Human-readable size "1.5 GiB". */
 void kb_format_size(uint64_t bytes, char *buf, size_t len);
 
+/* Run a program (no shell) and wait for it. Returns its exit status (0-255),
+ * 128+signal, or negative errno. Its stdout+stderr go to *RET_OUTPUT when
+ * given (NUL-terminated), else to /dev/null. */
+int kb_run(const char *const argv[], char **ret_output);
+
 #endif

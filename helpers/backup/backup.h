@@ -1,0 +1,55 @@
+/* kboss-backup: private header. */
+#ifndef KBOSS_BACKUP_H
+#define KBOSS_BACKUP_H
+
+#include <stdbool.h>
+
+#include <libvirt/libvirt.h>
+
+#include "catalog.h"
+#include "doc.h"
+#include "kbconfig.h"
+#include "virt.h"
+
+struct bk_opts {
+  bool full, isolated, quiesce, json;
+};
+
+/* One VM being worked on, with the VM lock held. */
+struct bk_vm {
+  struct kb_config *cfg;
+  struct kb_catalog *cat;
+  virConnectPtr conn;
+  virDomainPtr dom;
+  char *name;
+  char uuid[VIR_UUID_STRING_BUFLEN];
+  struct kb_lock *lock;
+  struct kb_doc *rec;          /* vm.ini */
+};
+
+extern volatile int bk_cancel;  /* set by SIGINT/SIGTERM */
+
+/* vm.c: find the VM, check that kboss may back it up, take its lock and
+ * load (or create) its catalog record. Messages go to *ret_error. */
+int bk_vm_open(struct kb_config *cfg, const char *vm, const char *purpose, bool need_offering,
+               struct bk_vm *ret, char **ret_error);
+void bk_vm_close(struct bk_vm *v);
+int bk_vm_set_state(struct bk_vm *v, const char *state, const char *error);
+
+/* run.c: take one backup. */
+int bk_run(struct bk_vm *v, const struct bk_opts *opts, char **ret_error);
+
+/* normalize.c: clean what failed or killed runs left behind; 0 when the VM
+ * is back to Ready. */
+int bk_normalize(struct bk_vm *v, char **ret_error);
+/* End the VM's current chain (next backup is full). */
+int bk_finish_chain(struct bk_vm *v, const char *reason, char **ret_error);
+/* Remove the leftovers of one backup that did not complete. */
+int bk_discard_backup(struct bk_vm *v, const char *chain, const char *backup, char **ret_error);
+
+/* Delete (libvirt checkpoint + bitmaps) checkpoint NAME; a checkpoint that
+ * libvirt forgot has its bitmaps removed directly. Domain must be active
+ * for the bitmap part. */
+int bk_checkpoint_delete(struct bk_vm *v, const char *name);
+
+#endif

@@ -1,0 +1,158 @@
+/* kboss-backup: take full, incremental and isolated backups of a VM. */
+#include <config.h>
+
+#include <errno.h>
+#include <getopt.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "backup.h"
+#include "log.h"
+#include "util.h"
+
+volatile int bk_cancel;
+
+static void on_signal(int sig)
+{
+  (void) sig;
+  bk_cancel = 1;
+}
+
+static void usage(FILE *f)
+{
+  fprintf(f,
+          "Usage: %s [OPTION]... VM\n"
+          "       %s --finish-chain VM\n"
+          "       %s --normalize VM\n"
+          "Back up every disk of a libvirt VM (running or stopped) to secondary storage.\n"
+          "\n"
+          "The first backup of a chain is full; the next ones copy only what the VM's\n"
+          "qcow2 dirty bitmaps mark, until backup.chain.size (or the offering's\n"
+          "backup_chain_size) ends the chain.\n"
+          "\n"
+          "  -f, --full           start a new chain with a full backup\n"
+          "  -i, --isolated       a full backup that belongs to no chain; the current\n"
+          "                       chain goes on untouched\n"
+          "  -q, --quiesce        freeze the guest's filesystems (guest agent) while the\n"
+          "                       backup starts; fails if the agent does not answer\n"
+          "      --finish-chain   end the VM's current chain: the next backup is full\n"
+          "      --normalize      repair a VM in BackupError (leftovers of failed runs)\n"
+          "      --json           print the backup's record as JSON\n"
+          "  -c, --config FILE    configuration (default $KBOSS_CONF or %s/kboss/kboss.conf)\n"
+          "  -v, --verbose        more messages;  --quiet: errors only\n"
+          "  -h, --help           this help;  -V, --version: the version\n"
+          "\n"
+          "Exit status: 0 success, 1 failure, 2 bad usage or configuration.\n",
+          kb_progname, kb_progname, kb_progname, SYSCONFDIR);
+}
+
+int main(int argc, char **argv)
+{
+  enum { OPT_FINISH = 256, OPT_NORMALIZE, OPT_JSON, OPT_QUIET };
+  static const struct option longopts[] = {
+    { "full", no_argument, NULL, 'f' },
+    { "isolated", no_argument, NULL, 'i' },
+    { "quiesce", no_argument, NULL, 'q' },
+    { "finish-chain", no_argument, NULL, OPT_FINISH },
+    { "normalize", no_argument, NULL, OPT_NORMALIZE },
+    { "json", no_argument, NULL, OPT_JSON },
+    { "config", required_argument, NULL, 'c' },
+    { "verbose", no_argument, NULL, 'v' },
+    { "quiet", no_argument, NULL, OPT_QUIET },
+    { "help", no_argument, NULL, 'h' },
+    { "version", no_argument, NULL, 'V' },
+    { NULL, 0, NULL, 0 },
+  };
+  struct bk_opts opts = { false, false, false, false };
+  const char *config = NULL;
+  bool finish = false, normalize = false;
+  struct kb_config *cfg = NULL;
+  CLEANUP_FREE char *errors = NULL;
+  CLEANUP_FREE char *err = NULL;
+  struct bk_vm v;
+  struct sigaction sa;
+  int c, r;
+
+  kb_log_init(argv[0]);
+  while ((c = getopt_long(argc, argv, "fiqc:vhV", longopts, NULL)) != -1) {
+    switch (c) {
+    case 'f': opts.full = true; break;
+    case 'i': opts.isolated = true; break;
+    case 'q': opts.quiesce = true; break;
+    case OPT_FINISH: finish = true; break;
+    case OPT_NORMALIZE: normalize = true; break;
+    case OPT_JSON: opts.json = true; break;
+    case 'c': config = optarg; break;
+    case 'v': kb_verbosity++; break;
+    case OPT_QUIET: kb_verbosity = 0; break;
+    case 'h': usage(stdout); return 0;
+    case 'V': printf("%s %s\n", kb_progname, PACKAGE_VERSION); return 0;
+    default: usage(stderr); return 2;
+    }
+  }
+  if (optind != argc - 1) {
+    fprintf(stderr, "%s: expected exactly one VM (name or UUID); see --help\n", kb_progname);
+    return 2;
+  }
+  if ((finish || normalize) && (opts.full || opts.isolated || opts.quiesce || (finish && normalize))) {
+    fprintf(stderr, "%s: --finish-chain and --normalize take no other backup option\n", kb_progname);
+    return 2;
+  }
+  if (opts.full && opts.isolated)
+    opts.full = false;  /* an isolated backup is a full one anyway */
+
+  r = kb_config_load(config, &cfg, &errors);
+  if (r < 0) {
+    fprintf(stderr, "%s: configuration errors:\n%s\n", kb_progname, errors ? errors : strerror(-r));
+    return 2;
+  }
+  memset(&sa, 0, sizeof sa);
+  sa.sa_handler = on_signal;
+  sigaction(SIGINT, &sa, NULL);
+  sigaction(SIGTERM, &sa, NULL);
+  sigaction(SIGHUP, &sa, NULL);
+
+  r = bk_vm_open(cfg, argv[optind], finish ? "finish-chain" : normalize ? "normalize" : "backup",
+                 !(finish || normalize), &v, &err);
+  if (r < 0) {
+    kb_err("%s", err);
+    kb_config_free(cfg);
+    return 1;
+  }
+  if (finish) {
+    r = bk_finish_chain(&v, "finished by the operator", &err);
+    if (r == 0)
+      printf("VM %s: chain ended; the next backup is full\n", v.name);
+  } else if (normalize) {
+    r = bk_normalize(&v, &err);
+    if (r == 0)
+      printf("VM %s is Ready\n", v.name);
+  } else {
+    const char *state = kb_doc_get(v.rec, "vm", "state");
+    if (state && (KB_STREQ(state, "Restoring") || KB_STREQ(state, "Consolidating"))) {
+      err = kb_printf("VM %s is %s: no backup until that finishes", v.name, state);
+      r = -EBUSY;
+    } else {
+      /* Whatever a killed or failed run left is cleaned first; the lock
+       * we hold says no other run is under way. */
+      if (state && !KB_STREQ(state, "Ready")) {
+        kb_info("VM %s is %s: normalizing it first", v.name, state);
+        r = bk_normalize(&v, &err);
+        if (r < 0)
+          goto out;
+      } else
+        (void) bk_normalize(&v, &err);
+      free(err);
+      err = NULL;
+      r = bk_run(&v, &opts, &err);
+    }
+  }
+out:
+  if (r < 0)
+    kb_err("%s", err ? err : strerror(-r));
+  bk_vm_close(&v);
+  kb_config_free(cfg);
+  return r < 0 ? 1 : 0;
+}

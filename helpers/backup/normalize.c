@@ -1,0 +1,250 @@
+/* Repair: what a failed or killed backup left behind, checkpoints and
+ * bitmaps nobody needs, and the end of a chain. */
+#include <config.h>
+
+#include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "backup.h"
+#include "log.h"
+#include "record.h"
+#include "util.h"
+
+static bool looks_like_kboss_id(const char *name)
+{
+  return name && strlen(name) == 23 && name[8] == 'T' && name[15] == 'Z' && name[16] == '-' &&
+         kb_name_ok(name);
+}
+
+int bk_checkpoint_delete(struct bk_vm *v, const char *name)
+{
+  virDomainCheckpointPtr cp = virDomainCheckpointLookupByName(v->dom, name, 0);
+  struct kb_disks disks = { NULL, 0 };
+  CLEANUP_FREE char *xml = NULL;
+  int r = 0;
+  size_t i;
+
+  if (cp) {
+    if (virDomainCheckpointDelete(cp, 0) < 0) {
+      /* libvirt refuses when a bitmap is already gone: drop the metadata
+       * and remove what bitmaps remain below. */
+      kb_debug("deleting checkpoint %s: %s; removing its metadata only", name, kb_virt_error());
+      if (virDomainCheckpointDelete(cp, VIR_DOMAIN_CHECKPOINT_DELETE_METADATA_ONLY) < 0)
+        r = -EIO;
+    }
+    virDomainCheckpointFree(cp);
+  }
+  xml = virDomainGetXMLDesc(v->dom, 0);
+  if (!xml || kb_disks_parse(xml, &disks) < 0)
+    return r ? r : -EIO;
+  for (i = 0; i < disks.n; i++) {
+    const struct kb_disk *d = &disks.v[i];
+    if (!kb_disk_is_backed_up(d) || kb_disk_unsupported(d) || !d->format || !KB_STREQ(d->format, "qcow2"))
+      continue;
+    if (virDomainIsActive(v->dom) == 1) {
+      struct kb_bitmap_state st;
+      if (kb_virt_bitmap_state(v->dom, d->source, name, &st) == 0 && st.present &&
+          kb_virt_bitmap_remove(v->dom, d->source, name) < 0)
+        r = -EIO;
+    } else {
+      const char *argv[] = { QEMU_IMG, "bitmap", "--remove", "-f", "qcow2", d->source, name, NULL };
+      CLEANUP_FREE char *out = NULL;
+      CLEANUP_FREE char *info = NULL;
+      const char *iargv[] = { QEMU_IMG, "info", "-f", "qcow2", "--output=json", d->source, NULL };
+      if (kb_run(iargv, &info) == 0 && info && strstr(info, name) && kb_run(argv, &out) != 0)
+        r = -EIO;
+    }
+  }
+  kb_disks_clear(&disks);
+  return r;
+}
+
+int bk_discard_backup(struct bk_vm *v, const char *chain, const char *backup, char **ret_error)
+{
+  struct kb_backup_ref ref = { NULL, NULL, NULL, NULL };
+  CLEANUP_FREE char *data = NULL, *meta = NULL;
+  int r;
+
+  ref.vm_uuid = strdup(v->uuid);
+  ref.chain = strdup(chain);
+  ref.id = strdup(backup);
+  r = kb_backup_load(v->cat, v->uuid, chain, backup, &ref.doc);
+  if (r < 0 && r != -ENOENT) {
+    kb_backup_ref_clear(&ref);
+    *ret_error = kb_printf("backup %s: cannot read its record: %s", backup, strerror(-r));
+    return r;
+  }
+  if (ref.doc) {
+    /* The VM may still run paused for a killed backup of a stopped VM. */
+    if (kb_doc_get_bool(ref.doc, "backup", "started_paused", false) && virDomainIsActive(v->dom) == 1) {
+      int state = 0, reason = 0;
+      if (virDomainGetState(v->dom, &state, &reason, 0) == 0 && state == VIR_DOMAIN_PAUSED)
+        (void) virDomainDestroy(v->dom);
+    }
+    data = kb_backup_data_dir(v->cat, &ref);
+  }
+  meta = kb_catalog_backup_dir(v->cat, v->uuid, chain, backup);
+  if (kb_doc_get(ref.doc, "backup", "checkpoint") || !ref.doc) {
+    if (looks_like_kboss_id(backup) && bk_checkpoint_delete(v, backup) < 0) {
+      *ret_error = kb_printf("backup %s: cannot remove its checkpoint from VM %s", backup, v->name);
+      kb_backup_ref_clear(&ref);
+      return -EIO;
+    }
+  }
+  r = 0;
+  if (data && kb_rm_rf(data) < 0)
+    r = -EIO;
+  if (meta && kb_rm_rf(meta) < 0)
+    r = -EIO;
+  kb_backup_ref_clear(&ref);
+  if (r < 0)
+    *ret_error = kb_printf("backup %s: cannot remove its files", backup);
+  return r;
+}
+
+int bk_finish_chain(struct bk_vm *v, const char *reason, char **ret_error)
+{
+  const char *cur = kb_doc_get(v->rec, "vm", "current_chain");
+  struct kb_doc *chain = NULL;
+  int r;
+
+  if (!cur || !*cur)
+    return 0;
+  r = kb_chain_load(v->cat, v->uuid, cur, &chain);
+  if (r == 0) {
+    r = kb_doc_set(chain, "chain", "ended", "true");
+    if (r == 0)
+      r = kb_doc_set(chain, "chain", "end_reason", reason);
+    if (r == 0)
+      r = kb_chain_save(v->cat, v->uuid, cur, chain);
+    kb_doc_free(chain);
+  } else if (r == -ENOENT)
+    r = 0;
+  if (r == 0)
+    r = kb_doc_set(v->rec, "vm", "current_chain", NULL);
+  if (r == 0)
+    r = kb_vm_save(v->cat, v->uuid, v->rec);
+  if (r < 0)
+    *ret_error = kb_printf("VM %s: cannot end its chain: %s", v->name, strerror(-r));
+  return r;
+}
+
+/* Leftover domain jobs of a killed run (the libvirt job outlives us). */
+static void abort_stale_job(struct bk_vm *v)
+{
+  virDomainJobInfo info;
+  int k;
+
+  if (virDomainIsActive(v->dom) != 1 || virDomainGetJobInfo(v->dom, &info) < 0 ||
+      info.type == VIR_DOMAIN_JOB_NONE)
+    return;
+  kb_info("VM %s: aborting a job left by a killed run", v->name);
+  (void) virDomainAbortJob(v->dom);
+  for (k = 0; k < 100; k++) {
+    if (virDomainGetJobInfo(v->dom, &info) < 0 || info.type == VIR_DOMAIN_JOB_NONE)
+      break;
+    usleep(100 * 1000);
+  }
+}
+
+int bk_normalize(struct bk_vm *v, char **ret_error)
+{
+  CLEANUP_FREE char *err = NULL;
+  const char *keep = kb_doc_get(v->rec, "vm", "last_checkpoint");
+  char **chains = NULL;
+  size_t c;
+  bool clean = true;
+  int r;
+
+  abort_stale_job(v);
+  /* A killed quiesced backup may have left the guest frozen. */
+  if (virDomainIsActive(v->dom) == 1) {
+    (void) virDomainAgentSetResponseTimeout(v->dom, 5, 0);
+    (void) virDomainFSThaw(v->dom, NULL, 0, 0);
+  }
+  r = kb_catalog_list_chains(v->cat, v->uuid, &chains);
+  if (r < 0 && r != -ENOENT) {
+    *ret_error = kb_printf("VM %s: cannot list its chains: %s", v->name, strerror(-r));
+    return r;
+  }
+  for (c = 0; chains && chains[c]; c++) {
+    char **backups = NULL;
+    size_t b;
+    bool any = false;
+
+    if (kb_catalog_list_backups(v->cat, v->uuid, chains[c], &backups) < 0)
+      continue;
+    for (b = 0; backups && backups[b]; b++) {
+      struct kb_doc *doc = NULL;
+      int lr = kb_backup_load(v->cat, v->uuid, chains[c], backups[b], &doc);
+      const char *st = lr == 0 ? kb_doc_get(doc, "backup", "state") : NULL;
+      if (lr == -ENOENT || (st && KB_STREQ(st, KB_BACKUP_RUNNING))) {
+        kb_info("VM %s: removing backup %s left by a failed or killed run", v->name, backups[b]);
+        if (bk_discard_backup(v, chains[c], backups[b], &err) < 0) {
+          kb_err("%s", err);
+          free(err);
+          err = NULL;
+          clean = false;
+        }
+      } else
+        any = true;
+      kb_doc_free(doc);
+    }
+    kb_strv_free(backups);
+    if (!any) {
+      /* A chain whose only backup never completed. */
+      CLEANUP_FREE char *cd = kb_catalog_chain_dir(v->cat, v->uuid, chains[c]);
+      struct kb_doc *ch = NULL;
+      if (kb_chain_load(v->cat, v->uuid, chains[c], &ch) == 0) {
+        const char *store = kb_doc_get(ch, "chain", "store");
+        const struct kb_store *s = store ? kb_config_store(v->cfg, store) : NULL;
+        if (s) {
+          CLEANUP_FREE char *dd = kb_printf("%s/kboss/vms/%s/chains/%s", s->path, v->uuid, chains[c]);
+          if (dd)
+            (void) kb_rm_rf(dd);
+        }
+        kb_doc_free(ch);
+      }
+      if (cd)
+        (void) kb_rm_rf(cd);
+      {
+        const char *cur = kb_doc_get(v->rec, "vm", "current_chain");
+        if (cur && KB_STREQ(cur, chains[c])) {
+          (void) kb_doc_set(v->rec, "vm", "current_chain", NULL);
+          (void) kb_doc_set(v->rec, "vm", "last_checkpoint", NULL);
+          keep = NULL;
+        }
+      }
+    }
+  }
+  kb_strv_free(chains);
+
+  /* Checkpoints libvirt still has that no completed backup needs. */
+  {
+    virDomainCheckpointPtr *cps = NULL;
+    int i, n = virDomainListAllCheckpoints(v->dom, &cps, 0);
+    for (i = 0; i < n; i++) {
+      CLEANUP_FREE char *name = strdup(virDomainCheckpointGetName(cps[i]));
+      virDomainCheckpointFree(cps[i]);
+      if (name && looks_like_kboss_id(name) && (!keep || !KB_STREQ(name, keep))) {
+        kb_info("VM %s: removing checkpoint %s that no backup needs", v->name, name);
+        if (bk_checkpoint_delete(v, name) < 0)
+          clean = false;
+      }
+    }
+    free(cps);
+  }
+  r = bk_vm_set_state(v, clean ? KB_VM_READY : KB_VM_BACKUP_ERROR,
+                      clean ? NULL : "normalization could not remove everything; see the log");
+  if (r < 0) {
+    *ret_error = kb_printf("VM %s: cannot update its record: %s", v->name, strerror(-r));
+    return r;
+  }
+  if (!clean) {
+    *ret_error = kb_printf("VM %s stays in BackupError: some leftovers could not be removed", v->name);
+    return -EIO;
+  }
+  return 0;
+}

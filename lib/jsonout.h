@@ -1,0 +1,16 @@
+/* JSON output for --json listings (json-c). */
+#ifndef KBOSS_JSONOUT_H
+#define KBOSS_JSONOUT_H
+
+#include <json-c/json.h>
+
+#include "doc.h"
+
+/* { "section": { "key": "value", ... }, ... }; "disk:vda" sections become
+ * "disks": { "vda": {...} } and likewise for any "kind:name" section. */
+json_object *kb_doc_to_json(const struct kb_doc *doc);
+
+/* Print OBJ pretty to stdout with a newline and drop the reference. */
+void kb_json_print(json_object *obj);
+
+#endif
