@@ -236,6 +236,37 @@ int bk_normalize(struct bk_vm *v, char **ret_error)
     }
     free(cps);
   }
+  /* Bitmaps of kboss checkpoints libvirt no longer knows (its metadata was
+   * lost): they would only pile up. */
+  if (virDomainIsActive(v->dom) == 1) {
+    CLEANUP_FREE char *xml = virDomainGetXMLDesc(v->dom, 0);
+    struct kb_disks disks = { NULL, 0 };
+    size_t i, k;
+    if (xml && kb_disks_parse(xml, &disks) == 0) {
+      for (i = 0; i < disks.n; i++) {
+        char **names = NULL;
+        const struct kb_disk *d = &disks.v[i];
+        if (!kb_disk_is_backed_up(d) || kb_disk_unsupported(d) ||
+            kb_virt_bitmap_names(v->dom, d->source, &names) < 0)
+          continue;
+        for (k = 0; names[k]; k++) {
+          virDomainCheckpointPtr cp;
+          if (!looks_like_kboss_id(names[k]) || (keep && KB_STREQ(names[k], keep)))
+            continue;
+          cp = virDomainCheckpointLookupByName(v->dom, names[k], 0);
+          if (cp) {
+            virDomainCheckpointFree(cp);
+            continue;
+          }
+          kb_info("VM %s: disk %s: removing orphan bitmap %s", v->name, d->target, names[k]);
+          if (kb_virt_bitmap_remove(v->dom, d->source, names[k]) < 0)
+            clean = false;
+        }
+        kb_strv_free(names);
+      }
+      kb_disks_clear(&disks);
+    }
+  }
   r = bk_vm_set_state(v, clean ? KB_VM_READY : KB_VM_BACKUP_ERROR,
                       clean ? NULL : "normalization could not remove everything; see the log");
   if (r < 0) {

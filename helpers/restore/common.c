@@ -1,0 +1,382 @@
+/* What normal and quick restores share: the VM, its lock and record, the
+ * disks to restore, the end of the chain, and a new VM for --as. */
+#include <config.h>
+
+#include <errno.h>
+#include <libgen.h>
+#include <limits.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <json-c/json.h>
+#include <libxml/parser.h>
+#include <libxml/tree.h>
+#include <libxml/xpath.h>
+
+#include "lock.h"
+#include "log.h"
+#include "restore.h"
+#include "util.h"
+
+int rs_open_vm(struct rs_ctx *c, const char *vm_uuid, const char *purpose, char **ret_error)
+{
+  const char *uri = kb_config_str(c->cfg, NULL, "libvirt.uri");
+  int r;
+
+  if (!c->conn && kb_virt_connect(uri, &c->conn) < 0) {
+    *ret_error = kb_printf("cannot connect to libvirt at %s: %s", uri, kb_virt_error());
+    return -ECONNREFUSED;
+  }
+  if (!c->dom && kb_virt_lookup(c->conn, vm_uuid, &c->dom) < 0) {
+    *ret_error = kb_printf("VM %s: no such domain in libvirt (%s)", vm_uuid, uri);
+    return -ENOENT;
+  }
+  if (virDomainGetUUIDString(c->dom, c->uuid) < 0 || !(c->vm_name = strdup(virDomainGetName(c->dom)))) {
+    *ret_error = kb_printf("VM %s: %s", vm_uuid, kb_virt_error());
+    return -EIO;
+  }
+  r = kb_catalog_lock_vm(c->cat, c->uuid, purpose, 0, &c->lock);
+  if (r < 0) {
+    *ret_error = r == -EBUSY ? kb_printf("VM %s is busy: another kboss operation holds it", c->vm_name)
+                             : kb_printf("VM %s: cannot take its lock: %s", c->vm_name, strerror(-r));
+    return r;
+  }
+  r = kb_vm_load(c->cat, c->uuid, &c->rec);
+  if (r == -ENOENT) {
+    c->rec = kb_doc_new();
+    r = c->rec ? kb_doc_set(c->rec, "vm", "uuid", c->uuid) : -ENOMEM;
+    if (r == 0)
+      r = kb_doc_set(c->rec, "vm", "name", c->vm_name);
+    if (r == 0)
+      r = kb_doc_set(c->rec, "vm", "state", KB_VM_READY);
+  }
+  if (r < 0)
+    *ret_error = kb_printf("VM %s: cannot read its catalog record: %s", c->vm_name, strerror(-r));
+  return r;
+}
+
+int rs_set_state(struct rs_ctx *c, const char *state, const char *error)
+{
+  char now[32];
+  int r;
+
+  kb_format_time(kb_now(), now, sizeof now);
+  r = kb_doc_set(c->rec, "vm", "state", state);
+  if (r == 0)
+    r = kb_doc_set(c->rec, "vm", "last_error", error);
+  if (r == 0)
+    r = kb_doc_set(c->rec, "vm", "updated", now);
+  if (r == 0)
+    r = kb_vm_save(c->cat, c->uuid, c->rec);
+  return r;
+}
+
+/* The restored disks no longer match the VM's bitmaps: end the chain and
+ * drop libvirt's checkpoint metadata (the bitmaps went with the old disks). */
+int rs_end_chain(struct rs_ctx *c, const char *reason)
+{
+  const char *cur = kb_doc_get(c->rec, "vm", "current_chain");
+  virDomainCheckpointPtr *cps = NULL;
+  int i, n, r = 0;
+
+  if (cur && *cur) {
+    struct kb_doc *chain = NULL;
+    if (kb_chain_load(c->cat, c->uuid, cur, &chain) == 0) {
+      r = kb_doc_set(chain, "chain", "ended", "true");
+      if (r == 0)
+        r = kb_doc_set(chain, "chain", "end_reason", reason);
+      if (r == 0)
+        r = kb_chain_save(c->cat, c->uuid, cur, chain);
+      kb_doc_free(chain);
+    }
+  }
+  if (r == 0)
+    r = kb_doc_set(c->rec, "vm", "current_chain", NULL);
+  if (r == 0)
+    r = kb_doc_set(c->rec, "vm", "last_checkpoint", NULL);
+  n = virDomainListAllCheckpoints(c->dom, &cps, 0);
+  for (i = 0; i < n; i++) {
+    (void) virDomainCheckpointDelete(cps[i], VIR_DOMAIN_CHECKPOINT_DELETE_METADATA_ONLY);
+    virDomainCheckpointFree(cps[i]);
+  }
+  free(cps);
+  return r;
+}
+
+void rs_disks_free(struct rs_disk *d, size_t n)
+{
+  size_t i;
+
+  for (i = 0; i < n; i++) {
+    free(d[i].target);
+    free(d[i].backup_file);
+    free(d[i].dest);
+    free(d[i].format);
+    if (d[i].tmp)
+      (void) unlink(d[i].tmp);
+    free(d[i].tmp);
+  }
+  free(d);
+}
+
+/* Every file of the backing chain of FILE must lie inside DIR (the chain's
+ * folder on the store): a backing path that leaves it is never followed. */
+static int check_backing_inside(const char *file, const char *dir, char **ret_error)
+{
+  const char *argv[] = { QEMU_IMG, "info", "-U", "--backing-chain", "--output=json", "-f", "qcow2", file, NULL };
+  CLEANUP_FREE char *out = NULL;
+  char realdir[PATH_MAX];
+  json_object *root;
+  size_t i, n;
+  int r = 0;
+
+  if (!realpath(dir, realdir))
+    return -errno;
+  /* qemu-img opens the chain; first check the names without opening. */
+  if (kb_run(argv, &out) != 0) {
+    *ret_error = kb_printf("%s: qemu-img cannot read the backup's chain: %s", file, out ? out : "");
+    return -EIO;
+  }
+  root = json_tokener_parse(out);
+  if (!root || !json_object_is_type(root, json_type_array)) {
+    json_object_put(root);
+    return -EPROTO;
+  }
+  n = json_object_array_length(root);
+  for (i = 0; i < n && r == 0; i++) {
+    json_object *img = json_object_array_get_idx(root, i), *fn;
+    char real[PATH_MAX];
+    if (!json_object_object_get_ex(img, "filename", &fn))
+      continue;
+    if (!realpath(json_object_get_string(fn), real) || strncmp(real, realdir, strlen(realdir)) != 0 ||
+        real[strlen(realdir)] != '/') {
+      *ret_error = kb_printf("%s: its backing chain leaves the backup's folder (%s); refusing to use it",
+                             file, json_object_get_string(fn));
+      r = -EPERM;
+    }
+  }
+  json_object_put(root);
+  return r;
+}
+
+int rs_plan_disks(struct rs_ctx *c, const struct rs_opts *o, struct rs_disk **ret, size_t *ret_n,
+                  char **ret_error)
+{
+  CLEANUP_FREE char *xml = virDomainGetXMLDesc(c->dom, VIR_DOMAIN_XML_INACTIVE);
+  CLEANUP_FREE char *chain_dir = NULL;
+  struct kb_disks vmdisks = { NULL, 0 };
+  char **targets = NULL;
+  struct rs_disk *d = NULL;
+  size_t i, n = 0;
+  int r;
+
+  if (!xml || kb_disks_parse(xml, &vmdisks) < 0) {
+    *ret_error = kb_printf("VM %s: cannot read its definition: %s", c->vm_name, kb_virt_error());
+    return -EIO;
+  }
+  r = kb_backup_disks(c->ref.doc, &targets);
+  if (r < 0)
+    goto out;
+  for (i = 0; targets[i]; i++)
+    ;
+  d = calloc(i + 1, sizeof *d);
+  if (!d) {
+    r = -ENOMEM;
+    goto out;
+  }
+  {
+    CLEANUP_FREE char *data = kb_backup_data_dir(c->cat, &c->ref);
+    chain_dir = data ? strdup(dirname(data)) : NULL;
+  }
+  for (i = 0; targets[i]; i++) {
+    const struct kb_disk *vd;
+    struct stat st;
+
+    if (o->disk && !KB_STREQ(o->disk, targets[i]))
+      continue;
+    vd = kb_disks_find(&vmdisks, targets[i]);
+    if (!vd || !vd->source || kb_disk_unsupported(vd)) {
+      *ret_error = kb_printf("VM %s has no file-based disk %s to restore into", c->vm_name, targets[i]);
+      r = -ENOENT;
+      goto out;
+    }
+    d[n].target = strdup(targets[i]);
+    d[n].backup_file = kb_backup_disk_path(c->cat, &c->ref, targets[i]);
+    d[n].dest = strdup(vd->source);
+    d[n].format = strdup(vd->format ? vd->format : "raw");
+    d[n].tmp = NULL;
+    n++;
+    if (!d[n - 1].target || !d[n - 1].backup_file || !d[n - 1].dest || !d[n - 1].format) {
+      r = -ENOMEM;
+      goto out;
+    }
+    if (stat(d[n - 1].backup_file, &st) < 0) {
+      *ret_error = kb_printf("backup %s: disk %s: %s: %s (is the store mounted?)", c->ref.id, targets[i],
+                             d[n - 1].backup_file, strerror(errno));
+      r = -ENOENT;
+      goto out;
+    }
+    if (!chain_dir) {
+      r = -ENOMEM;
+      goto out;
+    }
+    r = check_backing_inside(d[n - 1].backup_file, chain_dir, ret_error);
+    if (r < 0)
+      goto out;
+  }
+  if (n == 0) {
+    *ret_error = o->disk ? kb_printf("backup %s has no disk %s", c->ref.id, o->disk)
+                         : kb_printf("backup %s holds no disk", c->ref.id);
+    r = -ENOENT;
+    goto out;
+  }
+  *ret = d;
+  *ret_n = n;
+  d = NULL;
+  n = 0;
+out:
+  if (d)
+    rs_disks_free(d, n);
+  kb_strv_free(targets);
+  kb_disks_clear(&vmdisks);
+  return r;
+}
+
+int rs_mark_in_use(struct rs_ctx *c, const char *vm_uuid, bool in_use)
+{
+  char **ids = NULL;
+  size_t i;
+  int r;
+
+  r = kb_backup_lineage(c->cat, &c->ref, &ids);
+  if (r < 0)
+    return r;
+  for (i = 0; ids[i]; i++) {
+    struct kb_doc *doc = NULL;
+    if (kb_backup_load(c->cat, c->ref.vm_uuid, c->ref.chain, ids[i], &doc) < 0)
+      continue;
+    r = kb_doc_set(doc, "backup", "in_use_by", in_use ? vm_uuid : NULL);
+    if (r == 0)
+      r = kb_backup_save(c->cat, c->ref.vm_uuid, c->ref.chain, ids[i], doc);
+    if (KB_STREQ(ids[i], c->ref.id) && r == 0)
+      (void) kb_doc_set(c->ref.doc, "backup", "in_use_by", in_use ? vm_uuid : NULL);
+    kb_doc_free(doc);
+    if (r < 0)
+      break;
+  }
+  kb_strv_free(ids);
+  return r;
+}
+
+/* ---- a new VM from the saved domain XML ---- */
+
+static void remove_nodes(xmlXPathContextPtr ctx, const char *expr)
+{
+  xmlXPathObjectPtr o = xmlXPathEvalExpression((const xmlChar *) expr, ctx);
+  int i;
+
+  if (!o)
+    return;
+  for (i = 0; o->nodesetval && i < o->nodesetval->nodeNr; i++) {
+    xmlUnlinkNode(o->nodesetval->nodeTab[i]);
+    xmlFreeNode(o->nodesetval->nodeTab[i]);
+  }
+  xmlXPathFreeObject(o);
+}
+
+int rs_define_new_vm(struct rs_ctx *c, const struct rs_opts *o, char **ret_error)
+{
+  CLEANUP_FREE char *dir = kb_catalog_backup_dir(c->cat, c->ref.vm_uuid, c->ref.chain, c->ref.id);
+  CLEANUP_FREE char *path = dir ? kb_printf("%s/domain.xml", dir) : NULL;
+  CLEANUP_FREE char *saved = NULL;
+  xmlDocPtr doc = NULL;
+  xmlXPathContextPtr ctx = NULL;
+  xmlXPathObjectPtr obj = NULL;
+  xmlChar *out = NULL;
+  int len, i, r = 0;
+  virDomainPtr existing;
+
+  if (!kb_name_ok(o->as)) {
+    *ret_error = kb_printf("'%s' is not a valid VM name (letters, digits, '.', '_', '-')", o->as);
+    return -EINVAL;
+  }
+  existing = virDomainLookupByName(c->conn, o->as);
+  if (existing) {
+    virDomainFree(existing);
+    *ret_error = kb_printf("a VM named %s exists already", o->as);
+    return -EEXIST;
+  }
+  if (!path || kb_read_file(path, &saved, NULL) < 0) {
+    *ret_error = kb_printf("backup %s: its domain XML is missing (%s)", c->ref.id, path ? path : "?");
+    return -ENOENT;
+  }
+  doc = xmlReadMemory(saved, strlen(saved), "domain.xml", NULL, XML_PARSE_NONET | XML_PARSE_NOERROR);
+  if (!doc || !(ctx = xmlXPathNewContext(doc))) {
+    r = -EINVAL;
+    goto out;
+  }
+  /* New name, new UUID (libvirt makes one), new MAC addresses. */
+  obj = xmlXPathEvalExpression((const xmlChar *) "/domain/name", ctx);
+  if (!obj || !obj->nodesetval || obj->nodesetval->nodeNr != 1) {
+    r = -EINVAL;
+    goto out;
+  }
+  xmlNodeSetContent(obj->nodesetval->nodeTab[0], (const xmlChar *) o->as);
+  xmlXPathFreeObject(obj);
+  remove_nodes(ctx, "/domain/uuid");
+  remove_nodes(ctx, "/domain/devices/interface/mac");
+  remove_nodes(ctx, "/domain/devices/interface/target");
+  remove_nodes(ctx, "/domain/devices/graphics/@port");
+  remove_nodes(ctx, "/domain/devices/disk/backingStore");
+  /* Disks on primary storage beside the original ones, named for the new VM. */
+  obj = xmlXPathEvalExpression((const xmlChar *) "/domain/devices/disk[@device='disk' or not(@device)]", ctx);
+  for (i = 0; obj && obj->nodesetval && i < obj->nodesetval->nodeNr; i++) {
+    xmlNodePtr disk = obj->nodesetval->nodeTab[i], n, src = NULL, tgt = NULL, drv = NULL;
+    xmlChar *file, *dev;
+    for (n = disk->children; n; n = n->next) {
+      if (n->type != XML_ELEMENT_NODE)
+        continue;
+      if (KB_STREQ((const char *) n->name, "source")) src = n;
+      if (KB_STREQ((const char *) n->name, "target")) tgt = n;
+      if (KB_STREQ((const char *) n->name, "driver")) drv = n;
+    }
+    if (!src || !tgt)
+      continue;
+    file = xmlGetProp(src, (const xmlChar *) "file");
+    dev = xmlGetProp(tgt, (const xmlChar *) "dev");
+    if (file && dev && kb_name_ok((const char *) dev)) {
+      CLEANUP_FREE char *copy = strdup((const char *) file);
+      CLEANUP_FREE char *np = copy ? kb_printf("%s/%s-%s.qcow2", dirname(copy), o->as, (const char *) dev) : NULL;
+      if (np) {
+        xmlSetProp(src, (const xmlChar *) "file", (const xmlChar *) np);
+        if (drv)
+          xmlSetProp(drv, (const xmlChar *) "type", (const xmlChar *) "qcow2");
+      }
+    }
+    xmlFree(file);
+    xmlFree(dev);
+  }
+  xmlDocDumpMemory(doc, &out, &len);
+  if (!out) {
+    r = -ENOMEM;
+    goto out;
+  }
+  c->dom = virDomainDefineXML(c->conn, (const char *) out);
+  if (!c->dom) {
+    *ret_error = kb_printf("cannot define VM %s: %s", o->as, kb_virt_error());
+    r = -EIO;
+  }
+out:
+  if (r == -EINVAL && !*ret_error)
+    *ret_error = kb_printf("backup %s: its saved domain XML cannot be used", c->ref.id);
+  if (obj)
+    xmlXPathFreeObject(obj);
+  if (ctx)
+    xmlXPathFreeContext(ctx);
+  if (doc)
+    xmlFreeDoc(doc);
+  xmlFree(out);
+  return r;
+}

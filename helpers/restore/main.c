@@ -1,0 +1,191 @@
+/* kboss-restore: restore a VM from a backup, normally or quickly. */
+#include <config.h>
+
+#include <errno.h>
+#include <getopt.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "lock.h"
+#include "log.h"
+#include "restore.h"
+#include "util.h"
+
+volatile int rs_cancel;
+
+static void on_signal(int sig)
+{
+  (void) sig;
+  rs_cancel = 1;
+}
+
+static void usage(FILE *f)
+{
+  fprintf(f,
+          "Usage: %s [OPTION]... BACKUP\n"
+          "       %s --consolidate VM\n"
+          "Restore a VM's disks to exactly the content of BACKUP (a backup id, see\n"
+          "kbossctl backups), whatever its depth in its chain, compressed or not.\n"
+          "\n"
+          "The VM must be stopped. Each disk is written beside the old one and moved\n"
+          "over it only when complete; a failed restore leaves the old disks as they\n"
+          "were. The VM's chain ends: its next backup is full.\n"
+          "\n"
+          "  -d, --disk DISK     restore only this disk (vda, ...)\n"
+          "  -a, --as NAME       define a new VM NAME from the backup's saved definition\n"
+          "                      (new UUID and MAC addresses) and restore into it\n"
+          "  -Q, --quick         quick restore: the VM starts at once on overlays backed\n"
+          "                      by the backup, and its disks are consolidated while it\n"
+          "                      runs (the backup's offering must allow quick restore)\n"
+          "      --consolidate   finish an interrupted quick-restore consolidation of VM\n"
+          "      --json          print the result as JSON\n"
+          "  -c, --config FILE   configuration (default $KBOSS_CONF or %s/kboss/kboss.conf)\n"
+          "  -v, --verbose       more messages;  --quiet: errors only\n"
+          "  -h, --help          this help;  -V, --version: the version\n",
+          kb_progname, kb_progname, SYSCONFDIR);
+}
+
+int main(int argc, char **argv)
+{
+  enum { OPT_CONSOLIDATE = 256, OPT_JSON, OPT_QUIET };
+  static const struct option longopts[] = {
+    { "disk", required_argument, NULL, 'd' },
+    { "as", required_argument, NULL, 'a' },
+    { "quick", no_argument, NULL, 'Q' },
+    { "consolidate", no_argument, NULL, OPT_CONSOLIDATE },
+    { "json", no_argument, NULL, OPT_JSON },
+    { "config", required_argument, NULL, 'c' },
+    { "verbose", no_argument, NULL, 'v' },
+    { "quiet", no_argument, NULL, OPT_QUIET },
+    { "help", no_argument, NULL, 'h' },
+    { "version", no_argument, NULL, 'V' },
+    { NULL, 0, NULL, 0 },
+  };
+  struct rs_opts o = { false, false, NULL, NULL };
+  struct rs_ctx c;
+  const char *config = NULL;
+  bool consolidate = false;
+  CLEANUP_FREE char *errors = NULL;
+  CLEANUP_FREE char *err = NULL;
+  struct sigaction sa;
+  int ch, r;
+
+  kb_log_init(argv[0]);
+  memset(&c, 0, sizeof c);
+  while ((ch = getopt_long(argc, argv, "d:a:Qc:vhV", longopts, NULL)) != -1) {
+    switch (ch) {
+    case 'd': o.disk = optarg; break;
+    case 'a': o.as = optarg; break;
+    case 'Q': o.quick = true; break;
+    case OPT_CONSOLIDATE: consolidate = true; break;
+    case OPT_JSON: o.json = true; break;
+    case 'c': config = optarg; break;
+    case 'v': kb_verbosity++; break;
+    case OPT_QUIET: kb_verbosity = 0; break;
+    case 'h': usage(stdout); return 0;
+    case 'V': printf("%s %s\n", kb_progname, PACKAGE_VERSION); return 0;
+    default: usage(stderr); return 2;
+    }
+  }
+  if (optind != argc - 1) {
+    fprintf(stderr, "%s: expected exactly one %s; see --help\n", kb_progname, consolidate ? "VM" : "BACKUP");
+    return 2;
+  }
+  if (consolidate && (o.quick || o.disk || o.as)) {
+    fprintf(stderr, "%s: --consolidate takes no other restore option\n", kb_progname);
+    return 2;
+  }
+  if (o.disk && !kb_name_ok(o.disk)) {
+    fprintf(stderr, "%s: '%s' is not a disk name\n", kb_progname, o.disk);
+    return 2;
+  }
+  r = kb_config_load(config, &c.cfg, &errors);
+  if (r < 0) {
+    fprintf(stderr, "%s: configuration errors:\n%s\n", kb_progname, errors ? errors : strerror(-r));
+    return 2;
+  }
+  memset(&sa, 0, sizeof sa);
+  sa.sa_handler = on_signal;
+  sigaction(SIGINT, &sa, NULL);
+  sigaction(SIGTERM, &sa, NULL);
+  sigaction(SIGHUP, &sa, NULL);
+
+  r = kb_catalog_open(c.cfg, &c.cat);
+  if (r < 0) {
+    err = kb_printf("cannot open the catalog under %s: %s", kb_config_str(c.cfg, NULL, "secondary.path"),
+                    strerror(-r));
+    goto out;
+  }
+  if (consolidate) {
+    r = rs_open_vm(&c, argv[optind], "consolidate", &err);
+    if (r == 0)
+      r = rs_consolidate(&c, &err);
+    goto out;
+  }
+  r = kb_backup_find(c.cat, argv[optind], &c.ref);
+  if (r < 0) {
+    err = kb_printf("backup %s: %s", argv[optind], r == -ENOENT ? "no such backup in the catalog" : strerror(-r));
+    goto out;
+  }
+  {
+    const char *st = kb_doc_get(c.ref.doc, "backup", "state");
+    if (!st || KB_STREQ(st, "Running")) {
+      err = kb_printf("backup %s is not complete", c.ref.id);
+      r = -EINVAL;
+      goto out;
+    }
+  }
+  if (o.as) {
+    r = kb_virt_connect(kb_config_str(c.cfg, NULL, "libvirt.uri"), &c.conn);
+    if (r == 0)
+      r = rs_define_new_vm(&c, &o, &err);
+    if (r < 0) {
+      if (!err)
+        err = kb_printf("cannot connect to libvirt: %s", kb_virt_error());
+      goto out;
+    }
+    {
+      char uuid[VIR_UUID_STRING_BUFLEN];
+      virDomainGetUUIDString(c.dom, uuid);
+      r = rs_open_vm(&c, uuid, "restore", &err);
+    }
+  } else
+    r = rs_open_vm(&c, c.ref.vm_uuid, "restore", &err);
+  if (r < 0)
+    goto out;
+  if (virDomainIsActive(c.dom) == 1) {
+    err = kb_printf("VM %s is running: stop it before restoring", c.vm_name);
+    r = -EBUSY;
+    goto out;
+  }
+  {
+    const char *st = kb_doc_get(c.rec, "vm", "state");
+    if (st && KB_STREQ(st, KB_VM_CONSOLIDATING)) {
+      err = kb_printf("VM %s is still consolidating a quick restore: kboss-restore --consolidate %s first",
+                      c.vm_name, c.vm_name);
+      r = -EBUSY;
+      goto out;
+    }
+  }
+  r = o.quick ? rs_quick_restore(&c, &o, &err) : rs_restore(&c, &o, &err);
+  if (r < 0 && o.as && c.dom) {
+    /* Nothing of a new VM stays behind when its restore failed. */
+    (void) virDomainUndefineFlags(c.dom, VIR_DOMAIN_UNDEFINE_CHECKPOINTS_METADATA);
+  }
+out:
+  if (r < 0)
+    kb_err("%s", err ? err : strerror(-r));
+  kb_lock_release(c.lock);
+  kb_backup_ref_clear(&c.ref);
+  kb_doc_free(c.rec);
+  kb_catalog_free(c.cat);
+  if (c.dom)
+    virDomainFree(c.dom);
+  if (c.conn)
+    virConnectClose(c.conn);
+  free(c.vm_name);
+  kb_config_free(c.cfg);
+  return r < 0 ? 1 : 0;
+}

@@ -1,0 +1,157 @@
+/* A normal restore: each disk flattened from the backup's chain into a new
+ * file beside the VM's disk, moved over it only when complete. */
+#include <config.h>
+
+#include <errno.h>
+#include <fcntl.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include "jsonout.h"
+#include "log.h"
+#include "restore.h"
+#include "util.h"
+
+/* qemu-img convert, its progress shown on a terminal; cancellable. */
+static int convert(const struct rs_disk *d, char **ret_error)
+{
+  const char *argv[24];
+  int n = 0, status;
+  pid_t pid;
+  bool tty = isatty(STDERR_FILENO) && kb_verbosity >= 1;
+
+  argv[n++] = QEMU_IMG;
+  argv[n++] = "convert";
+  if (tty)
+    argv[n++] = "-p";
+  argv[n++] = "-W";        /* out-of-order writes: the target is new */
+  argv[n++] = "-m";
+  argv[n++] = "8";
+  argv[n++] = "-f";
+  argv[n++] = "qcow2";
+  argv[n++] = "-O";
+  argv[n++] = d->format;
+  if (KB_STREQ(d->format, "qcow2")) {
+    argv[n++] = "-o";
+    argv[n++] = "cluster_size=65536";
+  }
+  argv[n++] = d->backup_file;
+  argv[n++] = d->tmp;
+  argv[n] = NULL;
+  pid = fork();
+  if (pid < 0)
+    return -errno;
+  if (pid == 0) {
+    int nul = open("/dev/null", O_RDWR);
+    dup2(nul, 0);
+    if (!tty)
+      dup2(nul, 1);
+    execv(argv[0], (char *const *) argv);
+    _exit(127);
+  }
+  while (waitpid(pid, &status, 0) < 0) {
+    if (errno != EINTR)
+      return -errno;
+    if (rs_cancel)
+      (void) kill(pid, SIGTERM);
+  }
+  if (rs_cancel) {
+    *ret_error = kb_printf("disk %s: restore interrupted", d->target);
+    return -EINTR;
+  }
+  if (!WIFEXITED(status) || WEXITSTATUS(status) != 0) {
+    *ret_error = kb_printf("disk %s: qemu-img convert of %s failed", d->target, d->backup_file);
+    return -EIO;
+  }
+  return 0;
+}
+
+int rs_restore(struct rs_ctx *c, const struct rs_opts *o, char **ret_error)
+{
+  struct rs_disk *d = NULL;
+  size_t n = 0, i;
+  int64_t t0 = kb_mono_ms();
+  int r;
+
+  r = rs_plan_disks(c, o, &d, &n, ret_error);
+  if (r < 0)
+    return r;
+  r = rs_set_state(c, KB_VM_RESTORING, NULL);
+  if (r < 0) {
+    *ret_error = kb_printf("VM %s: cannot update its record: %s", c->vm_name, strerror(-r));
+    goto out;
+  }
+  /* Every disk is written completely before the first is swapped in. */
+  for (i = 0; i < n; i++) {
+    struct stat st;
+
+    d[i].tmp = kb_printf("%s.kboss-restore.tmp", d[i].dest);
+    if (!d[i].tmp) {
+      r = -ENOMEM;
+      goto fail;
+    }
+    (void) unlink(d[i].tmp);   /* left by a killed restore */
+    kb_info("restoring disk %s of VM %s from backup %s", d[i].target, c->vm_name, c->ref.id);
+    r = convert(&d[i], ret_error);
+    if (r < 0)
+      goto fail;
+    if (stat(d[i].dest, &st) == 0) {
+      if (chown(d[i].tmp, st.st_uid, st.st_gid) < 0 || chmod(d[i].tmp, st.st_mode & 07777) < 0) {
+        r = -errno;
+        *ret_error = kb_printf("disk %s: cannot give %s the old disk's owner and mode", d[i].target, d[i].tmp);
+        goto fail;
+      }
+    } else if (chmod(d[i].tmp, 0600) < 0) {
+      r = -errno;
+      goto fail;
+    }
+  }
+  for (i = 0; i < n; i++) {
+    if (rename(d[i].tmp, d[i].dest) < 0) {
+      r = -errno;
+      *ret_error = kb_printf("disk %s: cannot move the restored disk into place at %s: %s", d[i].target,
+                             d[i].dest, strerror(errno));
+      goto fail;
+    }
+    free(d[i].tmp);
+    d[i].tmp = NULL;
+  }
+  r = rs_end_chain(c, "VM restored");
+  if (r == 0)
+    r = kb_doc_set(c->rec, "vm", "last_restore", c->ref.id);
+  if (r == 0)
+    r = rs_set_state(c, KB_VM_READY, NULL);
+  if (r < 0) {
+    *ret_error = kb_printf("VM %s: disks restored, but its record could not be updated: %s", c->vm_name,
+                           strerror(-r));
+    goto out;
+  }
+  if (o->json) {
+    json_object *j = json_object_new_object(), *disks = json_object_new_array();
+    json_object_object_add(j, "vm", json_object_new_string(c->vm_name));
+    json_object_object_add(j, "backup", json_object_new_string(c->ref.id));
+    for (i = 0; i < n; i++) {
+      json_object *dj = json_object_new_object();
+      json_object_object_add(dj, "disk", json_object_new_string(d[i].target));
+      json_object_object_add(dj, "path", json_object_new_string(d[i].dest));
+      json_object_array_add(disks, dj);
+    }
+    json_object_object_add(j, "disks", disks);
+    json_object_object_add(j, "seconds", json_object_new_double((kb_mono_ms() - t0) / 1000.0));
+    kb_json_print(j);
+  } else {
+    printf("VM %s restored from backup %s (%zu disk%s) in %.1f s; its next backup will be full\n", c->vm_name,
+           c->ref.id, n, n == 1 ? "" : "s", (kb_mono_ms() - t0) / 1000.0);
+  }
+  goto out;
+fail:
+  (void) rs_set_state(c, KB_VM_READY, *ret_error);
+out:
+  rs_disks_free(d, n);
+  return r;
+}

@@ -1,0 +1,270 @@
+/* Quick restore: overlays on primary storage backed by the backup on
+ * secondary storage, the VM started at once, then consolidation (block
+ * stream) while the guest runs, or offline if the guest stops. */
+#include <config.h>
+
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "log.h"
+#include "restore.h"
+#include "util.h"
+
+/* Does the image at PATH still have a backing file? 1 yes, 0 no. */
+static int has_backing(const char *path)
+{
+  const char *argv[] = { QEMU_IMG, "info", "-U", "--output=json", path, NULL };
+  CLEANUP_FREE char *out = NULL;
+
+  if (kb_run(argv, &out) != 0)
+    return -EIO;
+  return strstr(out, "\"backing-filename\"") ? 1 : 0;
+}
+
+static int consolidate_offline(struct rs_ctx *c, const char *target, const char *path, char **ret_error)
+{
+  /* Safe rebase onto nothing copies in everything the backing chain held. */
+  const char *argv[] = { QEMU_IMG, "rebase", "-f", "qcow2", "-b", "", path, NULL };
+  CLEANUP_FREE char *out = NULL;
+
+  kb_info("VM %s is not running: consolidating disk %s offline", c->vm_name, target);
+  if (kb_run(argv, &out) != 0) {
+    *ret_error = kb_printf("VM %s: disk %s: offline consolidation failed: %s", c->vm_name, target, out ? out : "");
+    return -EIO;
+  }
+  return 0;
+}
+
+static int consolidate_disk(struct rs_ctx *c, const char *target, const char *path, char **ret_error)
+{
+  struct kb_progress p;
+  bool started = false;
+  int r;
+
+  r = has_backing(path);
+  if (r <= 0)
+    return r;
+  kb_progress_start(&p, target, 0);
+  for (;;) {
+    virDomainBlockJobInfo info;
+    int k;
+
+    if (rs_cancel) {
+      kb_progress_end(&p);
+      *ret_error = kb_printf("VM %s: consolidation interrupted; resume it with kboss-restore --consolidate %s",
+                             c->vm_name, c->vm_name);
+      return -EINTR;
+    }
+    if (virDomainIsActive(c->dom) != 1)
+      break;
+    k = virDomainGetBlockJobInfo(c->dom, target, &info, 0);
+    if (k == 1) {
+      p.total = info.end;
+      kb_progress_update(&p, info.cur);
+    } else if (k == 0) {
+      if (started)
+        break;    /* the job ended */
+      if (virDomainBlockPull(c->dom, target, 0, 0) < 0) {
+        if (virDomainIsActive(c->dom) != 1)
+          break;
+        kb_progress_end(&p);
+        *ret_error = kb_printf("VM %s: disk %s: cannot start consolidation: %s", c->vm_name, target,
+                               kb_virt_error());
+        return -EIO;
+      }
+      started = true;
+    } else if (virDomainIsActive(c->dom) != 1)
+      break;
+    usleep(200 * 1000);
+  }
+  kb_progress_end(&p);
+  /* Finished while running, or the guest stopped: finish what is left offline. */
+  if (virDomainIsActive(c->dom) != 1) {
+    r = has_backing(path);
+    if (r > 0)
+      return consolidate_offline(c, target, path, ret_error);
+    return r;
+  }
+  r = has_backing(path);
+  if (r > 0) {
+    *ret_error = kb_printf("VM %s: disk %s still has a backing file after consolidation", c->vm_name, target);
+    return -EIO;
+  }
+  return r;
+}
+
+int rs_consolidate(struct rs_ctx *c, char **ret_error)
+{
+  const char *state = kb_doc_get(c->rec, "vm", "state");
+  const char *disks = kb_doc_get(c->rec, "consolidation", "disks");
+  CLEANUP_FREE char *list = disks ? strdup(disks) : NULL;
+  char *save = NULL, *tok;
+  int64_t t0 = kb_mono_ms();
+  int r = 0;
+
+  if (!state || !KB_STREQ(state, KB_VM_CONSOLIDATING) || !list) {
+    *ret_error = kb_printf("VM %s has no consolidation to finish (state %s)", c->vm_name, state ? state : "?");
+    return -EINVAL;
+  }
+  for (tok = strtok_r(list, ",", &save); tok; tok = strtok_r(NULL, ",", &save)) {
+    CLEANUP_FREE char *key = kb_printf("path.%s", tok);
+    const char *path = key ? kb_doc_get(c->rec, "consolidation", key) : NULL;
+    if (!path || !kb_name_ok(tok)) {
+      *ret_error = kb_printf("VM %s: the consolidation record is damaged (disk %s)", c->vm_name, tok);
+      return -EINVAL;
+    }
+    r = consolidate_disk(c, tok, path, ret_error);
+    if (r < 0) {
+      (void) kb_doc_set(c->rec, "vm", "last_error", *ret_error);
+      (void) kb_vm_save(c->cat, c->uuid, c->rec);
+      return r;
+    }
+  }
+  {
+    const char *bid = kb_doc_get(c->rec, "consolidation", "backup");
+    if (bid && kb_backup_find(c->cat, bid, &c->ref) == 0)
+      (void) rs_mark_in_use(c, c->uuid, false);
+  }
+  (void) kb_doc_remove_section(c->rec, "consolidation");
+  r = rs_set_state(c, KB_VM_READY, NULL);
+  if (r < 0) {
+    *ret_error = kb_printf("VM %s: consolidated, but its record could not be updated: %s", c->vm_name,
+                           strerror(-r));
+    return r;
+  }
+  printf("VM %s: consolidation finished in %.1f s; its disks no longer depend on the backup\n", c->vm_name,
+         (kb_mono_ms() - t0) / 1000.0);
+  return 0;
+}
+
+int rs_quick_restore(struct rs_ctx *c, const struct rs_opts *o, char **ret_error)
+{
+  const char *off_name = kb_doc_get(c->ref.doc, "backup", "offering");
+  const struct kb_offering *off = off_name ? kb_config_offering(c->cfg, off_name) : NULL;
+  struct rs_disk *d = NULL;
+  size_t n = 0, i;
+  CLEANUP_FREE char *names = NULL;
+  int64_t t0 = kb_mono_ms();
+  int r;
+
+  if (!off || !off->allow_quick_restore) {
+    *ret_error = kb_printf("backup %s: its offering '%s' does not allow quick restore", c->ref.id,
+                           off_name ? off_name : "(none)");
+    return -EPERM;
+  }
+  r = rs_plan_disks(c, o, &d, &n, ret_error);
+  if (r < 0)
+    return r;
+  for (i = 0; i < n; i++)
+    if (!KB_STREQ(d[i].format, "qcow2")) {
+      *ret_error = kb_printf("VM %s: disk %s is %s; quick restore needs qcow2 disks (use a normal restore)",
+                             c->vm_name, d[i].target, d[i].format);
+      r = -ENOTSUP;
+      goto out;
+    }
+  r = rs_set_state(c, KB_VM_RESTORING, NULL);
+  if (r < 0)
+    goto out;
+  for (i = 0; i < n; i++) {
+    CLEANUP_FREE char *out = NULL;
+    CLEANUP_FREE char *size = NULL;
+    struct kb_doc *bk = c->ref.doc;
+    CLEANUP_FREE char *sec = kb_printf("disk:%s", d[i].target);
+    struct stat st;
+    const char *argv[16];
+    int k = 0;
+
+    size = kb_printf("%lld", kb_doc_get_ll(bk, sec, "virtual_size", 0));
+    d[i].tmp = kb_printf("%s.kboss-quick.tmp", d[i].dest);
+    if (!d[i].tmp || !size) {
+      r = -ENOMEM;
+      goto fail;
+    }
+    (void) unlink(d[i].tmp);
+    argv[k++] = QEMU_IMG;
+    argv[k++] = "create";
+    argv[k++] = "-q";
+    argv[k++] = "-f";
+    argv[k++] = "qcow2";
+    argv[k++] = "-o";
+    argv[k++] = "cluster_size=65536";
+    argv[k++] = "-b";
+    argv[k++] = d[i].backup_file;   /* absolute: the overlay lives on primary storage */
+    argv[k++] = "-F";
+    argv[k++] = "qcow2";
+    argv[k++] = d[i].tmp;
+    argv[k] = NULL;
+    if (kb_run(argv, &out) != 0) {
+      *ret_error = kb_printf("disk %s: cannot create the overlay %s: %s", d[i].target, d[i].tmp, out ? out : "");
+      r = -EIO;
+      goto fail;
+    }
+    if (stat(d[i].dest, &st) == 0) {
+      if (chown(d[i].tmp, st.st_uid, st.st_gid) < 0 || chmod(d[i].tmp, st.st_mode & 07777) < 0) {
+        r = -errno;
+        goto fail;
+      }
+    } else if (chmod(d[i].tmp, 0600) < 0) {
+      r = -errno;
+      goto fail;
+    }
+  }
+  /* From here the backup's files are in use until consolidation ends. */
+  r = rs_mark_in_use(c, c->uuid, true);
+  if (r < 0) {
+    *ret_error = kb_printf("backup %s: cannot mark it in use: %s", c->ref.id, strerror(-r));
+    goto fail;
+  }
+  (void) kb_doc_remove_section(c->rec, "consolidation");
+  r = kb_doc_set(c->rec, "consolidation", "backup", c->ref.id);
+  for (i = 0; i < n && r == 0; i++) {
+    CLEANUP_FREE char *key = kb_printf("path.%s", d[i].target);
+    CLEANUP_FREE char *nn = kb_printf("%s%s%s", names ? names : "", names ? "," : "", d[i].target);
+    r = key && nn ? kb_doc_set(c->rec, "consolidation", key, d[i].dest) : -ENOMEM;
+    free(names);
+    names = nn;
+    nn = NULL;
+  }
+  if (r == 0)
+    r = kb_doc_set(c->rec, "consolidation", "disks", names);
+  if (r == 0)
+    r = rs_end_chain(c, "VM quick-restored");
+  if (r == 0)
+    r = kb_doc_set(c->rec, "vm", "last_restore", c->ref.id);
+  if (r == 0)
+    r = rs_set_state(c, KB_VM_CONSOLIDATING, NULL);
+  if (r < 0) {
+    (void) rs_mark_in_use(c, c->uuid, false);
+    goto fail;
+  }
+  for (i = 0; i < n; i++) {
+    if (rename(d[i].tmp, d[i].dest) < 0) {
+      r = -errno;
+      *ret_error = kb_printf("disk %s: cannot move the overlay into place: %s", d[i].target, strerror(errno));
+      goto out;
+    }
+    free(d[i].tmp);
+    d[i].tmp = NULL;
+  }
+  if (virDomainCreate(c->dom) < 0) {
+    *ret_error = kb_printf("VM %s: overlays are in place but the VM did not start: %s; "
+                           "kboss-restore --consolidate %s finishes offline",
+                           c->vm_name, kb_virt_error(), c->vm_name);
+    r = -EIO;
+    goto out;
+  }
+  printf("VM %s is running from backup %s (%.1f s); consolidating its disks in the background of the guest\n",
+         c->vm_name, c->ref.id, (kb_mono_ms() - t0) / 1000.0);
+  fflush(stdout);
+  rs_disks_free(d, n);
+  return rs_consolidate(c, ret_error);
+fail:
+  (void) rs_set_state(c, KB_VM_READY, *ret_error);
+out:
+  rs_disks_free(d, n);
+  return r;
+}
