@@ -12,6 +12,7 @@
 #define KBOSS_KBCONFIG_H
 
 #include <stdbool.h>
+#include <stddef.h>
 #include <stdint.h>
 
 enum kb_scope {
@@ -29,6 +30,7 @@ enum kb_type {
   KB_TYPE_STRING,
   KB_TYPE_PATH,         /* absolute path */
   KB_TYPE_BASE64,
+  KB_TYPE_LIST,         /* comma-separated list of non-empty words */
 };
 
 struct kb_setting_def {
@@ -44,6 +46,19 @@ struct kb_setting_def {
 extern const struct kb_setting_def kb_setting_defs[];
 const struct kb_setting_def *kb_setting_find(const char *key);
 const char *kb_scope_name(enum kb_scope scope);
+const char *kb_type_name(enum kb_type type);
+
+/* The VM setting that overrides KEY for one VM (backupValidationBootTimeout
+ * for backup.validation.boot.default.timeout, ...), or NULL. */
+const char *kb_setting_vm_override(const char *key);
+
+/* Check VALUE against DEF's type and range. Returns 0, or -EINVAL with a
+ * short reason ("must be an integer from 1 to 64") in WHY. */
+int kb_setting_check(const struct kb_setting_def *def, const char *value,
+                     char *why, size_t whylen);
+
+/* Whether S is well-formed base64 (RFC 4648, padded, no blanks). */
+bool kb_base64_ok(const char *s);
 
 struct kb_offering {
   char *name;
@@ -76,6 +91,8 @@ struct kb_value {
   const char *file;      /* NULL for the built-in default */
   int line;              /* 0 for the built-in default */
   const char *section;   /* "global", "zone", "cluster", "account:X", "vm:X", or "default" */
+  const char *key;       /* the key that was set: the one asked for, or the VM
+                          * setting that overrides it (backupValidationBootTimeout) */
 };
 
 /* Load PATH (NULL: $KBOSS_CONF, else SYSCONFDIR/kboss/kboss.conf) with its
@@ -85,6 +102,13 @@ int kb_config_load(const char *path, struct kb_config **ret, char **ret_errors);
 void kb_config_free(struct kb_config *cfg);
 const char *kb_config_path(const struct kb_config *cfg);
 const char *kb_config_dir(const struct kb_config *cfg);
+
+/* The offering a VM is assigned to (NULL if none or unknown). */
+const struct kb_offering *kb_config_vm_offering_def(const struct kb_config *cfg, const char *vm);
+
+/* backup.chain.size for VM: its offering's backup_chain_size when set,
+ * else the resolved setting. */
+long long kb_config_chain_size(const struct kb_config *cfg, const char *vm);
 
 /* Resolve KEY for VM (VM may be NULL: no vm/account level). Returns 0 or
  * -ENOENT for an unknown key / a key with no value anywhere. */
