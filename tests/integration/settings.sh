@@ -39,7 +39,7 @@ CONF
 printf '[vm]\naccount = acme\noffering = gold\nbackupValidationBootTimeout = 77\n' > "$tmp/vms.d/web1.conf"
 conf="$tmp/kboss.conf"
 
-echo "1..14"
+echo "1..15"
 
 "$ctl" --config "$conf" settings > "$tmp/global.out" 2> "$tmp/err"
 check "settings without VM succeeds" test $? -eq 0
@@ -91,5 +91,8 @@ printf '[cluster]\nbackup.chain.size = 0\n' >> "$conf"
 rc=$?
 check "--check exits 1 and names file, line and key" \
   sh -c "test $rc -eq 1 && grep -qF '$conf:14: backup.chain.size: has zone scope: it cannot be set in [cluster]' '$tmp/err'"
+
+"$ctl" --config "${top_srcdir:-$(dirname "$0")/../..}/conf/kboss.conf" settings --check > /dev/null
+check "the shipped example configuration is valid" test $? -eq 0
 
 exit $failed
