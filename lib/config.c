@@ -61,7 +61,6 @@ struct kb_config {
   struct vmconf *vms;
   size_t n_vms;
   char **vm_names;        /* NULL-terminated */
-  char *scratch;          /* "vm:NAME" buffers etc. are kept in the structures */
 };
 
 enum file_kind { FILE_MAIN, FILE_OFFERING, FILE_VM };
@@ -929,7 +928,6 @@ void kb_config_free(struct kb_config *cfg)
     vmconf_clear(&cfg->vms[i]);
   free(cfg->vms);
   free(cfg->vm_names);
-  free(cfg->scratch);
   free(cfg);
 }
 
