@@ -12,6 +12,7 @@
 #define KBOSS_KBCONFIG_H
 
 #include <stdbool.h>
+#include <stddef.h>
 #include <stdint.h>
 
 enum kb_scope {
@@ -29,6 +30,7 @@ enum kb_type {
   KB_TYPE_STRING,
   KB_TYPE_PATH,         /* absolute path */
   KB_TYPE_BASE64,
+  KB_TYPE_LIST,         /* comma-separated list of non-empty words */
 };
 
 struct kb_setting_def {
@@ -44,6 +46,19 @@ struct kb_setting_def {
 extern const struct kb_setting_def kb_setting_defs[];
 const struct kb_setting_def *kb_setting_find(const char *key);
 const char *kb_scope_name(enum kb_scope scope);
+const char *kb_type_name(enum kb_type type);
+
+/* The VM setting that overrides KEY for one VM (backupValidationBootTimeout
+ * for backup.validation.boot.default.timeout, ...), or NULL. */
+const char *kb_setting_vm_override(const char *key);
+
+/* Check VALUE against DEF's type and range. Returns 0, or -EINVAL with a
+ * short reason ("must be an integer from 1 to 64") in WHY. */
+int kb_setting_check(const struct kb_setting_def *def, const char *value,
+                     char *why, size_t whylen);
+
+/* Whether S is well-formed base64 (RFC 4648, padded, no blanks). */
+bool kb_base64_ok(const char *s);
 
 struct kb_offering {
   char *name;
@@ -76,18 +91,36 @@ struct kb_value {
   const char *file;      /* NULL for the built-in default */
   int line;              /* 0 for the built-in default */
   const char *section;   /* "global", "zone", "cluster", "account:X", "vm:X", or "default" */
+  const char *key;       /* the key that was set: the one asked for, or the VM
+                          * setting that overrides it (backupValidationBootTimeout) */
 };
 
 /* Load PATH (NULL: $KBOSS_CONF, else SYSCONFDIR/kboss/kboss.conf) with its
- * offerings.d and vms.d. On any error returns -EINVAL and sets *ret_errors to
- * a newline-separated list of "FILE:LINE: KEY: what is wrong" messages. */
+ * offerings.d and vms.d. A bad configuration returns -EINVAL and sets
+ * *ret_errors (caller frees) to every problem found, newline-separated, each
+ * "FILE:LINE: KEY: what is wrong" ("FILE: ..." for file-level problems such
+ * as a bad file name). An unreadable kboss.conf returns its -errno with
+ * "FILE: cannot read: ..." in *ret_errors; -ENOMEM has no message.
+ *
+ * Note: the packaged inih is configured through globals (ini_use_stack,
+ * ini_max_line, ini_allow_multiline...); loading sets them, so do not load
+ * from two threads at once. */
 int kb_config_load(const char *path, struct kb_config **ret, char **ret_errors);
 void kb_config_free(struct kb_config *cfg);
 const char *kb_config_path(const struct kb_config *cfg);
 const char *kb_config_dir(const struct kb_config *cfg);
 
+/* The offering a VM is assigned to (NULL if none or unknown). */
+const struct kb_offering *kb_config_vm_offering_def(const struct kb_config *cfg, const char *vm);
+
+/* backup.chain.size for VM: its offering's backup_chain_size when set,
+ * else the resolved setting. */
+long long kb_config_chain_size(const struct kb_config *cfg, const char *vm);
+
 /* Resolve KEY for VM (VM may be NULL: no vm/account level). Returns 0 or
- * -ENOENT for an unknown key / a key with no value anywhere. */
+ * -ENOENT for an unknown key / a key with no value anywhere. The strings in
+ * *RET belong to CFG and stay valid until kb_config_vm_set() changes that VM
+ * or CFG is freed. */
 int kb_config_lookup(const struct kb_config *cfg, const char *vm, const char *key,
                      struct kb_value *ret);
 
@@ -112,9 +145,14 @@ const char *kb_config_vm_setting(const struct kb_config *cfg, const char *vm, co
 /* Names of VMs that have a vms.d file (NULL-terminated, owned by cfg). */
 const char *const *kb_config_vm_names(const struct kb_config *cfg);
 
-/* Write or change a VM setting in vms.d/VM.conf (creating it 0600).
+/* Write or change a VM setting in vms.d/VM.conf (creating it 0600, vms.d
+ * 0700), keeping the file's other lines and comments; KEY may also be
+ * "account" or "offering" (which must exist). The value is checked first;
+ * the file is written to a temporary name and renamed (local /etc, not NFS).
  * AS_USER true: a non-admin caller, refused (-EPERM) for the keys listed
- * in user.vm.readonly.details. VALUE NULL removes the key. */
+ * in user.vm.readonly.details and for account/offering. VALUE NULL removes
+ * the key. On error *RET_ERROR (caller frees) says why: "KEY: ...". CFG is
+ * updated to match the file. */
 int kb_config_vm_set(struct kb_config *cfg, const char *vm, const char *key,
                      const char *value, bool as_user, char **ret_error);
 

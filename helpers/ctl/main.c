@@ -1,0 +1,128 @@
+/* kbossctl: dispatch to a subcommand. To add one, write its function in
+ * its own file, declare it in ctl.h and add a line to `commands'. */
+#include <config.h>
+
+#include <getopt.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "ctl.h"
+#include "log.h"
+#include "util.h"
+
+const char *ctl_config_path;
+
+static const struct ctl_command commands[] = {
+  { "settings", ctl_settings, "show effective settings and where they come from; set VM settings" },
+  { "offerings", ctl_offerings, "list backup offerings or show one" },
+};
+
+static void usage(FILE *f)
+{
+  fprintf(f,
+          "Usage: %s [--config FILE] COMMAND [ARGS...]\n"
+          "       %s COMMAND --help\n"
+          "\n"
+          "Operator view and control of kboss backups.\n"
+          "\n"
+          "Commands:\n", kb_progname, kb_progname);
+  for (size_t i = 0; i < KB_ARRAY_SIZE(commands); i++)
+    fprintf(f, "  %-12s %s\n", commands[i].name, commands[i].help);
+  fprintf(f,
+          "\n"
+          "Options:\n"
+          "  --config FILE  configuration (default $KBOSS_CONF or %s/kboss/kboss.conf)\n"
+          "  -v, --verbose  say more\n"
+          "  -h, --help     this help\n"
+          "  --version      print the version\n", SYSCONFDIR);
+}
+
+struct kb_config *ctl_load_config(void)
+{
+  struct kb_config *cfg = NULL;
+  CLEANUP_FREE char *errors = NULL;
+  int r = kb_config_load(ctl_config_path, &cfg, &errors);
+
+  if (r < 0) {
+    if (errors) {
+      char *save = NULL;
+      for (char *line = strtok_r(errors, "\n", &save); line; line = strtok_r(NULL, "\n", &save))
+        kb_err("%s", line);
+    } else
+      kb_err("loading the configuration: %s", strerror(-r));
+    return NULL;
+  }
+  return cfg;
+}
+
+void ctl_json_str(FILE *f, const char *s)
+{
+  if (!s) {
+    fputs("null", f);
+    return;
+  }
+  fputc('"', f);
+  for (; *s; s++) {
+    unsigned char c = *s;
+    if (c == '"' || c == '\\')
+      fprintf(f, "\\%c", c);
+    else if (c == '\n')
+      fputs("\\n", f);
+    else if (c == '\t')
+      fputs("\\t", f);
+    else if (c < 0x20)
+      fprintf(f, "\\u%04x", c);
+    else
+      fputc(c, f);
+  }
+  fputc('"', f);
+}
+
+int main(int argc, char **argv)
+{
+  static const struct option long_options[] = {
+    { "config", required_argument, NULL, 'c' },
+    { "verbose", no_argument, NULL, 'v' },
+    { "help", no_argument, NULL, 'h' },
+    { "version", no_argument, NULL, 'V' },
+    { NULL, 0, NULL, 0 },
+  };
+  int c;
+
+  kb_log_init(argv[0]);
+  /* "+": stop at the subcommand, whose options are its own. */
+  while ((c = getopt_long(argc, argv, "+vh", long_options, NULL)) != -1) {
+    switch (c) {
+    case 'c':
+      ctl_config_path = optarg;
+      break;
+    case 'v':
+      kb_verbosity++;
+      break;
+    case 'h':
+      usage(stdout);
+      return 0;
+    case 'V':
+      printf("%s %s\n", kb_progname, PACKAGE_VERSION);
+      return 0;
+    default:
+      usage(stderr);
+      return 2;
+    }
+  }
+  if (optind >= argc) {
+    usage(stderr);
+    return 2;
+  }
+  for (size_t i = 0; i < KB_ARRAY_SIZE(commands); i++) {
+    if (strcmp(argv[optind], commands[i].name) == 0) {
+      int sub_argc = argc - optind;
+      char **sub_argv = argv + optind;
+      optind = 0;   /* reinitialise getopt for the subcommand */
+      return commands[i].run(sub_argc, sub_argv);
+    }
+  }
+  kb_err("unknown command \"%s\" (see %s --help)", argv[optind], kb_progname);
+  return 2;
+}

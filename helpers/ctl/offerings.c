@@ -1,0 +1,160 @@
+/* kbossctl offerings: list the backup offerings, or show one. */
+#include <config.h>
+
+#include <getopt.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "ctl.h"
+#include "log.h"
+#include "util.h"
+
+static void offerings_usage(FILE *f)
+{
+  fprintf(f,
+          "Usage: %s offerings [NAME] [--json]\n"
+          "\n"
+          "List the backup offerings of offerings.d, or show every field of one.\n"
+          "\n"
+          "  --json         print JSON\n"
+          "  --config FILE  configuration file\n", kb_progname);
+}
+
+static void steps_text(const struct kb_offering *o, char *buf, size_t len)
+{
+  size_t used = 0;
+
+  buf[0] = '\0';
+  for (char **s = o->validation_steps; s && *s; s++) {
+    int n = snprintf(buf + used, len - used, "%s%s", used ? "," : "", *s);
+    if (n < 0 || (size_t) n >= len - used)
+      break;
+    used += n;
+  }
+  if (!used)
+    snprintf(buf, len, "-");
+}
+
+static void json_offering(const struct kb_offering *o)
+{
+  printf("{\"name\":");
+  ctl_json_str(stdout, o->name);
+  printf(",\"description\":");
+  ctl_json_str(stdout, o->description);
+  printf(",\"zone\":");
+  ctl_json_str(stdout, o->zone);
+  printf(",\"allow_user_driven_backups\":%s,\"public\":%s,\"domain\":",
+         o->allow_user_driven_backups ? "true" : "false", o->public_ ? "true" : "false");
+  ctl_json_str(stdout, o->domain);
+  printf(",\"compress\":%s,\"compression_library\":", o->compress ? "true" : "false");
+  ctl_json_str(stdout, o->compression_library);
+  printf(",\"validate\":%s,\"validation_steps\":[", o->validate ? "true" : "false");
+  for (char **s = o->validation_steps; s && *s; s++) {
+    if (s != o->validation_steps)
+      putchar(',');
+    ctl_json_str(stdout, *s);
+  }
+  printf("],\"allow_extract_file\":%s,\"allow_quick_restore\":%s,\"backup_chain_size\":",
+         o->allow_extract_file ? "true" : "false", o->allow_quick_restore ? "true" : "false");
+  if (o->backup_chain_size > 0)
+    printf("%lld", o->backup_chain_size);
+  else
+    printf("null");
+  printf(",\"file\":");
+  ctl_json_str(stdout, o->file);
+  printf("}");
+}
+
+static void show_offering(const struct kb_offering *o)
+{
+  char steps[256];
+
+  steps_text(o, steps, sizeof steps);
+  printf("name                       %s\n", o->name);
+  printf("description                %s\n", o->description ? o->description : "");
+  printf("zone                       %s\n", o->zone ? o->zone : "-");
+  printf("allow_user_driven_backups  %s\n", o->allow_user_driven_backups ? "true" : "false");
+  printf("public                     %s\n", o->public_ ? "true" : "false");
+  printf("domain                     %s\n", o->domain ? o->domain : "-");
+  printf("compress                   %s\n", o->compress ? "true" : "false");
+  printf("compression_library        %s\n", o->compression_library);
+  printf("validate                   %s\n", o->validate ? "true" : "false");
+  printf("validation_steps           %s\n", steps);
+  printf("allow_extract_file         %s\n", o->allow_extract_file ? "true" : "false");
+  printf("allow_quick_restore        %s\n", o->allow_quick_restore ? "true" : "false");
+  if (o->backup_chain_size > 0)
+    printf("backup_chain_size          %lld\n", o->backup_chain_size);
+  else
+    printf("backup_chain_size          - (backup.chain.size)\n");
+  printf("file                       %s\n", o->file);
+}
+
+int ctl_offerings(int argc, char **argv)
+{
+  static const struct option long_options[] = {
+    CTL_COMMON_LONG_OPTIONS,
+    { "json", no_argument, NULL, 'j' },
+    { NULL, 0, NULL, 0 },
+  };
+  const struct kb_offering *o;
+  const char *name = NULL;
+  struct kb_config *cfg;
+  bool json = false;
+  int c;
+
+  while ((c = getopt_long(argc, argv, "h", long_options, NULL)) != -1) {
+    switch (c) {
+    case CTL_OPT_CONFIG:
+      ctl_config_path = optarg;
+      break;
+    case CTL_OPT_HELP:
+      offerings_usage(stdout);
+      return 0;
+    case 'j':
+      json = true;
+      break;
+    default:
+      offerings_usage(stderr);
+      return 2;
+    }
+  }
+  if (optind < argc)
+    name = argv[optind++];
+  if (optind < argc) {
+    kb_err("offerings: too many arguments");
+    return 2;
+  }
+  cfg = ctl_load_config();
+  if (!cfg)
+    return 1;
+  if (name) {
+    o = kb_config_offering(cfg, name);
+    if (!o) {
+      kb_err("offerings: no offering \"%s\"", name);
+      kb_config_free(cfg);
+      return 1;
+    }
+    if (json) {
+      json_offering(o);
+      putchar('\n');
+    } else
+      show_offering(o);
+  } else if (json) {
+    printf("[");
+    for (unsigned i = 0; (o = kb_config_offering_at(cfg, i)); i++) {
+      printf("%s\n ", i ? "," : "");
+      json_offering(o);
+    }
+    printf("\n]\n");
+  } else {
+    printf("%-20s %-8s %-8s %-9s %-12s %s\n", "NAME", "ZONE", "COMPRESS", "VALIDATE",
+           "QUICKRESTORE", "DESCRIPTION");
+    for (unsigned i = 0; (o = kb_config_offering_at(cfg, i)); i++)
+      printf("%-20s %-8s %-8s %-9s %-12s %s\n", o->name, o->zone ? o->zone : "-",
+             o->compress ? o->compression_library : "no", o->validate ? "yes" : "no",
+             o->allow_quick_restore ? "yes" : "no", o->description ? o->description : "");
+  }
+  kb_config_free(cfg);
+  return 0;
+}
