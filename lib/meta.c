@@ -21,9 +21,9 @@
  *   documents  DIR/NAME.<gen>.ini      INI text + "# kboss-checksum: <xxh64>" trailer
  *   files      DIR/BASE.<gen>.<xxh64>  the bytes as given; the hash is in the name
  *
- * A writer creates generation max+1 with O_EXCL, writes it whole, closes it
- * and then removes every older generation but the newest complete one. A
- * reader takes the highest generation that verifies. Nothing is renamed,
+ * A writer removes every generation but the newest complete one, then
+ * creates generation max+1 with O_EXCL and writes it whole. A reader takes
+ * the highest generation that verifies. Nothing is renamed,
  * nothing relies on fsync: a torn file simply does not verify. */
 
 #define GEN_WIDTH 9
@@ -218,9 +218,14 @@ static int open_dir(const char *dir)
 {
   int fd = open(dir, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
 
-  if (fd < 0)
-    return -errno;   /* a symlink: ELOOP (O_NOFOLLOW) */
-  return fd;
+  struct stat st;
+
+  if (fd >= 0)
+    return fd;
+  /* O_DIRECTORY may answer ENOTDIR for a symlink before O_NOFOLLOW's ELOOP. */
+  if (errno == ENOTDIR && lstat(dir, &st) == 0 && S_ISLNK(st.st_mode))
+    return -ELOOP;
+  return -errno;
 }
 
 /* Tests set KBOSS_TEST_WRITE_CHUNK to write in small pieces, so that a
@@ -243,12 +248,33 @@ static int write_chunked(int fd, const char *buf, size_t len)
   return 0;
 }
 
-/* Create the next generation of NAME in DFD holding BUF. */
+static bool gen_ok(int dfd, const char *name, enum kind kind, const struct gen *g)
+{
+  CLEANUP_FREE char *buf = NULL;
+  char fname[512];
+  size_t len;
+
+  gen_name(fname, sizeof fname, name, kind, g);
+  if (read_at(dfd, fname, &buf, &len) < 0)
+    return false;
+  if (kind == DOC)
+    return doc_verify(buf, len) >= 0;
+  return XXH64(buf, len, 0) == g->hash;
+}
+
+/* Create the next generation of NAME in DFD holding BUF. First every
+ * generation but the newest complete one goes (older ones and torn
+ * leftovers), so that after the write exactly two remain: the previous
+ * and the new. A writer killed at any point leaves at most those two.
+ * Numbers are never reused: the new one is above every name listed, torn
+ * or not, so no NFS client can hold cached pages of an older file under
+ * the same name. */
 static int write_gen(int dfd, const char *name, enum kind kind, const char *buf, size_t len,
-                     uint64_t hash, unsigned long long *ret_gen)
+                     uint64_t hash)
 {
   struct gen *gens = NULL;
-  size_t n = 0;
+  size_t n = 0, i;
+  bool kept = false;
   struct gen g;
   char fname[512];
   int fd = -1, r, tries;
@@ -258,6 +284,14 @@ static int write_gen(int dfd, const char *name, enum kind kind, const char *buf,
     return r;
   g.gen = n ? gens[0].gen + 1 : 1;
   g.hash = hash;
+  for (i = 0; i < n; i++) {
+    if (!kept && gen_ok(dfd, name, kind, &gens[i])) {
+      kept = true;
+      continue;
+    }
+    gen_name(fname, sizeof fname, name, kind, &gens[i]);
+    (void) unlinkat(dfd, fname, 0);
+  }
   free(gens);
   /* The caller's lock serialises writers; a collision all the same (a
    * directory listing from an NFS cache) moves on to the next number. */
@@ -273,59 +307,17 @@ static int write_gen(int dfd, const char *name, enum kind kind, const char *buf,
   /* On NFS close() flushes and reports what the server refused. */
   if (close(fd) < 0 && r == 0)
     r = -errno;
-  if (r < 0) {
+  if (r < 0)
     (void) unlinkat(dfd, fname, 0);
-    return r;
-  }
-  *ret_gen = g.gen;
-  return 0;
+  return r;
 }
 
-static bool gen_ok(int dfd, const char *name, enum kind kind, const struct gen *g)
-{
-  CLEANUP_FREE char *buf = NULL;
-  char fname[512];
-  size_t len;
-
-  gen_name(fname, sizeof fname, name, kind, g);
-  if (read_at(dfd, fname, &buf, &len) < 0)
-    return false;
-  if (kind == DOC)
-    return doc_verify(buf, len) >= 0;
-  return XXH64(buf, len, 0) == g->hash;
-}
-
-/* Keep generation NEW and the newest complete one before it; remove the
- * rest (older ones and torn leftovers). */
-static void prune(int dfd, const char *name, enum kind kind, unsigned long long new_gen)
-{
-  struct gen *gens = NULL;
-  size_t n = 0, i;
-  bool kept_prev = false;
-
-  if (list_gens(dfd, name, kind, &gens, &n) < 0)
-    return;
-  for (i = 0; i < n; i++) {
-    char fname[512];
-    if (gens[i].gen >= new_gen)
-      continue;
-    if (!kept_prev && gen_ok(dfd, name, kind, &gens[i])) {
-      kept_prev = true;
-      continue;
-    }
-    gen_name(fname, sizeof fname, name, kind, &gens[i]);
-    (void) unlinkat(dfd, fname, 0);
-  }
-  free(gens);
-}
 
 int kb_meta_write(const char *dir, const char *name, const struct kb_doc *doc)
 {
   CLEANUP_CLOSE int dfd = -1;
   CLEANUP_FREE char *text = NULL;
   CLEANUP_FREE char *all = NULL;
-  unsigned long long gen;
-  int r;
 
   if (!kb_name_ok(name))
     return -EINVAL;
@@ -338,11 +330,7 @@ int kb_meta_write(const char *dir, const char *name, const struct kb_doc *doc)
   dfd = open_dir(dir);
   if (dfd < 0)
     return dfd;
-  r = write_gen(dfd, name, DOC, all, strlen(all), 0, &gen);
-  if (r < 0)
-    return r;
-  prune(dfd, name, DOC, gen);
-  return 0;
+  return write_gen(dfd, name, DOC, all, strlen(all), 0);
 }
 
 /* The newest generation that verifies. A generation that vanishes between
@@ -464,7 +452,6 @@ int kb_meta_write_file(const char *path, const char *content, size_t len)
   CLEANUP_FREE char *dir = NULL;
   CLEANUP_CLOSE int dfd = -1;
   const char *base;
-  unsigned long long gen;
   int r;
 
   r = split_path(path, &dir, &base);
@@ -473,11 +460,7 @@ int kb_meta_write_file(const char *path, const char *content, size_t len)
   dfd = open_dir(dir);
   if (dfd < 0)
     return dfd;
-  r = write_gen(dfd, base, FILE_, content, len, XXH64(content, len, 0), &gen);
-  if (r < 0)
-    return r;
-  prune(dfd, base, FILE_, gen);
-  return 0;
+  return write_gen(dfd, base, FILE_, content, len, XXH64(content, len, 0));
 }
 
 int kb_meta_read_file(const char *path, char **ret, size_t *ret_len)
