@@ -24,9 +24,16 @@
 
 struct kb_config;
 struct kb_catalog;
+struct kb_store;
 
-/* Open (creating as needed) the catalog under secondary.path. */
+/* Open (creating as needed) the catalog under secondary.path. The mount
+ * point itself must exist (-ENOENT otherwise: never create the catalog on
+ * a host's local disk because an NFS mount failed). */
 int kb_catalog_open(const struct kb_config *cfg, struct kb_catalog **ret);
+/* The same without a configuration (kb_catalog_open is a wrapper, in
+ * catalog-config.c): SECONDARY_PATH and the data stores, copied. */
+int kb_catalog_open_at(const char *secondary_path, const struct kb_store *stores, size_t nstores,
+                       struct kb_catalog **ret);
 void kb_catalog_free(struct kb_catalog *cat);
 const char *kb_catalog_root(const struct kb_catalog *cat);   /* <secondary>/kboss */
 
@@ -39,9 +46,18 @@ int kb_meta_write(const char *dir, const char *name, const struct kb_doc *doc);
 int kb_meta_read(const char *dir, const char *name, struct kb_doc **ret);
 /* Remove every generation of DIR/NAME. */
 int kb_meta_remove(const char *dir, const char *name);
-/* Plain files (domain.xml, checkpoint XML) written with the same care:
- * temp name, complete, then in place; never torn. */
+/* Plain files (domain.xml, checkpoint XML) written with the same care, as
+ * generations "BASE.<gen>.<xxh64 of the content>" beside PATH; the bytes
+ * are stored as given. Read them back only with kb_meta_read_file (PATH
+ * itself never exists). */
 int kb_meta_write_file(const char *path, const char *content, size_t len);
+/* The newest complete generation of PATH, NUL-terminated; -ENOENT if none. */
+int kb_meta_read_file(const char *path, char **ret, size_t *ret_len);
+int kb_meta_remove_file(const char *path);
+/* Names in DIR that have document (kb_meta_list) or file
+ * (kb_meta_list_files) generations: sorted, NULL-terminated, kb_strv_free. */
+int kb_meta_list(const char *dir, char ***ret_names);
+int kb_meta_list_files(const char *dir, char ***ret_names);
 
 /* --- Paths (malloc'd; NULL on a bad name or ENOMEM) --- */
 char *kb_catalog_vm_dir(const struct kb_catalog *cat, const char *vm_uuid);
@@ -54,6 +70,11 @@ char *kb_catalog_data_dir(const struct kb_catalog *cat, const char *store, const
                           const char *chain, const char *backup);
 char *kb_catalog_jobs_dir(const struct kb_catalog *cat);
 char *kb_catalog_locks_dir(const struct kb_catalog *cat);
+/* The path builders check that no existing component below the mount point
+ * (or store path) is a symlink: NULL with errno ELOOP (ENOTDIR for another
+ * kind of file). Create DIR (under the catalog or a store) and its parents
+ * 0700 with the same checks. */
+int kb_catalog_mkdirs(const struct kb_catalog *cat, const char *dir);
 
 /* --- Listing --- */
 /* NULL-terminated arrays of names, sorted; free with kb_strv_free. */
@@ -79,5 +100,8 @@ int kb_catalog_lock_vm(const struct kb_catalog *cat, const char *vm_uuid, const 
  * (returns 0 with *ret NULL). -EBUSY when all are taken. */
 int kb_catalog_take_slot(const struct kb_catalog *cat, const char *kind, const char *host,
                          long long limit, const char *purpose, struct kb_lock **ret);
+/* How many slots of KIND (zone-wide, or HOST's) live holders have now. */
+int kb_catalog_count_slots(const struct kb_catalog *cat, const char *kind, const char *host,
+                           unsigned *ret_held);
 
 #endif

@@ -7,6 +7,8 @@
 #ifndef KBOSS_LOCK_H
 #define KBOSS_LOCK_H
 
+#include <stdbool.h>
+
 struct kb_lock;
 
 /* Take the lock file PATH. TIMEOUT_MS 0 tries once; < 0 waits forever.
@@ -17,6 +19,12 @@ void kb_lock_release(struct kb_lock *lock);
 /* Is PATH held by a live holder? 1 yes, 0 no, negative errno. With
  * RET_HOLDER, a description "host pid purpose since". */
 int kb_lock_probe(const char *path, char **ret_holder);
+
+/* The lock file's path. */
+const char *kb_lock_path(const struct kb_lock *lock);
+/* True once the heartbeat found the lock file gone or replaced (someone
+ * judged us stale and broke the lock): stop writing and give up. */
+bool kb_lock_lost(const struct kb_lock *lock);
 
 /* Lease length in seconds (default 120; KBOSS_LOCK_LEASE overrides, tests). */
 int kb_lock_lease_seconds(void);

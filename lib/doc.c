@@ -1,0 +1,420 @@
+#include <config.h>
+
+#include <ctype.h>
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <ini.h>
+
+#include "doc.h"
+#include "util.h"
+
+/* What the system inih (Debian's build) can read back: a line of at most
+ * INI_MAX_LINE - 1 bytes counting its newline, no inline ";" comment, no
+ * leading or trailing blanks (stripped). kb_doc_set refuses values that
+ * would not survive kb_doc_format + kb_doc_parse unchanged. */
+#define KB_DOC_MAX_LINE 198
+
+struct kv {
+  char *key;
+  char *value;
+};
+
+struct section {
+  char *name;
+  struct kv *kv;
+  size_t nkv, cap;
+};
+
+struct kb_doc {
+  struct section *sec;
+  size_t nsec, cap;
+};
+
+struct kb_doc *kb_doc_new(void)
+{
+  return calloc(1, sizeof(struct kb_doc));
+}
+
+static void section_clear(struct section *s)
+{
+  size_t i;
+
+  for (i = 0; i < s->nkv; i++) {
+    free(s->kv[i].key);
+    free(s->kv[i].value);
+  }
+  free(s->kv);
+  free(s->name);
+}
+
+void kb_doc_free(struct kb_doc *doc)
+{
+  size_t i;
+
+  if (!doc)
+    return;
+  for (i = 0; i < doc->nsec; i++)
+    section_clear(&doc->sec[i]);
+  free(doc->sec);
+  free(doc);
+}
+
+static struct section *find_section(const struct kb_doc *doc, const char *name)
+{
+  size_t i;
+
+  for (i = 0; i < doc->nsec; i++)
+    if (KB_STREQ(doc->sec[i].name, name))
+      return &doc->sec[i];
+  return NULL;
+}
+
+static struct kv *find_key(const struct section *s, const char *key)
+{
+  size_t i;
+
+  for (i = 0; i < s->nkv; i++)
+    if (KB_STREQ(s->kv[i].key, key))
+      return &s->kv[i];
+  return NULL;
+}
+
+/* Section names: "global", "disk:vda", "account:x y"... anything inih reads
+ * back: printable, no "[];#", no blanks at either end. "" is the part before
+ * the first header. */
+static bool section_ok(const char *s)
+{
+  size_t n = strlen(s);
+  const char *p;
+
+  if (n == 0)
+    return true;
+  if (n + 2 > KB_DOC_MAX_LINE || isspace((unsigned char) s[0]) || isspace((unsigned char) s[n - 1]))
+    return false;
+  for (p = s; *p; p++)
+    if (!isprint((unsigned char) *p) || strchr("[];#", *p))
+      return false;
+  return true;
+}
+
+static bool key_ok(const char *k)
+{
+  const char *p;
+
+  if (!*k || strlen(k) > 128)
+    return false;
+  for (p = k; *p; p++)
+    if (!(isalnum((unsigned char) *p) || strchr("._-", *p)))
+      return false;
+  return true;
+}
+
+static int value_check(const char *key, const char *v)
+{
+  size_t n = strlen(v);
+  const char *p;
+
+  if (strpbrk(v, "\n\r"))
+    return -EINVAL;
+  if (n && (isspace((unsigned char) v[0]) || isspace((unsigned char) v[n - 1])))
+    return -EINVAL;
+  for (p = v; *p; p++) {
+    if (!isprint((unsigned char) *p) && !(*p & 0x80) && *p != '\t')
+      return -EINVAL;
+    /* inih starts an inline comment at ";" after a blank (or at the start
+     * of the value, which follows "key = "). */
+    if (*p == ';' && (p == v || isspace((unsigned char) p[-1])))
+      return -EINVAL;
+  }
+  if (strlen(key) + 3 + n > KB_DOC_MAX_LINE)
+    return -E2BIG;
+  return 0;
+}
+
+static struct section *add_section(struct kb_doc *doc, const char *name)
+{
+  struct section *s;
+
+  if (doc->nsec == doc->cap) {
+    size_t cap = doc->cap ? doc->cap * 2 : 8;
+    struct section *n = realloc(doc->sec, cap * sizeof *n);
+    if (!n)
+      return NULL;
+    doc->sec = n;
+    doc->cap = cap;
+  }
+  s = &doc->sec[doc->nsec];
+  memset(s, 0, sizeof *s);
+  s->name = strdup(name);
+  if (!s->name)
+    return NULL;
+  doc->nsec++;
+  return s;
+}
+
+static int put(struct kb_doc *doc, const char *section, const char *key, const char *value)
+{
+  struct section *s = find_section(doc, section);
+  struct kv *kv;
+  char *v;
+
+  if (!s && !(s = add_section(doc, section)))
+    return -ENOMEM;
+  v = strdup(value);
+  if (!v)
+    return -ENOMEM;
+  kv = find_key(s, key);
+  if (kv) {
+    free(kv->value);
+    kv->value = v;
+    return 0;
+  }
+  if (s->nkv == s->cap) {
+    size_t cap = s->cap ? s->cap * 2 : 8;
+    struct kv *n = realloc(s->kv, cap * sizeof *n);
+    if (!n) {
+      free(v);
+      return -ENOMEM;
+    }
+    s->kv = n;
+    s->cap = cap;
+  }
+  s->kv[s->nkv].key = strdup(key);
+  if (!s->kv[s->nkv].key) {
+    free(v);
+    return -ENOMEM;
+  }
+  s->kv[s->nkv].value = v;
+  s->nkv++;
+  return 0;
+}
+
+struct parse_state {
+  struct kb_doc *doc;
+  int err;
+};
+
+static int handler(void *user, const char *section, const char *key, const char *value)
+{
+  struct parse_state *ps = user;
+  int r;
+
+  if (!key_ok(key))
+    return 0;   /* inih reports this line */
+  r = put(ps->doc, section, key, value);
+  if (r < 0) {
+    ps->err = r;
+    return 0;
+  }
+  return 1;
+}
+
+/* inih splits lines longer than its buffer and folds indented lines into the
+ * previous value; both would silently change a document, so such lines are
+ * refused here with their line number before inih sees the text. */
+static int precheck(const char *text)
+{
+  const char *p = text;
+  int line = 1;
+
+  while (*p) {
+    const char *nl = strchr(p, '\n');
+    size_t len = nl ? (size_t) (nl - p) : strlen(p);
+    const char *q = p;
+
+    if (len > KB_DOC_MAX_LINE)
+      return line;
+    while (q < p + len && (*q == ' ' || *q == '\t'))
+      q++;
+    if (q > p && q < p + len && *q != ';' && *q != '#' && *q != '\r')
+      return line;
+    if (!nl)
+      break;
+    p = nl + 1;
+    line++;
+  }
+  return 0;
+}
+
+int kb_doc_parse(const char *text, struct kb_doc **ret, int *ret_line)
+{
+  struct parse_state ps = { .doc = kb_doc_new(), .err = 0 };
+  int r;
+
+  if (!ps.doc)
+    return -ENOMEM;
+  r = precheck(text);
+  if (r == 0)
+    r = ini_parse_string(text, handler, &ps);
+  if (ps.err < 0 && ps.err != -EINVAL) {
+    kb_doc_free(ps.doc);
+    return ps.err;
+  }
+  if (r != 0) {
+    kb_doc_free(ps.doc);
+    if (ret_line)
+      *ret_line = r;
+    return r < 0 ? -ENOMEM : -EINVAL;
+  }
+  *ret = ps.doc;
+  return 0;
+}
+
+struct buf {
+  char *p;
+  size_t len, cap;
+  bool oom;
+};
+
+static void buf_add(struct buf *b, const char *s)
+{
+  size_t n = strlen(s);
+
+  if (b->oom)
+    return;
+  if (b->len + n + 1 > b->cap) {
+    size_t cap = b->cap ? b->cap : 256;
+    char *np;
+    while (cap < b->len + n + 1)
+      cap *= 2;
+    np = realloc(b->p, cap);
+    if (!np) {
+      b->oom = true;
+      return;
+    }
+    b->p = np;
+    b->cap = cap;
+  }
+  memcpy(b->p + b->len, s, n + 1);
+  b->len += n;
+}
+
+static void format_section(struct buf *b, const struct section *s, bool blank_before)
+{
+  size_t i;
+
+  if (*s->name) {
+    if (blank_before)
+      buf_add(b, "\n");
+    buf_add(b, "[");
+    buf_add(b, s->name);
+    buf_add(b, "]\n");
+  }
+  for (i = 0; i < s->nkv; i++) {
+    buf_add(b, s->kv[i].key);
+    buf_add(b, " = ");
+    buf_add(b, s->kv[i].value);
+    buf_add(b, "\n");
+  }
+}
+
+char *kb_doc_format(const struct kb_doc *doc)
+{
+  struct buf b = { 0 };
+  const struct section *top = find_section(doc, "");
+  size_t i;
+
+  buf_add(&b, "");
+  if (top)
+    format_section(&b, top, false);
+  for (i = 0; i < doc->nsec; i++)
+    if (*doc->sec[i].name)
+      format_section(&b, &doc->sec[i], b.len > 0);
+  if (b.oom) {
+    free(b.p);
+    return NULL;
+  }
+  return b.p;
+}
+
+const char *kb_doc_get(const struct kb_doc *doc, const char *section, const char *key)
+{
+  const struct section *s = find_section(doc, section);
+  const struct kv *kv = s ? find_key(s, key) : NULL;
+
+  return kv ? kv->value : NULL;
+}
+
+long long kb_doc_get_ll(const struct kb_doc *doc, const char *section, const char *key, long long fallback)
+{
+  long long v;
+
+  if (kb_parse_ll(kb_doc_get(doc, section, key), &v) < 0)
+    return fallback;
+  return v;
+}
+
+bool kb_doc_get_bool(const struct kb_doc *doc, const char *section, const char *key, bool fallback)
+{
+  bool v;
+
+  if (kb_parse_bool(kb_doc_get(doc, section, key), &v) < 0)
+    return fallback;
+  return v;
+}
+
+int kb_doc_set(struct kb_doc *doc, const char *section, const char *key, const char *value)
+{
+  struct section *s;
+  int r;
+
+  if (!section_ok(section) || !key_ok(key))
+    return -EINVAL;
+  if (!value) {
+    struct kv *kv;
+    s = find_section(doc, section);
+    if (!s || !(kv = find_key(s, key)))
+      return 0;
+    free(kv->key);
+    free(kv->value);
+    memmove(kv, kv + 1, (s->nkv - (kv - s->kv) - 1) * sizeof *kv);
+    s->nkv--;
+    return 0;
+  }
+  r = value_check(key, value);
+  if (r < 0)
+    return r;
+  return put(doc, section, key, value);
+}
+
+int kb_doc_set_ll(struct kb_doc *doc, const char *section, const char *key, long long value)
+{
+  char buf[32];
+
+  snprintf(buf, sizeof buf, "%lld", value);
+  return kb_doc_set(doc, section, key, buf);
+}
+
+int kb_doc_remove_section(struct kb_doc *doc, const char *section)
+{
+  struct section *s = find_section(doc, section);
+
+  if (!s)
+    return 0;
+  section_clear(s);
+  memmove(s, s + 1, (doc->nsec - (s - doc->sec) - 1) * sizeof *s);
+  doc->nsec--;
+  return 0;
+}
+
+const char *kb_doc_section_name(const struct kb_doc *doc, unsigned n)
+{
+  return n < doc->nsec ? doc->sec[n].name : NULL;
+}
+
+bool kb_doc_key_at(const struct kb_doc *doc, const char *section, unsigned n,
+                   const char **ret_key, const char **ret_value)
+{
+  const struct section *s = find_section(doc, section);
+
+  if (!s || n >= s->nkv)
+    return false;
+  if (ret_key)
+    *ret_key = s->kv[n].key;
+  if (ret_value)
+    *ret_value = s->kv[n].value;
+  return true;
+}

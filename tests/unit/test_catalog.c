@@ -1,0 +1,380 @@
+/* The catalog: layout on disk, names that may become paths, symlinks
+ * refused, listings, ids, and concurrency slots among real processes. */
+#include <config.h>
+
+#include <criterion/criterion.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "catalog.h"
+#include "kbconfig.h"
+#include "util.h"
+
+#define VM1 "6a1f4c2e-9b3d-4e5f-8a7b-1c2d3e4f5a6b"
+#define VM2 "0b2c3d4e-5f60-4172-8394-a5b6c7d8e9f0"
+
+static char tmpdir[64];
+static char secondary[128], storepath[128];
+static struct kb_catalog *cat;
+
+static void setup(void)
+{
+  struct kb_store stores[1];
+
+  snprintf(tmpdir, sizeof tmpdir, "/tmp/kboss-cat-XXXXXX");
+  cr_assert_not_null(mkdtemp(tmpdir));
+  snprintf(secondary, sizeof secondary, "%s/secondary", tmpdir);
+  snprintf(storepath, sizeof storepath, "%s/store1", tmpdir);
+  cr_assert_eq(mkdir(secondary, 0755), 0);
+  cr_assert_eq(mkdir(storepath, 0755), 0);
+  setenv("KBOSS_LOCK_LEASE", "3", 1);
+  stores[0].name = (char *) "fast";
+  stores[0].path = storepath;
+  stores[0].backups_only = true;
+  cr_assert_eq(kb_catalog_open_at(secondary, stores, 1, &cat), 0);
+}
+
+static void teardown(void)
+{
+  kb_catalog_free(cat);
+  kb_rm_rf(tmpdir);
+}
+
+TestSuite(catalog, .init = setup, .fini = teardown, .timeout = 60);
+
+static void assert_dir_0700(const char *path)
+{
+  struct stat st;
+
+  cr_assert_eq(lstat(path, &st), 0, "%s missing", path);
+  cr_assert(S_ISDIR(st.st_mode), "%s", path);
+  cr_assert_eq(st.st_mode & 07777, 0700, "%s has mode %o", path, st.st_mode & 07777);
+}
+
+Test(catalog, open_creates_the_layout)
+{
+  char p[256];
+
+  snprintf(p, sizeof p, "%s/kboss", secondary);
+  cr_assert_str_eq(kb_catalog_root(cat), p);
+  assert_dir_0700(p);
+  snprintf(p, sizeof p, "%s/kboss/vms", secondary);
+  assert_dir_0700(p);
+  snprintf(p, sizeof p, "%s/kboss/jobs", secondary);
+  assert_dir_0700(p);
+  snprintf(p, sizeof p, "%s/kboss/locks", secondary);
+  assert_dir_0700(p);
+}
+
+Test(catalog, open_refuses_a_missing_mount_point)
+{
+  struct kb_catalog *c = NULL;
+  char p[256];
+
+  snprintf(p, sizeof p, "%s/not-mounted", tmpdir);
+  cr_assert_eq(kb_catalog_open_at(p, NULL, 0, &c), -ENOENT);
+  cr_assert_eq(access(p, F_OK), -1, "the mount point was created");
+  cr_assert_eq(kb_catalog_open_at("relative/path", NULL, 0, &c), -EINVAL);
+}
+
+Test(catalog, paths)
+{
+  char *p, want[512];
+
+  p = kb_catalog_vm_dir(cat, VM1);
+  snprintf(want, sizeof want, "%s/kboss/vms/%s", secondary, VM1);
+  cr_assert_str_eq(p, want);
+  free(p);
+  p = kb_catalog_backup_dir(cat, VM1, "20261126T100139Z-a1b2c3", "20261127T100139Z-d4e5f6");
+  snprintf(want, sizeof want, "%s/kboss/vms/%s/chains/20261126T100139Z-a1b2c3/20261127T100139Z-d4e5f6",
+           secondary, VM1);
+  cr_assert_str_eq(p, want);
+  free(p);
+  p = kb_catalog_data_dir(cat, "fast", VM1, "c1", "b1");
+  snprintf(want, sizeof want, "%s/kboss/vms/%s/chains/c1/b1", storepath, VM1);
+  cr_assert_str_eq(p, want);
+  cr_assert_eq(kb_catalog_mkdirs(cat, p), 0);
+  assert_dir_0700(p);
+  free(p);
+  errno = 0;
+  cr_assert_null(kb_catalog_data_dir(cat, "nosuchstore", VM1, "c1", "b1"));
+  cr_assert_eq(errno, ENOENT);
+  p = kb_catalog_jobs_dir(cat);
+  snprintf(want, sizeof want, "%s/kboss/jobs", secondary);
+  cr_assert_str_eq(p, want);
+  free(p);
+  cr_assert_eq(kb_catalog_mkdirs(cat, "/etc/kboss-should-not-exist"), -EINVAL);
+  cr_assert_eq(access("/etc/kboss-should-not-exist", F_OK), -1);
+}
+
+Test(catalog, names_are_checked_before_they_become_paths)
+{
+  static const char *const bad[] = { "", "..", ".", "../x", "a/b", ".hidden", "-opt", "a b",
+                                     "x\n", "é", NULL };
+  static const char *const bad_uuid[] = { "", "6a1f4c2e9b3d4e5f8a7b1c2d3e4f5a6b",
+                                          "6a1f4c2e-9b3d-4e5f-8a7b-1c2d3e4f5a6g",
+                                          "../../../../etc/passwd-aaaaaaaaaaaaaa", NULL };
+  struct kb_lock *l = NULL;
+  char **v = NULL;
+  size_t i;
+
+  for (i = 0; bad[i]; i++) {
+    errno = 0;
+    cr_assert_null(kb_catalog_chain_dir(cat, VM1, bad[i]), "chain \"%s\" accepted", bad[i]);
+    cr_assert_eq(errno, EINVAL);
+    cr_assert_null(kb_catalog_backup_dir(cat, VM1, "c", bad[i]), "backup \"%s\" accepted", bad[i]);
+    cr_assert_null(kb_catalog_data_dir(cat, bad[i], VM1, "c", "b"), "store \"%s\" accepted", bad[i]);
+    cr_assert_eq(kb_catalog_take_slot(cat, bad[i], NULL, 2, "x", &l), -EINVAL);
+    cr_assert_eq(kb_catalog_take_slot(cat, "backup", bad[i], 2, "x", &l), -EINVAL);
+    cr_assert_eq(kb_catalog_find_backup(cat, bad[i], NULL, NULL), -EINVAL);
+  }
+  for (i = 0; bad_uuid[i]; i++) {
+    cr_assert_null(kb_catalog_vm_dir(cat, bad_uuid[i]), "uuid \"%s\" accepted", bad_uuid[i]);
+    cr_assert_eq(kb_catalog_list_chains(cat, bad_uuid[i], &v), -EINVAL);
+    cr_assert_eq(kb_catalog_lock_vm(cat, bad_uuid[i], "x", 0, &l), -EINVAL);
+  }
+}
+
+Test(catalog, symlinks_are_refused)
+{
+  char *vm, *target, *p, **v = NULL;
+  struct kb_doc *doc = NULL;
+
+  /* vms/<uuid> is a symlink to a directory elsewhere. */
+  target = kb_printf("%s/elsewhere", tmpdir);
+  cr_assert_eq(mkdir(target, 0700), 0);
+  vm = kb_printf("%s/kboss/vms/%s", secondary, VM1);
+  cr_assert_eq(symlink(target, vm), 0);
+  errno = 0;
+  cr_assert_null(kb_catalog_vm_dir(cat, VM1));
+  cr_assert_eq(errno, ELOOP);
+  cr_assert_null(kb_catalog_backup_dir(cat, VM1, "c1", "b1"));
+  cr_assert_eq(errno, ELOOP);
+  cr_assert_eq(kb_catalog_mkdirs(cat, vm), -ELOOP);
+  p = kb_printf("%s/chains/c1", vm);
+  cr_assert_eq(kb_catalog_mkdirs(cat, p), -ELOOP);
+  free(p);
+  p = kb_printf("%s/chains", target);
+  cr_assert_eq(access(p, F_OK), -1, "created through the symlink");
+  free(p);
+  cr_assert_eq(kb_catalog_list_chains(cat, VM1, &v), -ELOOP);
+  cr_assert_eq(kb_meta_read(vm, "vm", &doc), -ELOOP);
+  cr_assert_eq(kb_catalog_list_vms(cat, &v), 0);
+  cr_assert_null(v[0], "a symlinked VM is listed");
+  kb_strv_free(v);
+
+  /* A symlinked chain deeper down. */
+  p = kb_printf("%s/kboss/vms/%s/chains", secondary, VM2);
+  cr_assert_eq(kb_catalog_mkdirs(cat, p), 0);
+  free(p);
+  p = kb_printf("%s/kboss/vms/%s/chains/c1", secondary, VM2);
+  cr_assert_eq(symlink(target, p), 0);
+  free(p);
+  cr_assert_null(kb_catalog_backup_dir(cat, VM2, "c1", "b1"));
+  cr_assert_eq(errno, ELOOP);
+  cr_assert_eq(kb_catalog_list_backups(cat, VM2, "c1", &v), -ELOOP);
+  cr_assert_eq(kb_catalog_list_chains(cat, VM2, &v), 0);
+  cr_assert_null(v[0]);
+  kb_strv_free(v);
+
+  /* The catalog root itself. */
+  {
+    struct kb_catalog *c = NULL;
+    char *sec2 = kb_printf("%s/secondary2", tmpdir), *root2 = kb_printf("%s/kboss", sec2);
+    cr_assert_eq(mkdir(sec2, 0700), 0);
+    cr_assert_eq(symlink(target, root2), 0);
+    cr_assert_eq(kb_catalog_open_at(sec2, NULL, 0, &c), -ELOOP);
+    free(sec2);
+    free(root2);
+  }
+  free(vm);
+  free(target);
+}
+
+static void make_backup(const char *vm, const char *chain, const char *backup)
+{
+  char *d = kb_catalog_backup_dir(cat, vm, chain, backup);
+  struct kb_doc *doc = kb_doc_new();
+
+  cr_assert_not_null(d);
+  cr_assert_eq(kb_catalog_mkdirs(cat, d), 0);
+  kb_doc_set(doc, "backup", "id", backup);
+  cr_assert_eq(kb_meta_write(d, "backup", doc), 0);
+  kb_doc_free(doc);
+  free(d);
+}
+
+Test(catalog, listing_and_finding)
+{
+  char **v = NULL, *vm = NULL, *chain = NULL, *junk;
+
+  make_backup(VM2, "c2", "b3");
+  make_backup(VM1, "c1", "b2");
+  make_backup(VM1, "c1", "b1");
+  make_backup(VM1, "c0", "b0");
+  junk = kb_printf("%s/kboss/vms/not-a-uuid", secondary);
+  cr_assert_eq(mkdir(junk, 0700), 0);
+  free(junk);
+
+  cr_assert_eq(kb_catalog_list_vms(cat, &v), 0);
+  cr_assert_str_eq(v[0], VM2);
+  cr_assert_str_eq(v[1], VM1);
+  cr_assert_null(v[2]);
+  kb_strv_free(v);
+  cr_assert_eq(kb_catalog_list_chains(cat, VM1, &v), 0);
+  cr_assert_str_eq(v[0], "c0");
+  cr_assert_str_eq(v[1], "c1");
+  cr_assert_null(v[2]);
+  kb_strv_free(v);
+  cr_assert_eq(kb_catalog_list_backups(cat, VM1, "c1", &v), 0);
+  cr_assert_str_eq(v[0], "b1");
+  cr_assert_str_eq(v[1], "b2");
+  cr_assert_null(v[2]);
+  kb_strv_free(v);
+  cr_assert_eq(kb_catalog_list_chains(cat, "11111111-2222-3333-4444-555555555555", &v), -ENOENT);
+  cr_assert_eq(kb_catalog_list_backups(cat, VM1, "nochain", &v), -ENOENT);
+
+  cr_assert_eq(kb_catalog_find_backup(cat, "b3", &vm, &chain), 0);
+  cr_assert_str_eq(vm, VM2);
+  cr_assert_str_eq(chain, "c2");
+  free(vm);
+  free(chain);
+  cr_assert_eq(kb_catalog_find_backup(cat, "b9", &vm, &chain), -ENOENT);
+}
+
+Test(catalog, new_ids_are_time_sortable_and_distinct)
+{
+  char a[32], b[32], want[20];
+  time_t t = time(NULL);
+  struct tm tm;
+  int i;
+
+  cr_assert_eq(kb_catalog_new_id(a, 10), -ERANGE);
+  cr_assert_eq(kb_catalog_new_id(a, sizeof a), 0);
+  cr_assert_eq(strlen(a), 23, "%s", a);
+  gmtime_r(&t, &tm);
+  strftime(want, sizeof want, "%Y%m%dT%H", &tm);
+  cr_assert_eq(strncmp(a, want, strlen(want)), 0, "%s vs %s", a, want);
+  cr_assert_eq(a[8], 'T');
+  cr_assert_eq(a[15], 'Z');
+  cr_assert_eq(a[16], '-');
+  cr_assert_eq(strspn(a + 17, "0123456789abcdef"), 6);
+  cr_assert(kb_name_ok(a));
+  for (i = 0; i < 50; i++) {
+    cr_assert_eq(kb_catalog_new_id(b, sizeof b), 0);
+    cr_assert_str_neq(a, b);
+  }
+}
+
+Test(catalog, vm_lock_excludes_another_process)
+{
+  struct kb_lock *l = NULL;
+  pid_t pid;
+  int status;
+
+  cr_assert_eq(kb_catalog_lock_vm(cat, VM1, "backup", 0, &l), 0);
+  pid = fork();
+  if (pid == 0) {
+    struct kb_lock *cl = NULL;
+    _exit(kb_catalog_lock_vm(cat, VM1, "restore", 0, &cl) == -EBUSY &&
+          kb_catalog_lock_vm(cat, VM2, "restore", 0, &cl) == 0 ? 0 : 1);
+  }
+  cr_assert_eq(waitpid(pid, &status, 0), pid);
+  cr_assert_eq(WEXITSTATUS(status), 0);
+  kb_lock_release(l);
+}
+
+Test(catalog, slots_unlimited_host_and_zone)
+{
+  struct kb_lock *a = NULL, *b = NULL, *c = NULL, *h = NULL;
+  unsigned n = 99;
+  char *p;
+
+  cr_assert_eq(kb_catalog_take_slot(cat, "backup", NULL, 0, "x", &a), 0);
+  cr_assert_null(a);
+  cr_assert_eq(kb_catalog_take_slot(cat, "backup", NULL, 2, "one", &a), 0);
+  cr_assert_eq(kb_catalog_take_slot(cat, "backup", NULL, 2, "two", &b), 0);
+  cr_assert_eq(kb_catalog_take_slot(cat, "backup", NULL, 2, "three", &c), -EBUSY);
+  cr_assert_eq(kb_catalog_take_slot(cat, "backup", "host-a", 1, "h", &h), 0);
+  p = kb_printf("%s/kboss/locks/backup.zone.1", secondary);
+  cr_assert_eq(access(p, F_OK), 0);
+  free(p);
+  p = kb_printf("%s/kboss/locks/backup.host-host-a.0", secondary);
+  cr_assert_eq(access(p, F_OK), 0);
+  free(p);
+  cr_assert_eq(kb_catalog_count_slots(cat, "backup", NULL, &n), 0);
+  cr_assert_eq(n, 2);
+  cr_assert_eq(kb_catalog_count_slots(cat, "backup", "host-a", &n), 0);
+  cr_assert_eq(n, 1);
+  cr_assert_eq(kb_catalog_count_slots(cat, "restore", NULL, &n), 0);
+  cr_assert_eq(n, 0);
+  kb_lock_release(a);
+  cr_assert_eq(kb_catalog_count_slots(cat, "backup", NULL, &n), 0);
+  cr_assert_eq(n, 1);
+  cr_assert_eq(kb_catalog_take_slot(cat, "backup", NULL, 2, "three", &c), 0);
+  kb_lock_release(b);
+  kb_lock_release(c);
+  kb_lock_release(h);
+}
+
+struct shared {
+  int cur, max, ran;
+};
+
+/* Twelve processes compete for three zone slots: never more than three
+ * inside at once, and all of them get their turn. */
+Test(catalog, n_slots_admit_at_most_n_processes)
+{
+  struct shared *sh = mmap(NULL, sizeof *sh, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+  pid_t pids[12];
+  int go[2], i, status;
+
+  cr_assert_neq(sh, MAP_FAILED);
+  memset(sh, 0, sizeof *sh);
+  cr_assert_eq(pipe(go), 0);
+  for (i = 0; i < 12; i++) {
+    pids[i] = fork();
+    cr_assert_neq(pids[i], -1);
+    if (pids[i] == 0) {
+      struct kb_lock *l = NULL;
+      struct timespec ts = { 0, 150 * 1000000L }, nap = { 0, 20 * 1000000L };
+      int now, m, r;
+      char c;
+      close(go[1]);
+      (void) !read(go[0], &c, 1);
+      while ((r = kb_catalog_take_slot(cat, "backup", NULL, 3, "racer", &l)) == -EBUSY)
+        nanosleep(&nap, NULL);
+      if (r < 0)
+        _exit(2);
+      now = __atomic_add_fetch(&sh->cur, 1, __ATOMIC_SEQ_CST);
+      m = __atomic_load_n(&sh->max, __ATOMIC_SEQ_CST);
+      while (now > m && !__atomic_compare_exchange_n(&sh->max, &m, now, false,
+                                                      __ATOMIC_SEQ_CST, __ATOMIC_SEQ_CST))
+        ;
+      nanosleep(&ts, NULL);
+      __atomic_sub_fetch(&sh->cur, 1, __ATOMIC_SEQ_CST);
+      __atomic_add_fetch(&sh->ran, 1, __ATOMIC_SEQ_CST);
+      kb_lock_release(l);
+      _exit(0);
+    }
+  }
+  close(go[0]);
+  close(go[1]);
+  for (i = 0; i < 12; i++) {
+    cr_assert_eq(waitpid(pids[i], &status, 0), pids[i]);
+    cr_assert_eq(WEXITSTATUS(status), 0);
+  }
+  cr_log_info("max concurrency %d of 3, %d ran", sh->max, sh->ran);
+  cr_assert_leq(sh->max, 3, "%d holders of 3 slots at once", sh->max);
+  cr_assert_geq(sh->max, 2, "the slots were not used concurrently at all");
+  cr_assert_eq(sh->ran, 12);
+  munmap(sh, sizeof *sh);
+}
