@@ -418,3 +418,41 @@ bool kb_doc_key_at(const struct kb_doc *doc, const char *section, unsigned n,
     *ret_value = s->kv[n].value;
   return true;
 }
+
+int kb_doc_set_text(struct kb_doc *doc, const char *section, const char *key, const char *text)
+{
+  size_t max, n, i, o = 0;
+  char *buf;
+  int r;
+
+  if (!text)
+    return kb_doc_set(doc, section, key, NULL);
+  max = KB_DOC_MAX_LINE > strlen(key) + 3 ? KB_DOC_MAX_LINE - strlen(key) - 3 : 0;
+  n = strlen(text);
+  buf = malloc(n + 1);
+  if (!buf)
+    return -ENOMEM;
+  for (i = 0; i < n; i++) {
+    char c = text[i];
+    if (c == '\n' || c == '\r' || c == '\t' || (!isprint((unsigned char) c) && !(c & 0x80)))
+      c = ' ';
+    if (c == ';' && (o == 0 || buf[o - 1] == ' '))
+      c = ',';
+    if (c == ' ' && (o == 0 || buf[o - 1] == ' '))
+      continue;
+    buf[o++] = c;
+  }
+  while (o > 0 && buf[o - 1] == ' ')
+    o--;
+  if (o > max && max > 3) {
+    o = max - 3;
+    while (o > 0 && buf[o - 1] == ' ')
+      o--;
+    memcpy(buf + o, "...", 3);
+    o += 3;
+  }
+  buf[o] = '\0';
+  r = kb_doc_set(doc, section, key, buf);
+  free(buf);
+  return r;
+}

@@ -27,6 +27,9 @@ bool kb_doc_get_bool(const struct kb_doc *doc, const char *section, const char *
 /* Setters create the section/key as needed; VALUE NULL removes the key.
  * Values must not contain newlines (-EINVAL). */
 int kb_doc_set(struct kb_doc *doc, const char *section, const char *key, const char *value);
+/* Free text (messages): folded onto one line, made safe for the INI reader
+ * and cut to fit a line, never refused. */
+int kb_doc_set_text(struct kb_doc *doc, const char *section, const char *key, const char *text);
 int kb_doc_set_ll(struct kb_doc *doc, const char *section, const char *key, long long value);
 int kb_doc_remove_section(struct kb_doc *doc, const char *section);
 

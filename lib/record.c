@@ -1,6 +1,5 @@
 #include <config.h>
 
-#include <dirent.h>
 #include <errno.h>
 #include <stdlib.h>
 #include <string.h>
@@ -306,60 +305,17 @@ done:
   return 0;
 }
 
-static int cmp_str(const void *a, const void *b)
-{
-  return strcmp(*(char *const *) a, *(char *const *) b);
-}
-
 int kb_job_list(const struct kb_catalog *cat, char ***ret_ids)
 {
   CLEANUP_FREE char *dir = kb_catalog_jobs_dir(cat);
-  DIR *d;
-  struct dirent *de;
-  char **v = NULL;
-  size_t n = 0;
+  int r;
 
   if (!dir)
     return -EINVAL;
-  d = opendir(dir);
-  if (!d) {
-    if (errno != ENOENT)
-      return -errno;
-  } else {
-    /* Generation files are NAME.<gen>.ini; list each NAME once. */
-    while ((de = readdir(d))) {
-      const char *dot1, *name = de->d_name;
-      size_t len, i;
-      bool dup = false;
-      char **nv;
-
-      len = strlen(name);
-      if (len < 5 || strcmp(name + len - 4, ".ini") != 0)
-        continue;
-      dot1 = memchr(name, '.', len - 4);
-      if (!dot1)
-        continue;
-      len = dot1 - name;
-      for (i = 0; i < n; i++)
-        if (strlen(v[i]) == len && strncmp(v[i], name, len) == 0) {
-          dup = true;
-          break;
-        }
-      if (dup)
-        continue;
-      nv = realloc(v, (n + 2) * sizeof *v);
-      if (!nv)
-        break;
-      v = nv;
-      v[n++] = strndup(name, len);
-      v[n] = NULL;
-    }
-    closedir(d);
+  r = kb_meta_list(dir, ret_ids);
+  if (r == -ENOENT) {
+    *ret_ids = calloc(1, sizeof **ret_ids);
+    return *ret_ids ? 0 : -ENOMEM;
   }
-  if (!v)
-    v = calloc(1, sizeof *v);
-  else
-    qsort(v, n, sizeof *v, cmp_str);
-  *ret_ids = v;
-  return v ? 0 : -ENOMEM;
+  return r;
 }

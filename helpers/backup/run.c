@@ -281,7 +281,7 @@ static bool ensure_checkpoint(struct bk_job *j, char ***ret_cp_disks)
     CLEANUP_FREE char *path = dir ? kb_printf("%s/checkpoints/%s.xml", dir, j->since) : NULL;
     CLEANUP_FREE char *saved = NULL;
 
-    if (!path || kb_read_file(path, &saved, NULL) < 0) {
+    if (!path || kb_meta_read_file(path, &saved, NULL) < 0) {
       kb_warn("VM %s: checkpoint %s is unknown to libvirt and not saved in the catalog", v->name, j->since);
       return false;
     }
@@ -550,7 +550,7 @@ static int finish_records(struct bk_job *j, uint64_t *ret_total)
       any_full = true;
     r = kb_doc_set(j->rec, sec, "file", b->file);
     if (r == 0) r = kb_doc_set(j->rec, sec, "mode", b->incremental ? "incremental" : "full");
-    if (r == 0) r = kb_doc_set(j->rec, sec, "reason", b->incremental ? NULL : b->reason);
+    if (r == 0) r = kb_doc_set_text(j->rec, sec, "reason", b->incremental ? NULL : b->reason);
     if (r == 0) r = kb_doc_set(j->rec, sec, "source", b->d->source);
     if (r == 0) r = kb_doc_set(j->rec, sec, "format", b->d->format);
     if (r == 0) r = kb_doc_set(j->rec, sec, "bus", b->d->bus);
@@ -654,7 +654,7 @@ static void prune_checkpoints(struct bk_job *j)
       virDomainCheckpointFree(cps[i]);
       cps[i] = NULL;
       if (n2 && bk_checkpoint_delete(v, n2) == 0 && xml)
-        (void) unlink(xml);
+        (void) kb_meta_remove_file(xml);
     }
     if (cps[i])
       virDomainCheckpointFree(cps[i]);

@@ -123,7 +123,7 @@ int bk_vm_set_state(struct bk_vm *v, const char *state, const char *error)
   kb_format_time(kb_now(), now, sizeof now);
   r = kb_doc_set(v->rec, "vm", "state", state);
   if (r == 0)
-    r = kb_doc_set(v->rec, "vm", "last_error", error);
+    r = kb_doc_set_text(v->rec, "vm", "last_error", error);
   if (r == 0)
     r = kb_doc_set(v->rec, "vm", "updated", now);
   if (r == 0)

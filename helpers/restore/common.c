@@ -65,7 +65,7 @@ int rs_set_state(struct rs_ctx *c, const char *state, const char *error)
   kb_format_time(kb_now(), now, sizeof now);
   r = kb_doc_set(c->rec, "vm", "state", state);
   if (r == 0)
-    r = kb_doc_set(c->rec, "vm", "last_error", error);
+    r = kb_doc_set_text(c->rec, "vm", "last_error", error);
   if (r == 0)
     r = kb_doc_set(c->rec, "vm", "updated", now);
   if (r == 0)
@@ -308,7 +308,7 @@ int rs_define_new_vm(struct rs_ctx *c, const struct rs_opts *o, char **ret_error
     *ret_error = kb_printf("a VM named %s exists already", o->as);
     return -EEXIST;
   }
-  if (!path || kb_read_file(path, &saved, NULL) < 0) {
+  if (!path || kb_meta_read_file(path, &saved, NULL) < 0) {
     *ret_error = kb_printf("backup %s: its domain XML is missing (%s)", c->ref.id, path ? path : "?");
     return -ENOENT;
   }

@@ -119,7 +119,7 @@ int rs_consolidate(struct rs_ctx *c, char **ret_error)
     }
     r = consolidate_disk(c, tok, path, ret_error);
     if (r < 0) {
-      (void) kb_doc_set(c->rec, "vm", "last_error", *ret_error);
+      (void) kb_doc_set_text(c->rec, "vm", "last_error", *ret_error);
       (void) kb_vm_save(c->cat, c->uuid, c->rec);
       return r;
     }
