@@ -8,7 +8,7 @@
 
 requires virsh virtlogd libvirtd qemu-system-x86_64 qemu-img qemu-io guestfish base64 flock
 
-plan 14
+plan 16
 
 t_begin=$(date +%s.%N)
 elapsed() { awk -v a="$1" -v b="$(date +%s.%N)" 'BEGIN { printf "%.1f", b - a }'; }
@@ -39,7 +39,8 @@ ok "guest_exec vm /bin/grep -q '^/dev/vda1 / ext4 rw' /proc/mounts" "guest runs 
 ok "guest_write_pattern vm /dev/vdb $((4 << 20)) $((1 << 20)) 0xa5 &&
     guest_write_pattern vm /dev/vdb 12345 4096 0x3c" "patterns written to /dev/vdb in the guest"
 # root fs: a file with a known content, found again after shutdown
-ok "guest_exec vm /bin/sh -c 'echo kboss-boot-test-\$\$ > /root/marker && sync && cat /root/marker' > '$KBT_TMPDIR/marker'" \
+marker="kboss-boot-test-$$-$RANDOM$RANDOM"
+ok "[ \"\$(guest_exec vm /bin/sh -c 'echo $marker > /root/marker && sync && cat /root/marker')\" = $marker ]" \
     "file written on the guest root filesystem"
 
 t=$(date +%s.%N)
@@ -51,5 +52,8 @@ ok "host_check_pattern '$(vm_data_disk vm)' $((4 << 20)) $((1 << 20)) 0xa5 &&
     host_check_pattern '$(vm_data_disk vm)' 0 4096 0" "host reads the guest's patterns back from data.qcow2"
 ok "! host_check_pattern '$(vm_data_disk vm)' $((4 << 20)) $((1 << 20)) 0x5a 2>/dev/null &&
     ! host_check_pattern '$(vm_data_disk vm)' 12344 4096 0x3c 2>/dev/null" "a wrong byte / offset is reported as mismatch"
+
+ok host_image_contains "$(vm_disk vm)" "$marker" "host finds the root-fs file's content in root.qcow2"
+ok "! host_image_contains '$(vm_disk vm)' 'kboss-boot-test-no-such-marker'" "an absent marker is not found"
 
 diag "total runtime $(elapsed "$t_begin") s"

@@ -11,7 +11,7 @@
 #            guest_write_pattern NAME DEV OFFSET LEN BYTE | stop_vm NAME [TIMEOUT] |
 #            destroy_test_vm NAME | vm_domain NAME | vm_dir NAME | vm_disk NAME |
 #            vm_data_disk NAME | vm_console_log NAME
-# Images:    host_check_pattern IMAGE OFFSET LEN BYTE
+# Images:    host_check_pattern IMAGE OFFSET LEN BYTE | host_image_contains IMAGE STRING
 #
 # NAME is a short test-local name; the libvirt domain is "$KBT_PREFIX$NAME"
 # (KBT_PREFIX defaults to kbt-<pid of the test>-) so parallel tests don't
@@ -32,6 +32,7 @@ _tap_planned=
 _tap_count=0
 _tap_failed=0
 _tap_skip_all=
+_tap_bailed=
 
 # plan N: print the TAP plan "1..N"
 plan() {
@@ -85,7 +86,7 @@ skip_all() {
 # bail_out REASON: abort the test run (TAP "Bail out!"), exit 1
 bail_out() {
 	echo "Bail out! $*"
-	_tap_failed=$((_tap_failed + 1))
+	_tap_bailed=1
 	exit 1
 }
 
@@ -113,7 +114,9 @@ _kbt_on_exit() {
 	if [ -n "$_tap_skip_all" ]; then
 		exit 77
 	fi
-	if [ -n "$_tap_planned" ] && [ "$_tap_count" -ne "$_tap_planned" ]; then
+	if [ -n "$_tap_bailed" ]; then
+		[ $rc -eq 0 ] && rc=1
+	elif [ -n "$_tap_planned" ] && [ "$_tap_count" -ne "$_tap_planned" ]; then
 		diag "planned $_tap_planned tests but ran $_tap_count"
 		[ $rc -eq 0 ] && rc=1
 	fi
@@ -387,6 +390,23 @@ host_check_pattern() {
 		return 1
 	fi
 	return 0
+}
+
+# host_image_contains IMAGE STRING: succeed when the guest-visible content
+# of IMAGE (any format qemu-img reads, across backing chains) contains
+# STRING somewhere (e.g. a marker written into a file on the guest's root
+# filesystem). Converts to a sparse raw temp file; meant for small images.
+host_image_contains() {
+	local img=$1 str=$2 raw rc
+	raw=$(mktemp "${TMPDIR:-/tmp}/kbt-raw.XXXXXX") || return 1
+	if ! qemu-img convert -O raw "$img" "$raw"; then
+		rm -f "$raw"
+		return 1
+	fi
+	grep -aqF -- "$str" "$raw"
+	rc=$?
+	rm -f "$raw"
+	return $rc
 }
 
 # domain state ("running", "shut off", ...)
