@@ -145,7 +145,7 @@ static int cmd_compress(int argc, char **argv)
   if (prog.enabled)
     kb_progress_end(&prog);
   if (r < 0) {
-    kb_err("compress %s: %s", argv[optind], err ? err : strerror(-r));
+    kb_err("compress: %s", err ? err : strerror(-r));
     return 1;
   }
   printf("virtual_size %" PRIu64 "\ninput_size %" PRIu64 "\noutput_size %" PRIu64 "\n"
