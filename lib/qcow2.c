@@ -123,7 +123,8 @@ static int parse_bitmaps_ext(struct kb_qcow2 *img, const uint8_t *d, uint32_t le
     name_size = kb_be16(dir + pos + 18);
     extra = kb_be32(dir + pos + 20);
     entry = 24 + (uint64_t) extra + name_size;
-    if (entry > dir_size - pos || name_size == 0)
+    if (entry > dir_size - pos || name_size == 0 ||
+        memchr(dir + pos + 24 + extra, 0, name_size))
       return img_error(img, -EINVAL, "bitmap directory entry %zu is invalid", i);
     img->bitmap_names[i] = strndup((const char *) dir + pos + 24 + extra, name_size);
     if (!img->bitmap_names[i])
