@@ -76,6 +76,7 @@ struct ctx {
   size_t wbuf_len, wbuf_cap;
   uint64_t wbuf_off;            /* file offset of wbuf[0] */
   uint64_t pos;                 /* next free byte of the output */
+  uint64_t gap_off, gap_len;    /* unused tail of a compressed cluster, still in wbuf */
   uint16_t *rc;                 /* refcount per host cluster */
   uint64_t rc_len;
   uint64_t *l1;
@@ -254,6 +255,7 @@ static int wbuf_flush(struct ctx *c)
   }
   c->wbuf_off += c->wbuf_len;
   c->wbuf_len = 0;
+  c->gap_len = 0;
   return 0;
 }
 
@@ -302,10 +304,22 @@ static int rc_grow(struct ctx *c, uint64_t cluster)
 /* Allocate one whole cluster at the (aligned) end; its offset. */
 static int alloc_cluster(struct ctx *c, const void *src, uint64_t *ret)
 {
-  int r = align_pos(c);
+  uint64_t gap_off = c->pos, gap_len = (c->cs - (c->pos & (c->cs - 1))) & (c->cs - 1);
+  int r;
 
+  if (c->wbuf_len + gap_len + c->cs > c->wbuf_cap) {
+    r = wbuf_flush(c);
+    if (r < 0)
+      return r;
+  }
+  r = align_pos(c);
   if (r < 0)
     return r;
+  /* Like qemu, later compressed clusters may fill the skipped tail. */
+  if (gap_len) {
+    c->gap_off = gap_off;
+    c->gap_len = gap_len;
+  }
   r = rc_grow(c, c->pos >> c->cbits);
   if (r < 0)
     return r;
@@ -359,10 +373,21 @@ static int place_compressed(struct ctx *c, const uint8_t *data, size_t len, uint
   uint64_t off, first, last, k, nsec;
   int r;
 
-  /* A host cluster whose refcount is full takes no more compressed data. */
   r = rc_grow(c, (c->pos >> c->cbits) + 2);
   if (r < 0)
     return r;
+  if (c->gap_len >= len && c->gap_off >= c->wbuf_off &&
+      c->rc[c->gap_off >> c->cbits] < REFCOUNT_MAX) {
+    off = c->gap_off;
+    memcpy(c->wbuf + (off - c->wbuf_off), data, len);
+    c->gap_off += len;
+    c->gap_len -= len;
+    c->rc[off >> c->cbits]++;   /* the gap lies within one host cluster */
+    nsec = ((off + len - 1) >> 9) - (off >> 9);
+    *ret_entry = QCOW2_OFLAG_COMPRESSED | (nsec << c->csize_shift) | off;
+    return 0;
+  }
+  /* A host cluster whose refcount is full takes no more compressed data. */
   if (c->rc[c->pos >> c->cbits] >= REFCOUNT_MAX) {
     r = align_pos(c);
     if (r < 0)

@@ -47,27 +47,30 @@ qemu-img convert -f qcow2 -O raw src.qcow2 raw.img     # raw twin for the zstd C
 VSIZE=$((SIZE_MB * mb))
 cat src.qcow2 raw.img > /dev/null
 
-TIMEFORMAT=%R
 results=()
 run() { # name output command...
-  local name=$1 out=$2 secs; shift 2
+  local name=$1 out=$2 secs cpu; shift 2
   rm -f "$out"
   sync
-  secs=$( { time "$@" >/dev/null 2>"$name.err"; } 2>&1 ) || { echo "bench: $name failed:" >&2; cat "$name.err" >&2; exit 1; }
-  results+=("$name $secs $(stat -c %s "$out")")
-  echo "bench: $name ${secs}s $(stat -c %s "$out") bytes" >&2
+  /usr/bin/time -o "$name.time" -f "%e %U %S" "$@" >/dev/null 2>"$name.err" || {
+    echo "bench: $name failed:" >&2; cat "$name.err" >&2; exit 1; }
+  read -r secs u s < "$name.time"
+  cpu=$(awk -v u="$u" -v s="$s" 'BEGIN { printf "%.2f", u + s }')
+  results+=("$name $secs $(stat -c %s "$out") $cpu")
+  echo "bench: $name ${secs}s cpu ${cpu}s $(stat -c %s "$out") bytes" >&2
 }
 
 run ours-zstd ours-zstd.qcow2 "$TOOL" compress -a zstd -t "$T" src.qcow2 ours-zstd.qcow2
 run qemu-zstd qemu-zstd.qcow2 qemu-img convert -c -m 8 -O qcow2 -o compression_type=zstd src.qcow2 qemu-zstd.qcow2
 run qemu-zstd-W qemu-zstd-W.qcow2 qemu-img convert -c -W -m 8 -O qcow2 -o compression_type=zstd src.qcow2 qemu-zstd-W.qcow2
 run ours-zlib ours-zlib.qcow2 "$TOOL" compress -a zlib -t "$T" src.qcow2 ours-zlib.qcow2
+run ours-zlib-l1 ours-zlib-l1.qcow2 "$TOOL" compress -a zlib -l 1 -t "$T" src.qcow2 ours-zlib-l1.qcow2
 run qemu-zlib qemu-zlib.qcow2 qemu-img convert -c -m 8 -O qcow2 -o compression_type=zlib src.qcow2 qemu-zlib.qcow2
 run qemu-zlib-W qemu-zlib-W.qcow2 qemu-img convert -c -W -m 8 -O qcow2 -o compression_type=zlib src.qcow2 qemu-zlib-W.qcow2
 run zstd-cli raw.img.zst zstd -q -f -T"$T" -3 raw.img -o raw.img.zst
 
 # Every output must read back identical.
-for f in ours-zstd ours-zlib qemu-zstd qemu-zlib qemu-zstd-W qemu-zlib-W; do
+for f in ours-zstd ours-zlib ours-zlib-l1 qemu-zstd qemu-zlib qemu-zstd-W qemu-zlib-W; do
   qemu-img compare -q src.qcow2 $f.qcow2 || { echo "bench: $f.qcow2 differs from the source" >&2; exit 1; }
 done
 for f in ours-zstd ours-zlib; do
@@ -75,30 +78,33 @@ for f in ours-zstd ours-zlib; do
 done
 zstd -q -t raw.img.zst
 
-declare -A S B
+declare -A S B C
 for r in "${results[@]}"; do
   set -- $r
   S[$1]=$2
   B[$1]=$3
+  C[$1]=$4
 done
 best() { awk -v a="${S[$1]}" -v b="${S[$2]}" -v x="$1" -v y="$2" 'BEGIN { print (a <= b) ? x : y }'; }
 qz=$(best qemu-zstd qemu-zstd-W)
 ql=$(best qemu-zlib qemu-zlib-W)
 
 echo
-echo "kboss qcow2 compression benchmark: ${SIZE_MB} MiB virtual, source $(stat -c %s src.qcow2) bytes, threads $T"
+echo "kboss qcow2 compression benchmark: ${SIZE_MB} MiB virtual, source $(stat -c %s src.qcow2) bytes, threads $T, load $(cut -d' ' -f1-3 /proc/loadavg)"
 echo "qemu-img $(qemu-img --version | head -1 | awk '{print $3}'), flags: convert -c -m 8 [-W] -O qcow2 -o compression_type=..."
-printf '%-14s %8s %10s %14s %8s\n' tool seconds MB/s output_bytes ratio
+printf '%-14s %8s %10s %8s %14s %8s\n' tool seconds MB/s cpu_s output_bytes ratio
 for r in "${results[@]}"; do
   set -- $r
-  printf '%-14s %8s %10.1f %14s %8.3f\n' "$1" "$2" "$(awk -v v=$VSIZE -v s=$2 'BEGIN { print v / 1e6 / s }')" \
-    "$3" "$(awk -v v=$VSIZE -v o=$3 'BEGIN { print o / v }')"
+  printf '%-14s %8s %10.1f %8s %14s %8.3f\n' "$1" "$2" "$(awk -v v=$VSIZE -v s=$2 'BEGIN { print v / 1e6 / s }')" \
+    "$4" "$3" "$(awk -v v=$VSIZE -v o=$3 'BEGIN { print o / v }')"
 done
 echo
 awk -v oz="${S[ours-zstd]}" -v qz="${S[$qz]}" -v ozb="${B[ours-zstd]}" -v qzb="${B[$qz]}" \
     -v ol="${S[ours-zlib]}" -v ql="${S[$ql]}" -v olb="${B[ours-zlib]}" -v qlb="${B[$ql]}" \
-    -v qzn="$qz" -v qln="$ql" 'BEGIN {
+    -v qzn="$qz" -v qln="$ql" -v coz="${C[ours-zstd]}" -v cqz="${C[$qz]}" -v col="${C[ours-zlib]}" \
+    -v cql="${C[$ql]}" -v col1="${C[ours-zlib-l1]}" 'BEGIN {
   printf "zstd: ours/%s throughput %.2fx (target >= 1.30), size %.3f (target <= 1.000)\n", qzn, qz / oz, ozb / qzb
   printf "zlib: ours/%s throughput %.2fx (target >= 2.00), size %.3f\n", qln, ql / ol, olb / qlb
+  printf "cpu time qemu/ours: zstd %.2fx, zlib %.2fx, zlib level 1 %.2fx\n", cqz / coz, cql / col, cql / col1
   exit !((qz / oz >= 1.3) && (ozb <= qzb) && (ql / ol >= 2.0))
 }' && echo "targets: met" || echo "targets: NOT met"
