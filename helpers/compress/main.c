@@ -101,6 +101,8 @@ int main(int argc, char **argv)
   sigaction(SIGINT, &sa, NULL);
   sigaction(SIGTERM, &sa, NULL);
   sigaction(SIGHUP, &sa, NULL);
+  /* A file size limit must surface as EFBIG (a failed attempt), not kill us. */
+  signal(SIGXFSZ, SIG_IGN);
 
   if (KB_STREQ(argv[optind], "run"))
     r = cp_run(cfg, cat);
