@@ -9,6 +9,7 @@
 #include <stdint.h>
 
 #include "catalog.h"
+#include "lock.h"
 #include "kbconfig.h"
 #include "record.h"
 
@@ -42,7 +43,8 @@ struct cp_result {
  * on every failure. */
 int cp_compress_backup(const struct kb_config *cfg, const struct kb_catalog *cat,
                        const struct kb_backup_ref *ref, const struct cp_settings *s,
-                       int64_t deadline_ms, struct cp_result *ret, char **ret_error);
+                       const struct kb_lock *job_lock, int64_t deadline_ms,
+                       struct cp_result *ret, char **ret_error);
 
 /* Remove the temporary files a killed run may have left for REF. */
 void cp_remove_temps(const struct kb_catalog *cat, const struct kb_backup_ref *ref);

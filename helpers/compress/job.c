@@ -280,7 +280,7 @@ static int attempt(const struct kb_config *cfg, const struct kb_catalog *cat, co
   cp_test_log("start", job_id);
   kb_info("job %s: compressing backup %s of VM %s (%s)", job_id, ref.id, vm_name ? vm_name : "?",
           cp_library(cfg, &ref));
-  r = cp_compress_backup(cfg, cat, &ref, &s, kb_mono_ms() + s.timeout_s * 1000, &res, &err);
+  r = cp_compress_backup(cfg, cat, &ref, &s, job_lock, kb_mono_ms() + s.timeout_s * 1000, &res, &err);
   cp_test_log("end", job_id);
   kb_lock_release(host_slot);
   kb_lock_release(zone_slot);

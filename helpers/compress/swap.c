@@ -207,7 +207,8 @@ static int swap_in(const char *tmp, const char *orig)
 
 int cp_compress_backup(const struct kb_config *cfg, const struct kb_catalog *cat,
                        const struct kb_backup_ref *ref, const struct cp_settings *s,
-                       int64_t deadline_ms, struct cp_result *ret, char **ret_error)
+                       const struct kb_lock *job_lock, int64_t deadline_ms,
+                       struct cp_result *ret, char **ret_error)
 {
   const char *library = cp_library(cfg, ref);
   CLEANUP_FREE char *locks = kb_catalog_locks_dir(cat);
@@ -256,9 +257,14 @@ int cp_compress_backup(const struct kb_config *cfg, const struct kb_catalog *cat
     CLEANUP_FREE char *msg = NULL;
     r = kb_qcow2_compress(orig[i], tmp[i], &opts, &st, &msg);
     if (r < 0) {
+      /* Job records keep one short line: name the file, not its whole path. */
+      const char *m = msg ? msg : strerror(-r);
+      size_t ol = strlen(orig[i]);
+      if (strncmp(m, orig[i], ol) == 0)
+        m += ol - strlen(strrchr(orig[i], '/') + 1);
       *ret_error = r == -ETIMEDOUT
         ? kb_printf("disk %s: timed out after %llds (backup.compression.timeout)", disks[i], s->timeout_s)
-        : kb_printf("disk %s: %s", disks[i], msg ? msg : strerror(-r));
+        : kb_printf("disk %s: %s", disks[i], m);
       goto out;
     }
     kb_debug("disk %s: %llu -> %llu bytes in %.1fs", disks[i], (unsigned long long) st.input_file_size,
@@ -305,6 +311,12 @@ int cp_compress_backup(const struct kb_config *cfg, const struct kb_catalog *cat
   if (cp_cancel) {
     r = -ECANCELED;
     *ret_error = kb_printf("cancelled");
+    goto out;
+  }
+  if (job_lock && kb_lock_lost(job_lock)) {
+    /* Another host judged us dead and may be running the job itself. */
+    r = -ENOLCK;
+    *ret_error = kb_printf("lost the job lock (lease ran out); not swapping");
     goto out;
   }
   for (i = 0; i < n; i++) {
