@@ -16,6 +16,7 @@ const char *ctl_config_path;
 static const struct ctl_command commands[] = {
   { "settings", ctl_settings, "show effective settings and where they come from; set VM settings" },
   { "offerings", ctl_offerings, "list backup offerings or show one" },
+  { "jobs", ctl_jobs, "list compression, validation and hash jobs (listBackupServiceJobs)" },
 };
 
 static void usage(FILE *f)
