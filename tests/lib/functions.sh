@@ -279,7 +279,7 @@ start_vm() {
 
 # agent_command NAME JSON [TIMEOUT_S=5]: raw qemu-agent-command, JSON reply on stdout
 agent_command() {
-	virsh -q qemu-agent-command --timeout "${3:-5}" "$(vm_domain "$1")" "$2" 2>/dev/null
+	virsh -q qemu-agent-command --timeout "${3:-5}" "$(vm_domain "$1")" "$2"
 }
 
 # wait_agent NAME [TIMEOUT=120]: wait until guest-ping answers
@@ -287,7 +287,7 @@ wait_agent() {
 	local name=$1 timeout=${2:-120} start now
 	start=$(date +%s)
 	while :; do
-		if agent_command "$name" '{"execute":"guest-ping"}' 2 | grep -q '"return"'; then
+		if agent_command "$name" '{"execute":"guest-ping"}' 2 2>/dev/null | grep -q '"return"'; then
 			return 0
 		fi
 		now=$(date +%s)
@@ -323,19 +323,19 @@ _kbt_json_get() { # JSON KEY
 # its exit code (or 255 when it could not be run / timed out after
 # $KBT_EXEC_TIMEOUT s, default 120; 128+N when killed by signal N).
 guest_exec() {
-	local name=$1 cmd=$2 args= a reply pid st exited code sig out err i
+	local name=$1 cmd=$2 args='' a reply pid st exited code sig out err i
 	shift 2
 	for a in "$@"; do
 		args="$args${args:+,}$(_kbt_json_str "$a")"
 	done
-	reply=$(agent_command "$name" "{\"execute\":\"guest-exec\",\"arguments\":{\"path\":$(_kbt_json_str "$cmd"),\"arg\":[$args],\"capture-output\":true}}" 10)
+	reply=$(agent_command "$name" "{\"execute\":\"guest-exec\",\"arguments\":{\"path\":$(_kbt_json_str "$cmd"),\"arg\":[$args],\"capture-output\":true}}" 10 2>&1)
 	pid=$(_kbt_json_get "$reply" pid)
 	if [ -z "$pid" ]; then
 		echo "guest_exec: guest-exec $cmd failed: $reply" >&2
 		return 255
 	fi
 	for ((i = 0; i < ${KBT_EXEC_TIMEOUT:-120} * 10; i++)); do
-		st=$(agent_command "$name" "{\"execute\":\"guest-exec-status\",\"arguments\":{\"pid\":$pid}}" 10)
+		st=$(agent_command "$name" "{\"execute\":\"guest-exec-status\",\"arguments\":{\"pid\":$pid}}" 10 2>&1)
 		exited=$(_kbt_json_get "$st" exited)
 		[ "$exited" = true ] && break
 		if [ -z "$exited" ]; then
@@ -445,7 +445,7 @@ stop_vm() {
 # destroy_test_vm NAME: destroy + undefine (with all metadata) + remove files.
 # Idempotent.
 destroy_test_vm() {
-	local name=$1 dom flags= f help
+	local name=$1 dom flags='' f help
 	dom=$(vm_domain "$name")
 	if virsh -q dominfo "$dom" >/dev/null 2>&1; then
 		virsh -q destroy "$dom" >/dev/null 2>&1
