@@ -78,6 +78,22 @@ int rs_end_chain(struct rs_ctx *c, const char *reason)
   return kb_chain_end(c->cat, c->uuid, c->rec, reason);
 }
 
+int rs_take_owner(const struct rs_disk *d, char **ret_error)
+{
+  struct stat st;
+
+  if (stat(d->dest, &st) == 0) {
+    if (chown(d->tmp, st.st_uid, st.st_gid) < 0 || chmod(d->tmp, st.st_mode & 07777) < 0) {
+      int r = -errno;
+      *ret_error = kb_printf("disk %s: cannot give %s the old disk's owner and mode: %s", d->target, d->tmp,
+                             strerror(-r));
+      return r;
+    }
+  } else if (chmod(d->tmp, 0600) < 0)
+    return -errno;
+  return 0;
+}
+
 void rs_disks_free(struct rs_disk *d, size_t n)
 {
   size_t i;
