@@ -105,7 +105,7 @@ export KBOSS_CONF KBOSS_SBINDIR KBOSS_HOOK_LOG
 exec '$HOOK_BIN' "\$@"
 WRAP
 chmod 0755 "$HOOKS/kboss.tmp" && mv "$HOOKS/kboss.tmp" "$HOOKS/kboss"
-cleanup_push 'rm -f "$HOOKS/kboss"; restart_libvirtd'
+cleanup_push 'rm -f "$HOOKS/kboss"; rmdir "$HOOKS" 2>/dev/null; restart_libvirtd'
 restart_libvirtd || bail_out "libvirtd did not come back after the restart"
 
 # A VM being restored does not start.
