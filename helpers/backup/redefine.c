@@ -40,6 +40,14 @@ int bk_redefine_checkpoints(struct bk_vm *v, char **ret_error)
                            v->name, name, strerror(-r));
     return r;
   }
+  /* Its parent checkpoint was pruned after the backup that followed it
+   * (kboss keeps one checkpoint): libvirt refuses an unknown parent, so
+   * the checkpoint is redefined alone, as kboss-backup does. */
+  {
+    char *p = strstr(saved, "<parent>"), *e = p ? strstr(p, "</parent>") : NULL;
+    if (p && e)
+      memmove(p, e + strlen("</parent>"), strlen(e + strlen("</parent>")) + 1);
+  }
   cp = virDomainCheckpointCreateXML(v->dom, saved, VIR_DOMAIN_CHECKPOINT_CREATE_REDEFINE);
   if (!cp) {
     *ret_error = kb_printf("VM %s: cannot redefine checkpoint %s: %s", v->name, name, kb_virt_error());
