@@ -59,50 +59,23 @@ int rs_open_vm(struct rs_ctx *c, const char *vm_uuid, const char *purpose, char 
 
 int rs_set_state(struct rs_ctx *c, const char *state, const char *error)
 {
-  char now[32];
-  int r;
-
-  kb_format_time(kb_now(), now, sizeof now);
-  r = kb_doc_set(c->rec, "vm", "state", state);
-  if (r == 0)
-    r = kb_doc_set_text(c->rec, "vm", "last_error", error);
-  if (r == 0)
-    r = kb_doc_set(c->rec, "vm", "updated", now);
-  if (r == 0)
-    r = kb_vm_save(c->cat, c->uuid, c->rec);
-  return r;
+  return kb_vm_set_state(c->cat, c->uuid, c->rec, state, error);
 }
 
 /* The restored disks no longer match the VM's bitmaps: end the chain and
  * drop libvirt's checkpoint metadata (the bitmaps went with the old disks). */
 int rs_end_chain(struct rs_ctx *c, const char *reason)
 {
-  const char *cur = kb_doc_get(c->rec, "vm", "current_chain");
   virDomainCheckpointPtr *cps = NULL;
-  int i, n, r = 0;
+  int i, n;
 
-  if (cur && *cur) {
-    struct kb_doc *chain = NULL;
-    if (kb_chain_load(c->cat, c->uuid, cur, &chain) == 0) {
-      r = kb_doc_set(chain, "chain", "ended", "true");
-      if (r == 0)
-        r = kb_doc_set(chain, "chain", "end_reason", reason);
-      if (r == 0)
-        r = kb_chain_save(c->cat, c->uuid, cur, chain);
-      kb_doc_free(chain);
-    }
-  }
-  if (r == 0)
-    r = kb_doc_set(c->rec, "vm", "current_chain", NULL);
-  if (r == 0)
-    r = kb_doc_set(c->rec, "vm", "last_checkpoint", NULL);
   n = virDomainListAllCheckpoints(c->dom, &cps, 0);
   for (i = 0; i < n; i++) {
     (void) virDomainCheckpointDelete(cps[i], VIR_DOMAIN_CHECKPOINT_DELETE_METADATA_ONLY);
     virDomainCheckpointFree(cps[i]);
   }
   free(cps);
-  return r;
+  return kb_chain_end(c->cat, c->uuid, c->rec, reason);
 }
 
 void rs_disks_free(struct rs_disk *d, size_t n)
@@ -255,14 +228,30 @@ int rs_mark_in_use(struct rs_ctx *c, const char *vm_uuid, bool in_use)
     return r;
   for (i = 0; ids[i]; i++) {
     struct kb_doc *doc = NULL;
-    if (kb_backup_load(c->cat, c->ref.vm_uuid, c->ref.chain, ids[i], &doc) < 0)
+    struct kb_lock *lock = NULL;
+    CLEANUP_FREE char *locks = kb_catalog_locks_dir(c->cat);
+    CLEANUP_FREE char *lpath = locks ? kb_printf("%s/backup-%s.lock", locks, ids[i]) : NULL;
+
+    /* Under the backup's lock, so that a compression cannot swap its
+     * files between its own in_use_by check and its rename. */
+    if (!lpath) {
+      r = -ENOMEM;
+      break;
+    }
+    r = kb_lock_take(lpath, in_use ? "quick-restore" : "consolidated", 120000, &lock);
+    if (r < 0)
+      break;
+    if (kb_backup_load(c->cat, c->ref.vm_uuid, c->ref.chain, ids[i], &doc) < 0) {
+      kb_lock_release(lock);
       continue;
+    }
     r = kb_doc_set(doc, "backup", "in_use_by", in_use ? vm_uuid : NULL);
     if (r == 0)
       r = kb_backup_save(c->cat, c->ref.vm_uuid, c->ref.chain, ids[i], doc);
     if (KB_STREQ(ids[i], c->ref.id) && r == 0)
       (void) kb_doc_set(c->ref.doc, "backup", "in_use_by", in_use ? vm_uuid : NULL);
     kb_doc_free(doc);
+    kb_lock_release(lock);
     if (r < 0)
       break;
   }
