@@ -60,7 +60,5 @@ int ctl_find_vm(const struct kb_catalog *cat, const char *vm, char **ret_uuid);
 /* Take the VM lock (waits up to 10 s); prints why it failed. */
 int ctl_lock_vm(const struct kb_catalog *cat, const char *uuid, const char *vm, const char *purpose,
                 struct kb_lock **ret);
-/* finish-chain.c: end VMREC's current chain and save VMREC. */
-int ctl_end_chain(const struct kb_catalog *cat, const char *uuid, struct kb_doc *vmrec, const char *reason);
 
 #endif

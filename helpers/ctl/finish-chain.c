@@ -24,32 +24,6 @@ static void finish_usage(FILE *f)
           "  --config FILE  configuration file\n", kb_progname);
 }
 
-int ctl_end_chain(const struct kb_catalog *cat, const char *uuid, struct kb_doc *vmrec, const char *reason)
-{
-  const char *cur = kb_doc_get(vmrec, "vm", "current_chain");
-  CLEANUP_FREE char *chain = cur && *cur ? strdup(cur) : NULL;
-  struct kb_doc *ch = NULL;
-  int r = 0;
-
-  if (!chain)
-    return 0;
-  r = kb_chain_load(cat, uuid, chain, &ch);
-  if (r == 0) {
-    r = kb_doc_set(ch, "chain", "ended", "true");
-    if (r == 0)
-      r = kb_doc_set_text(ch, "chain", "end_reason", reason);
-    if (r == 0)
-      r = kb_chain_save(cat, uuid, chain, ch);
-    kb_doc_free(ch);
-  } else if (r == -ENOENT)
-    r = 0;
-  if (r == 0)
-    r = kb_doc_set(vmrec, "vm", "current_chain", NULL);
-  if (r == 0)
-    r = kb_vm_save(cat, uuid, vmrec);
-  return r;
-}
-
 int ctl_finish_chain(int argc, char **argv)
 {
   static const struct option long_options[] = {
@@ -99,7 +73,7 @@ int ctl_finish_chain(int argc, char **argv)
     rc = 0;
     goto out;
   }
-  r = ctl_end_chain(cat, uuid, rec, "finished by the operator");
+  r = kb_chain_end(cat, uuid, rec, "finished by the operator");
   if (r < 0) {
     kb_err("finish-chain: VM %s: cannot end its chain: %s", vm, strerror(-r));
     goto out;
