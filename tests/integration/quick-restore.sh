@@ -39,7 +39,7 @@ wait_running && wait_agent q 240
 ok [ $? -eq 0 ] "the guest agent answers after a quick restore ($(($(date +%s) - t0)) s)"
 ok kill -0 $qpid "consolidation is still running when the guest answers"
 ok grep -q "^state = Consolidating" "$(ls "$KB_SECONDARY"/kboss/vms/*/vm.*.ini | sort | tail -n1)" "the catalog says Consolidating"
-guest_write_pattern q /dev/vdb $((400 * MiB)) $MiB 0x42
+guest_write_pattern q /dev/vdb $((200 * MiB)) $MiB 0x42
 ok [ $? -eq 0 ] "the guest writes to its disk during consolidation"
 wait $qpid
 rc=$?
@@ -49,7 +49,7 @@ ok [ -z "$(qemu-img info -U --output=json "$data" | grep backing-filename)" ] "t
 ok [ -z "$(qemu-img info -U --output=json "$root" | grep backing-filename)" ] "nor has the root disk"
 stop_vm q
 cp --sparse=always "$KBT_TMPDIR/data.ref" "$KBT_TMPDIR/data.expect"
-qemu-io -f qcow2 -c "write -P 0x42 $((400 * MiB)) $MiB" "$KBT_TMPDIR/data.expect" >/dev/null
+qemu-io -f qcow2 -c "write -P 0x42 $((200 * MiB)) $MiB" "$KBT_TMPDIR/data.expect" >/dev/null
 ok qemu-img compare -q "$data" "$KBT_TMPDIR/data.expect" "the data disk equals the backup plus the guest's writes"
 next=$(kb_backup q)
 ok [ "$(kb_backup_field "$next" type)" = full ] "the next backup after a quick restore is full"
