@@ -256,7 +256,7 @@ static int open_to_qemu(const char *dir)
 /* Every file of the backing chain of PATH lies inside DIR. */
 static int chain_inside(const char *path, const char *dir, char **ret_error)
 {
-  const char *argv[] = { "qemu-img", "info", "-U", "--backing-chain", "--output=json", path, NULL };
+  const char *argv[] = { QEMU_IMG, "info", "-U", "--backing-chain", "--output=json", path, NULL };
   CLEANUP_FREE char *out = NULL;
   char realdir[PATH_MAX];
   struct json_object *arr;
@@ -348,7 +348,7 @@ int vl_vm_prepare(struct vl_ctx *c, const struct kb_backup_ref *ref, struct vl_v
     return r;
   }
   for (i = 0; i < n; i++) {
-    const char *argv[] = { "qemu-img", "create", "-q", "-f", "qcow2", "-F", "qcow2", "-b", NULL, NULL, NULL };
+    const char *argv[] = { QEMU_IMG, "create", "-q", "-f", "qcow2", "-F", "qcow2", "-b", NULL, NULL, NULL };
     CLEANUP_FREE char *out = NULL;
     int fd;
 
