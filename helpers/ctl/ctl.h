@@ -37,5 +37,6 @@ void ctl_json_str(FILE *f, const char *s);
 int ctl_settings(int argc, char **argv);
 int ctl_offerings(int argc, char **argv);
 int ctl_screenshot(int argc, char **argv);
+int ctl_jobs(int argc, char **argv);
 
 #endif

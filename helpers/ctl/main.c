@@ -17,6 +17,7 @@ static const struct ctl_command commands[] = {
   { "settings", ctl_settings, "show effective settings and where they come from; set VM settings" },
   { "offerings", ctl_offerings, "list backup offerings or show one" },
   { "screenshot", ctl_screenshot, "write the screenshot of a backup's last validation to a file" },
+  { "jobs", ctl_jobs, "list compression, validation and hash jobs (listBackupServiceJobs)" },
 };
 
 static void usage(FILE *f)

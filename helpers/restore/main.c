@@ -40,6 +40,7 @@ static void usage(FILE *f)
           "                      by the backup, and its disks are consolidated while it\n"
           "                      runs (the backup's offering must allow quick restore)\n"
           "      --consolidate   finish an interrupted quick-restore consolidation of VM\n"
+          "  -b, --bandwidth N   limit consolidation to N MiB/s (default: no limit)\n"
           "      --json          print the result as JSON\n"
           "  -c, --config FILE   configuration (default $KBOSS_CONF or %s/kboss/kboss.conf)\n"
           "  -v, --verbose       more messages;  --quiet: errors only\n"
@@ -55,6 +56,7 @@ int main(int argc, char **argv)
     { "as", required_argument, NULL, 'a' },
     { "quick", no_argument, NULL, 'Q' },
     { "consolidate", no_argument, NULL, OPT_CONSOLIDATE },
+    { "bandwidth", required_argument, NULL, 'b' },
     { "json", no_argument, NULL, OPT_JSON },
     { "config", required_argument, NULL, 'c' },
     { "verbose", no_argument, NULL, 'v' },
@@ -63,7 +65,7 @@ int main(int argc, char **argv)
     { "version", no_argument, NULL, 'V' },
     { NULL, 0, NULL, 0 },
   };
-  struct rs_opts o = { false, false, NULL, NULL };
+  struct rs_opts o = { false, false, NULL, NULL, 0 };
   struct rs_ctx c;
   const char *config = NULL;
   bool consolidate = false;
@@ -74,11 +76,20 @@ int main(int argc, char **argv)
 
   kb_log_init(argv[0]);
   memset(&c, 0, sizeof c);
-  while ((ch = getopt_long(argc, argv, "d:a:Qc:vhV", longopts, NULL)) != -1) {
+  while ((ch = getopt_long(argc, argv, "d:a:Qb:c:vhV", longopts, NULL)) != -1) {
     switch (ch) {
     case 'd': o.disk = optarg; break;
     case 'a': o.as = optarg; break;
     case 'Q': o.quick = true; break;
+    case 'b': {
+      long long v;
+      if (kb_parse_ll(optarg, &v) < 0 || v < 0) {
+        fprintf(stderr, "%s: --bandwidth takes MiB/s, a whole number\n", kb_progname);
+        return 2;
+      }
+      o.bandwidth = (unsigned long) v;
+      break;
+    }
     case OPT_CONSOLIDATE: consolidate = true; break;
     case OPT_JSON: o.json = true; break;
     case 'c': config = optarg; break;
@@ -121,7 +132,7 @@ int main(int argc, char **argv)
   if (consolidate) {
     r = rs_open_vm(&c, argv[optind], "consolidate", &err);
     if (r == 0)
-      r = rs_consolidate(&c, &err);
+      r = rs_consolidate(&c, o.bandwidth, &err);
     goto out;
   }
   r = kb_backup_find(c.cat, argv[optind], &c.ref);

@@ -39,7 +39,8 @@ static int consolidate_offline(struct rs_ctx *c, const char *target, const char 
   return 0;
 }
 
-static int consolidate_disk(struct rs_ctx *c, const char *target, const char *path, char **ret_error)
+static int consolidate_disk(struct rs_ctx *c, const char *target, const char *path, unsigned long bandwidth,
+                            char **ret_error)
 {
   struct kb_progress p;
   bool started = false;
@@ -68,7 +69,7 @@ static int consolidate_disk(struct rs_ctx *c, const char *target, const char *pa
     } else if (k == 0) {
       if (started)
         break;    /* the job ended */
-      if (virDomainBlockPull(c->dom, target, 0, 0) < 0) {
+      if (virDomainBlockPull(c->dom, target, bandwidth, 0) < 0) {
         if (virDomainIsActive(c->dom) != 1)
           break;
         kb_progress_end(&p);
@@ -97,7 +98,7 @@ static int consolidate_disk(struct rs_ctx *c, const char *target, const char *pa
   return r;
 }
 
-int rs_consolidate(struct rs_ctx *c, char **ret_error)
+int rs_consolidate(struct rs_ctx *c, unsigned long bandwidth, char **ret_error)
 {
   const char *state = kb_doc_get(c->rec, "vm", "state");
   const char *disks = kb_doc_get(c->rec, "consolidation", "disks");
@@ -117,7 +118,7 @@ int rs_consolidate(struct rs_ctx *c, char **ret_error)
       *ret_error = kb_printf("VM %s: the consolidation record is damaged (disk %s)", c->vm_name, tok);
       return -EINVAL;
     }
-    r = consolidate_disk(c, tok, path, ret_error);
+    r = consolidate_disk(c, tok, path, bandwidth, ret_error);
     if (r < 0) {
       (void) kb_doc_set_text(c->rec, "vm", "last_error", *ret_error);
       (void) kb_vm_save(c->cat, c->uuid, c->rec);
@@ -261,7 +262,7 @@ int rs_quick_restore(struct rs_ctx *c, const struct rs_opts *o, char **ret_error
          c->vm_name, c->ref.id, (kb_mono_ms() - t0) / 1000.0);
   fflush(stdout);
   rs_disks_free(d, n);
-  return rs_consolidate(c, ret_error);
+  return rs_consolidate(c, o->bandwidth, ret_error);
 fail:
   (void) rs_set_state(c, KB_VM_READY, *ret_error);
 out:

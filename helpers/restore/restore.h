@@ -15,6 +15,7 @@ struct rs_opts {
   bool quick, json;
   const char *disk;      /* only this disk */
   const char *as;        /* restore into a new VM of this name */
+  unsigned long bandwidth; /* MiB/s for consolidation; 0 = unlimited */
 };
 
 struct rs_ctx {
@@ -44,7 +45,7 @@ struct rs_disk {
 int rs_restore(struct rs_ctx *c, const struct rs_opts *o, char **ret_error);
 /* quick.c */
 int rs_quick_restore(struct rs_ctx *c, const struct rs_opts *o, char **ret_error);
-int rs_consolidate(struct rs_ctx *c, char **ret_error);
+int rs_consolidate(struct rs_ctx *c, unsigned long bandwidth, char **ret_error);
 /* common.c */
 int rs_open_vm(struct rs_ctx *c, const char *vm_uuid, const char *purpose, char **ret_error);
 int rs_plan_disks(struct rs_ctx *c, const struct rs_opts *o, struct rs_disk **ret, size_t *ret_n,

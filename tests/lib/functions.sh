@@ -365,7 +365,7 @@ _kbt_byte() {
 # bytes of value BYTE at byte OFFSET of DEV (a device or a file), with dd
 # conv=notrunc,fsync and a sync afterwards (busybox tools only).
 guest_write_pattern() {
-	local name=$1 dev=$2 off=$3 len=$4 byte oct bs=1
+	local name=$1 dev=$2 off=$3 len=$4 byte oct bs=1 b
 	byte=$(_kbt_byte "$5") || return 1
 	oct=$(printf '%03o' "$byte")
 	# biggest block size dividing both offset and length (up to 1 MiB)

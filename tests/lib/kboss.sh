@@ -51,7 +51,7 @@ kb_offering() {
 	{
 		echo "[offering]"
 		echo "name = $name"
-		echo "allow_user_driven_backups = true"
+		case " $* " in *" allow_user_driven_backups="*) ;; *) echo "allow_user_driven_backups = true";; esac
 		for kv in "$@"; do echo "${kv%%=*} = ${kv#*=}"; done
 	} > "$KB_ROOT/etc/offerings.d/$name.conf"
 }

@@ -1,0 +1,69 @@
+#!/usr/bin/env bash
+# Quick restore: the VM runs from overlays backed by the backup while its
+# disks are consolidated. The agent answers before consolidation ends, the
+# guest's writes during consolidation are kept, and at the end the disks
+# have no backing file and equal the backup plus those writes. The same
+# when the guest powers itself off halfway: consolidation ends offline.
+. "$(dirname "$0")/../lib/functions.sh"
+. "$(dirname "$0")/../lib/kboss.sh"
+
+plan 15
+start_libvirt || bail_out "libvirtd"
+kb_conf_init 8
+kb_offering quick allow_quick_restore=true
+make_test_vm q 256 || bail_out "cannot define the test VM"
+kb_assign q plain
+dom=$(vm_domain q)
+root=$(vm_disk q)
+data=$(vm_data_disk q)
+MiB=1048576
+
+# A backup of the stopped VM, and copies of its disks as they were.
+qemu-io -f qcow2 -c "write -P 0x5a 0 160M" "$data" >/dev/null
+b_plain=$(kb_backup q)
+out=$(kb kboss-restore --quick "$b_plain" 2>&1); rc=$?
+ok "[ $rc -eq 1 ] && grep -q 'does not allow quick restore' <<<\"\$out\"" "quick restore is refused when the offering does not allow it"
+kb_assign q quick
+b=$(kb_backup q --full)
+cp --sparse=always "$root" "$KBT_TMPDIR/root.ref"
+cp --sparse=always "$data" "$KBT_TMPDIR/data.ref"
+qemu-io -f qcow2 -c "write -P 0xee 0 64M" "$data" >/dev/null   # the damage to undo
+
+# 1. Consolidation while the guest runs, throttled so that it lasts.
+kb kboss-restore --quick --bandwidth 8 "$b" > "$KBT_TMPDIR/quick1.log" 2>&1 &
+qpid=$!
+cleanup_push "kill $qpid 2>/dev/null"
+t0=$(date +%s)
+wait_running() { for i in $(seq 1 300); do [ "$(vm_state q)" = running ] && return 0; sleep 0.2; done; return 1; }
+wait_running && wait_agent q 240
+ok [ $? -eq 0 ] "the guest agent answers after a quick restore ($(($(date +%s) - t0)) s)"
+ok kill -0 $qpid "consolidation is still running when the guest answers"
+ok grep -q "^state = Consolidating" "$(ls "$KB_SECONDARY"/kboss/vms/*/vm.*.ini | sort | tail -n1)" "the catalog says Consolidating"
+guest_write_pattern q /dev/vdb $((400 * MiB)) $MiB 0x42
+ok [ $? -eq 0 ] "the guest writes to its disk during consolidation"
+wait $qpid
+rc=$?
+diag "$(cat "$KBT_TMPDIR/quick1.log")"
+ok [ $rc -eq 0 ] "consolidation completes (exit $rc)"
+ok [ -z "$(qemu-img info -U --output=json "$data" | grep backing-filename)" ] "the data disk has no backing file any more"
+ok [ -z "$(qemu-img info -U --output=json "$root" | grep backing-filename)" ] "nor has the root disk"
+stop_vm q
+cp --sparse=always "$KBT_TMPDIR/data.ref" "$KBT_TMPDIR/data.expect"
+qemu-io -f qcow2 -c "write -P 0x42 $((400 * MiB)) $MiB" "$KBT_TMPDIR/data.expect" >/dev/null
+ok qemu-img compare -q "$data" "$KBT_TMPDIR/data.expect" "the data disk equals the backup plus the guest's writes"
+next=$(kb_backup q)
+ok [ "$(kb_backup_field "$next" type)" = full ] "the next backup after a quick restore is full"
+
+# 2. The guest powers itself off in the middle of consolidation.
+qemu-io -f qcow2 -c "write -P 0xee 0 64M" "$data" >/dev/null
+kb kboss-restore --quick --bandwidth 4 "$b" > "$KBT_TMPDIR/quick2.log" 2>&1 &
+qpid=$!
+wait_running && wait_agent q 240
+guest_exec q /bin/sh -c 'sync; poweroff -f' >/dev/null 2>&1
+for i in $(seq 1 60); do [ "$(vm_state q)" = "shut off" ] && break; sleep 1; done
+ok [ "$(vm_state q)" = "shut off" ] "the guest powered itself off during consolidation"
+wait $qpid
+ok [ $? -eq 0 ] "consolidation still completes, offline: $(tail -n2 "$KBT_TMPDIR/quick2.log" | tr '\n' ' ')"
+ok [ -z "$(qemu-img info --output=json "$data" | grep backing-filename)" ] "the data disk has no backing file"
+ok qemu-img compare -q "$data" "$KBT_TMPDIR/data.ref" "and equals the backup"
+ok qemu-img check -q "$root" "the root disk is a sound qcow2"
