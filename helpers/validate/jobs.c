@@ -136,8 +136,8 @@ int vl_validate_backup(struct vl_ctx *c, const char *backup_id, bool from_job, c
   struct vl_step steps[16];
   const struct kb_offering *off;
   const char *const *names;
-  const char *vm_name, *offname, *st;
-  CLEANUP_FREE char *meta = NULL;
+  const char *offname, *st;
+  CLEANUP_FREE char *meta = NULL, *vm_name = NULL;
   char started[32];
   size_t n = 0, i, failed = 0;
   bool need_vm = false;
@@ -161,7 +161,13 @@ int vl_validate_backup(struct vl_ctx *c, const char *backup_id, bool from_job, c
     r = -EAGAIN;
     goto out;
   }
-  vm_name = kb_doc_get(ref.doc, "backup", "vm_name");
+  /* A copy: save_results() replaces ref.doc. */
+  vm_name = kb_doc_get(ref.doc, "backup", "vm_name") ? strdup(kb_doc_get(ref.doc, "backup", "vm_name")) : NULL;
+  if (!vm_name) {
+    *ret_error = kb_printf("backup %s: no vm_name in its record", backup_id);
+    r = -EINVAL;
+    goto out;
+  }
   offname = kb_doc_get(ref.doc, "backup", "offering");
   off = offname ? kb_config_offering(c->cfg, offname) : NULL;
   names = off && off->validation_steps && off->validation_steps[0]

@@ -223,6 +223,8 @@ static int stream_sink(virStreamPtr st, const char *data, size_t nbytes, void *o
 {
   struct { char *buf; size_t len, cap; } *b = opaque;
   (void) st;
+  if (nbytes > 64 * 1024 * 1024 || b->len + nbytes > 256 * 1024 * 1024)
+    return -1;   /* no display is that large */
   if (b->len + nbytes > b->cap) {
     size_t cap = (b->len + nbytes) * 2;
     char *n = realloc(b->buf, cap);
@@ -233,7 +235,9 @@ static int stream_sink(virStreamPtr st, const char *data, size_t nbytes, void *o
   }
   memcpy(b->buf + b->len, data, nbytes);
   b->len += nbytes;
-  return 0;
+  /* virStreamRecvAll() calls the sink again for whatever it did not take:
+   * returning 0 here made it append the same bytes forever. */
+  return (int) nbytes;
 }
 
 void vl_step_screenshot(struct vl_ctx *c, const char *vm_name, const char *meta_dir, struct vl_vm *vm,
