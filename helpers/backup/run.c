@@ -23,6 +23,7 @@ struct bk_disk {
   const char *reason;        /* why full (static text or owned by why) */
   char *why;
   bool bitmap;               /* carries a bitmap in the new checkpoint */
+  bool drop_bitmap;          /* its old bitmap is present but unusable */
   char *file;                /* "vda.qcow2" */
   char *path;                /* target on the store */
   unsigned long long capacity;
@@ -265,6 +266,9 @@ static void check_disk(struct bk_job *j, struct bk_disk *b, char **cp_disks, boo
     b->reason = "its bitmap is not persistent";
   else
     b->incremental = true;
+  /* A bitmap that cannot be trusted is of no use to any later backup. */
+  if (r == 0 && st.present && !b->incremental && !st.busy)
+    b->drop_bitmap = true;
 }
 
 /* Make sure libvirt knows checkpoint SINCE, redefining it from the catalog
@@ -284,6 +288,12 @@ static bool ensure_checkpoint(struct bk_job *j, char ***ret_cp_disks)
     if (!path || kb_meta_read_file(path, &saved, NULL) < 0) {
       kb_warn("VM %s: checkpoint %s is unknown to libvirt and not saved in the catalog", v->name, j->since);
       return false;
+    }
+    /* Its parent checkpoint was pruned long ago: redefine it alone. */
+    {
+      char *p = strstr(saved, "<parent>"), *e = p ? strstr(p, "</parent>") : NULL;
+      if (p && e)
+        memmove(p, e + strlen("</parent>"), strlen(e + strlen("</parent>")) + 1);
     }
     cp = virDomainCheckpointCreateXML(v->dom, saved, VIR_DOMAIN_CHECKPOINT_CREATE_REDEFINE);
     if (!cp) {
@@ -350,6 +360,8 @@ static int plan_disks(struct bk_job *j, char **ret_error)
       return -EIO;
     }
     j->bd[i].capacity = info.capacity;
+    if (j->bd[i].drop_bitmap && kb_virt_bitmap_remove(v->dom, j->bd[i].d->source, j->since) < 0)
+      kb_warn("VM %s: disk %s: cannot remove its unusable bitmap %s", v->name, j->bd[i].d->target, j->since);
   }
   kb_strv_free(cp_disks);
   return 0;

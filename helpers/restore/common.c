@@ -255,14 +255,30 @@ int rs_mark_in_use(struct rs_ctx *c, const char *vm_uuid, bool in_use)
     return r;
   for (i = 0; ids[i]; i++) {
     struct kb_doc *doc = NULL;
-    if (kb_backup_load(c->cat, c->ref.vm_uuid, c->ref.chain, ids[i], &doc) < 0)
+    struct kb_lock *lock = NULL;
+    CLEANUP_FREE char *locks = kb_catalog_locks_dir(c->cat);
+    CLEANUP_FREE char *lpath = locks ? kb_printf("%s/backup-%s.lock", locks, ids[i]) : NULL;
+
+    /* Under the backup's lock, so that a compression cannot swap its
+     * files between its own in_use_by check and its rename. */
+    if (!lpath) {
+      r = -ENOMEM;
+      break;
+    }
+    r = kb_lock_take(lpath, in_use ? "quick-restore" : "consolidated", 120000, &lock);
+    if (r < 0)
+      break;
+    if (kb_backup_load(c->cat, c->ref.vm_uuid, c->ref.chain, ids[i], &doc) < 0) {
+      kb_lock_release(lock);
       continue;
+    }
     r = kb_doc_set(doc, "backup", "in_use_by", in_use ? vm_uuid : NULL);
     if (r == 0)
       r = kb_backup_save(c->cat, c->ref.vm_uuid, c->ref.chain, ids[i], doc);
     if (KB_STREQ(ids[i], c->ref.id) && r == 0)
       (void) kb_doc_set(c->ref.doc, "backup", "in_use_by", in_use ? vm_uuid : NULL);
     kb_doc_free(doc);
+    kb_lock_release(lock);
     if (r < 0)
       break;
   }

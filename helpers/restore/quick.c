@@ -217,7 +217,10 @@ int rs_quick_restore(struct rs_ctx *c, const struct rs_opts *o, char **ret_error
   /* From here the backup's files are in use until consolidation ends. */
   r = rs_mark_in_use(c, c->uuid, true);
   if (r < 0) {
-    *ret_error = kb_printf("backup %s: cannot mark it in use: %s", c->ref.id, strerror(-r));
+    (void) rs_mark_in_use(c, c->uuid, false);
+    *ret_error = r == -EBUSY
+                   ? kb_printf("backup %s (or one it depends on) is being compressed or validated; try again later", c->ref.id)
+                   : kb_printf("backup %s: cannot mark it in use: %s", c->ref.id, strerror(-r));
     goto fail;
   }
   (void) kb_doc_remove_section(c->rec, "consolidation");

@@ -168,7 +168,7 @@ rm -f "$root/sbin/shutdown"
 
 # qemu-ga with its shared libraries and the loader, at the same paths
 copy_with_libs() {
-	local bin=$1 lib real
+	local bin=$1 lib
 	mkdir -p "$root$(dirname "$bin")"
 	cp -L "$bin" "$root$bin"
 	ldd "$bin" | awk '/=>/ { if ($3 ~ /^\//) print $3 } /^\s*\// { print $1 }' |

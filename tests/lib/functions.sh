@@ -10,13 +10,22 @@
 #            wait_agent NAME [TIMEOUT] | guest_exec NAME CMD [ARG...] |
 #            guest_write_pattern NAME DEV OFFSET LEN BYTE | stop_vm NAME [TIMEOUT] |
 #            destroy_test_vm NAME | vm_domain NAME | vm_dir NAME | vm_disk NAME |
-#            vm_data_disk NAME | vm_console_log NAME
+#            vm_data_disk NAME | vm_console_log NAME | vm_state NAME |
+#            agent_command NAME JSON [TIMEOUT] | guest_image
 # Images:    host_check_pattern IMAGE OFFSET LEN BYTE | host_image_contains IMAGE STRING
 #
 # NAME is a short test-local name; the libvirt domain is "$KBT_PREFIX$NAME"
 # (KBT_PREFIX defaults to kbt-<pid of the test>-) so parallel tests don't
 # collide. Everything a test creates lives under $KBT_TMPDIR and is removed
 # on exit (also on failure) by the cleanup stack.
+#
+# Sourcing installs an EXIT trap (cleanups, then TAP summary: the exit status
+# is non-zero when a test failed, the plan was not met or bail_out was
+# called; 77 after skip_all). INT/TERM exit through it too. Tests must not
+# replace the EXIT trap; use cleanup_push.
+#
+# Knobs: KBT_VM_MEM_MB (guest RAM, default 256), KBT_EXEC_TIMEOUT (guest_exec,
+# default 120 s), KBT_PREFIX, KBOSS_TEST_CACHE, KBT_GUEST_BUILDER, CI.
 
 export LIBVIRT_DEFAULT_URI=${LIBVIRT_DEFAULT_URI:-qemu:///system}
 export LIBGUESTFS_BACKEND=${LIBGUESTFS_BACKEND:-direct}
@@ -190,9 +199,11 @@ vm_disk() { printf '%s/%s/root.qcow2\n' "$KBT_TMPDIR" "$1"; }
 vm_data_disk() { printf '%s/%s/data.qcow2\n' "$KBT_TMPDIR" "$1"; }
 vm_console_log() { printf '%s/%s/console.log\n' "$KBT_TMPDIR" "$1"; }
 
-# build (or reuse the cached) guest image, print its path
+# guest_image: build (or reuse the cached) guest image, print its path.
+# KBT_GUEST_BUILDER overrides the builder script (default
+# tests/guest/build-guest.sh); KBOSS_TEST_CACHE its cache directory.
 guest_image() {
-	"$KBT_TOPDIR/tests/guest/build-guest.sh"
+	${KBT_GUEST_BUILDER:-"$KBT_TOPDIR/tests/guest/build-guest.sh"}
 }
 
 # make_test_vm NAME [DATA_DISK_MB=64]: define a persistent domain
@@ -268,7 +279,7 @@ start_vm() {
 
 # agent_command NAME JSON [TIMEOUT_S=5]: raw qemu-agent-command, JSON reply on stdout
 agent_command() {
-	virsh -q qemu-agent-command --timeout "${3:-5}" "$(vm_domain "$1")" "$2" 2>/dev/null
+	virsh -q qemu-agent-command --timeout "${3:-5}" "$(vm_domain "$1")" "$2"
 }
 
 # wait_agent NAME [TIMEOUT=120]: wait until guest-ping answers
@@ -276,7 +287,7 @@ wait_agent() {
 	local name=$1 timeout=${2:-120} start now
 	start=$(date +%s)
 	while :; do
-		if agent_command "$name" '{"execute":"guest-ping"}' 2 | grep -q '"return"'; then
+		if agent_command "$name" '{"execute":"guest-ping"}' 2 2>/dev/null | grep -q '"return"'; then
 			return 0
 		fi
 		now=$(date +%s)
@@ -287,7 +298,7 @@ wait_agent() {
 			tail -n 30 "$(vm_console_log "$name")" 2>/dev/null | sed 's/^/  | /' >&2
 			return 1
 		fi
-		sleep 1
+		sleep 0.5
 	done
 }
 
@@ -312,19 +323,19 @@ _kbt_json_get() { # JSON KEY
 # its exit code (or 255 when it could not be run / timed out after
 # $KBT_EXEC_TIMEOUT s, default 120; 128+N when killed by signal N).
 guest_exec() {
-	local name=$1 cmd=$2 args= a reply pid st exited code sig out err i
+	local name=$1 cmd=$2 args='' a reply pid st exited code sig out err i
 	shift 2
 	for a in "$@"; do
 		args="$args${args:+,}$(_kbt_json_str "$a")"
 	done
-	reply=$(agent_command "$name" "{\"execute\":\"guest-exec\",\"arguments\":{\"path\":$(_kbt_json_str "$cmd"),\"arg\":[$args],\"capture-output\":true}}" 10)
+	reply=$(agent_command "$name" "{\"execute\":\"guest-exec\",\"arguments\":{\"path\":$(_kbt_json_str "$cmd"),\"arg\":[$args],\"capture-output\":true}}" 10 2>&1)
 	pid=$(_kbt_json_get "$reply" pid)
 	if [ -z "$pid" ]; then
 		echo "guest_exec: guest-exec $cmd failed: $reply" >&2
 		return 255
 	fi
 	for ((i = 0; i < ${KBT_EXEC_TIMEOUT:-120} * 10; i++)); do
-		st=$(agent_command "$name" "{\"execute\":\"guest-exec-status\",\"arguments\":{\"pid\":$pid}}" 10)
+		st=$(agent_command "$name" "{\"execute\":\"guest-exec-status\",\"arguments\":{\"pid\":$pid}}" 10 2>&1)
 		exited=$(_kbt_json_get "$st" exited)
 		[ "$exited" = true ] && break
 		if [ -z "$exited" ]; then
@@ -434,7 +445,7 @@ stop_vm() {
 # destroy_test_vm NAME: destroy + undefine (with all metadata) + remove files.
 # Idempotent.
 destroy_test_vm() {
-	local name=$1 dom flags= f help
+	local name=$1 dom flags='' f help
 	dom=$(vm_domain "$name")
 	if virsh -q dominfo "$dom" >/dev/null 2>&1; then
 		virsh -q destroy "$dom" >/dev/null 2>&1

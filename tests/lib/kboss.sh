@@ -101,3 +101,21 @@ kb_ref_image() {
 		qemu-io -f qcow2 -c "write -P $3 $1 $2" "$file" >/dev/null || return 1
 	done
 }
+
+# a [disk:DISK] field of a backup's record
+kb_disk_field() {
+	kb_backup_record "$1" | sed -n "/^\[disk:$2\]/,/^\[/s/^$3 *= *//p" | head -n1
+}
+
+# the guest's filesystems are not frozen (asks the agent)
+kb_guest_thawed() {
+	agent_command "$1" '{"execute":"guest-fsfreeze-status"}' | grep -q thawed
+}
+
+# ids of completed backups of the catalog (what a listing shows)
+kb_listed_backups() {
+	local f
+	for f in $(find "$KB_SECONDARY/kboss/vms" -name 'backup.*.ini' 2>/dev/null); do
+		grep -q '^state = \(Ready\|Invalid\)' "$f" && sed -n 's/^id = //p' "$f"
+	done | sort -u
+}
