@@ -2,9 +2,12 @@
 #include <config.h>
 
 #include <errno.h>
+#include <fcntl.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
+#include <unistd.h>
 
 #include "bkhash.h"
 #include "lock.h"
@@ -17,6 +20,26 @@ static const char *const default_steps[] = { "wait_for_boot", "execute_command",
 static const char *status_word(enum vl_status s)
 {
   return s == VL_OK ? "ok" : s == VL_FAILED ? "failed" : "skipped";
+}
+
+/* Tests: "start|end <ms> <host> <backup>" lines appended to
+ * $KBOSS_TEST_JOB_LOG while a validation holds its slots (the format of
+ * kboss-compress's), to check the concurrency limits. */
+static void test_log(const char *what, const char *backup)
+{
+  const char *path = getenv("KBOSS_TEST_JOB_LOG");
+  CLEANUP_FREE char *line = NULL;
+  CLEANUP_CLOSE int fd = -1;
+  struct timespec ts;
+
+  if (!path || !*path)
+    return;
+  clock_gettime(CLOCK_REALTIME, &ts);
+  line = kb_printf("%s %lld %s %s\n", what, (long long) ts.tv_sec * 1000 + ts.tv_nsec / 1000000,
+                   kb_hostname(), backup);
+  fd = open(path, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0600);
+  if (fd >= 0 && line)
+    (void) kb_write_all(fd, line, strlen(line));
 }
 
 static struct kb_lock *backup_lock(struct vl_ctx *c, const char *id, const char *purpose)
@@ -206,6 +229,19 @@ int vl_validate_backup(struct vl_ctx *c, const char *backup_id, bool from_job, c
     goto out;
   }
 
+  /* Tests of the limits: hold the slots for this long instead of running
+   * the steps (booting real VMs side by side is too slow for them). */
+  const char *hold = getenv("KBOSS_TEST_VALIDATE_HOLD_MS");
+  if (hold && *hold) {
+    test_log("start", backup_id);
+    usleep((useconds_t) atoi(hold) * 1000);
+    test_log("end", backup_id);
+    for (i = 0; i < n; i++)
+      steps[i].message = strdup("not run (KBOSS_TEST_VALIDATE_HOLD_MS)");
+    need_vm = false;
+    kb_format_time(kb_now(), started, sizeof started);
+    goto results;
+  }
   if (need_vm) {
     char *why;
     r = vl_vm_prepare(c, &ref, &vm, ret_error);
@@ -271,6 +307,7 @@ int vl_validate_backup(struct vl_ctx *c, const char *backup_id, bool from_job, c
     }
     steps[i].seconds = (kb_mono_ms() - t0) / 1000.0;
   }
+results:
   for (i = 0; i < n; i++) {
     if (steps[i].status == VL_FAILED)
       failed++;
