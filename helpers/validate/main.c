@@ -98,6 +98,9 @@ int main(int argc, char **argv)
   sigaction(SIGINT, &sa, NULL);
   sigaction(SIGTERM, &sa, NULL);
   sigaction(SIGHUP, &sa, NULL);
+  /* A libvirtd that goes away must give an error, not kill us silently
+   * in the middle of a write to its socket. */
+  signal(SIGPIPE, SIG_IGN);
 
   r = kb_catalog_open(c.cfg, &c.cat);
   if (r < 0) {
