@@ -47,7 +47,7 @@ step_line() { kb_backup_record "$1" | grep "^step.$2 = "; }
 b1=$(kb_backup a)
 ok [ -n "$b1" ] "backup of the stopped VM: $b1"
 f1=$(kb_backup_file "$b1" vda)
-sum_before=$(xxhsum -H2 "$f1" | cut -d' ' -f1)
+sum_before=$(xxhsum -H2 "$f1" 2>/dev/null | cut -d' ' -f1)
 ok [ "$(job_field "validation-$b1" state)" = Scheduled ] "the backup queued a validation job"
 
 t0=$(date +%s)
@@ -63,7 +63,7 @@ ok [ "$(kb_backup_field "$b1" validated)" = true ] "the backup is marked validat
 ok [ "$(job_field "validation-$b1" state)" = Done ] "the validation job is Done"
 ok eval 'kb_backup_record "$b1" | grep -q "^hash = $sum_before"' "the recorded hash of vda is xxhsum -H2 of the file"
 ok [ "$(job_field "hash-$b1" state)" = Scheduled ] "a hash re-check job is scheduled"
-ok [ "$(xxhsum -H2 "$f1" | cut -d' ' -f1)" = "$sum_before" ] "the backup's file was not written"
+ok [ "$(xxhsum -H2 "$f1" 2>/dev/null | cut -d' ' -f1)" = "$sum_before" ] "the backup's file was not written"
 ok [ "$(valdomains)" -eq 0 ] "no validation domain is left"
 ok [ "$(leftovers)" -eq 0 ] "no overlay is left in scratch.path"
 
@@ -100,7 +100,7 @@ printf "$(printf '\\%03o' $(((byte + 1) % 256)))" | dd of="$f1" bs=1 seek="$off"
 kb kboss-validate run --now > /dev/null 2>"$KBT_TMPDIR/err"; rc=$?
 ok [ $rc -eq 1 ] "the run with a hash mismatch exits 1 ($rc)"
 ok [ "$(kb_backup_field "$b1" state)" = Invalid ] "after a flipped byte the re-check marks the backup Invalid"
-ok grep -q '^<3>.*hash mismatch' "$KBT_TMPDIR/err" "the mismatch is logged as an error: $(head -c 300 "$KBT_TMPDIR/err")"
+ok grep -q '^<3>.*hash mismatch' "$KBT_TMPDIR/err" "the mismatch is logged as an error: $(grep '^<3>' "$KBT_TMPDIR/err" | head -c 300)"
 ok [ "$(job_field "hash-$b1" state)" = Failed ] "the hash job is Failed"
 b2=$(kb_backup a)
 ok [ "$(kb_backup_field "$b2" type)" = full ] "with end.chain.on.fail the next backup is full"
