@@ -23,6 +23,20 @@
  * leaves the backup occupying memory. */
 #define CHUNK (1u << 20)
 
+static bool have_avx2(void)
+{
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
+  static int known = -1;
+  if (known < 0) {
+    __builtin_cpu_init();
+    known = __builtin_cpu_supports("avx2") && kb_hash_avx2_built();
+  }
+  return known > 0;
+#else
+  return false;
+#endif
+}
+
 int kb_hash_file(const char *path, char ret_hex[KB_HASH_HEX_LEN + 1], uint64_t *ret_bytes)
 {
   CLEANUP_CLOSE int fd = open(path, O_RDONLY | O_NOFOLLOW | O_CLOEXEC);
@@ -34,6 +48,7 @@ int kb_hash_file(const char *path, char ret_hex[KB_HASH_HEX_LEN + 1], uint64_t *
   long page = sysconf(_SC_PAGESIZE);
   uint64_t off = 0;
   int r = 0, i;
+  bool avx2 = have_avx2();
 
   if (fd < 0)
     return -errno;
@@ -86,7 +101,10 @@ int kb_hash_file(const char *path, char ret_hex[KB_HASH_HEX_LEN + 1], uint64_t *
     }
     if (got == 0)
       break;
-    XXH3_128bits_update(st, buf, got);
+    if (avx2)
+      (void) kb_hash_update_avx2(st, buf, got);
+    else
+      XXH3_128bits_update(st, buf, got);
     if (!was_cached)
       (void) posix_fadvise(fd, (off_t) off, (off_t) got, POSIX_FADV_DONTNEED);
     off += got;

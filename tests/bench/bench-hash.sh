@@ -21,7 +21,7 @@ now() { date +%s.%N; }
 best_of_3() { # CMD...: prints the best wall time in seconds
 	local i t0 t1 best=
 	for i in 1 2 3; do
-		t0=$(now); "$@" > /dev/null || return 1; t1=$(now)
+		t0=$(now); "$@" > /dev/null 2>&1 || return 1; t1=$(now)
 		best=$(python3 -c "t = $t1 - $t0; b = '$best'; print(f'{min(t, float(b)) if b else t:.3f}')")
 	done
 	echo "$best"
