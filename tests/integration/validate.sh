@@ -13,12 +13,13 @@
 #  5. concurrency limits across runners posing as three hosts
 #     (KBOSS_HOSTNAME), with fake work: KBOSS_TEST_VALIDATE_HOLD_MS makes a
 #     validation hold its slots and lock for a while instead of booting;
+#     then kboss-compress re-records the hashes of one of those backups;
 #  6. a backup that does not boot fails wait_for_boot (short boot timeout)
 #     and fs_check.
 . "$(dirname "$0")/../lib/functions.sh"
 . "$(dirname "$0")/../lib/kboss.sh"
 
-plan 43
+plan 46
 start_libvirt || bail_out "libvirtd"
 kb_conf_init 8
 make_test_vm a || bail_out "cannot define the test VM"
@@ -194,6 +195,19 @@ all_validated() {
 	for id in "${ids[@]}"; do [ "$(kb_backup_field "$id" validated)" = true ] || return 1; done
 }
 ok all_validated "all 8 backups are validated"
+
+# kboss-compress rewrites a validated backup's file: its hashes are recorded again.
+kb_offering valzs validate=true compress=true compression_library=zstd
+c1=${ids[0]}
+"$CATALOG_TOOL" set-backup "$c1" offering valzs || bail_out "set-backup"
+cf=$(kb_backup_file "$c1" vda)
+h_before=$(kb_backup_record "$c1" | sed -n 's/^hash = //p')
+kb kboss-compress "$c1" > /dev/null 2>&1
+h_after=$(kb_backup_record "$c1" | sed -n 's/^hash = //p')
+ok [ "$(kb_backup_field "$c1" compressed)" = true -a "$h_after" != "$h_before" ] \
+	"after kboss-compress the recorded hash changed ($h_before -> $h_after)"
+ok [ "$h_after" = "$(xxhsum -H2 "$cf" 2>/dev/null | cut -d' ' -f1)" ] "it is the hash of the compressed file"
+ok eval 'kb kboss-validate --check-hash "$c1" | grep -q "hashes match"' "the hash re-check of the compressed backup passes"
 
 # ---- 6. a backup that does not boot ----
 make_test_vm b || bail_out "cannot define the second test VM"
