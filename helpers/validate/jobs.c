@@ -287,6 +287,15 @@ int vl_validate_backup(struct vl_ctx *c, const char *backup_id, bool from_job, c
     virDomainFree(vm.dom);
     vm.dom = NULL;
   }
+  /* libvirtd went away (restarted): it destroyed the autodestroy VM. That
+   * says nothing about the backup: not a failed validation, try later. */
+  if (need_vm && !vl_cancel && virConnectIsAlive(c->conn) != 1) {
+    *ret_error = kb_printf("backup %s: the connection to libvirtd was lost during the validation "
+                           "(libvirtd restarted?); it will be run again", backup_id);
+    (void) save_results(c, &ref, steps, 0, "Interrupted", started, "the connection to libvirtd was lost");
+    r = -EAGAIN;
+    goto out;
+  }
   for (i = 0; i < n && !vl_cancel; i++) {
     int64_t t0 = kb_mono_ms();
     if (step_needs_vm(steps[i].name))
@@ -512,6 +521,11 @@ int vl_run_jobs(struct vl_ctx *c)
     return 1;
   }
   for (i = 0; ids[i] && !vl_cancel; i++) {
+    if (c->conn && virConnectIsAlive(c->conn) != 1) {
+      kb_err("the connection to libvirtd was lost; the remaining jobs wait for the next run");
+      status = 1;
+      break;
+    }
     if (strncmp(ids[i], KB_JOB_VALIDATION "-", strlen(KB_JOB_VALIDATION) + 1) != 0 &&
         strncmp(ids[i], KB_JOB_HASH "-", strlen(KB_JOB_HASH) + 1) != 0)
       continue;
