@@ -818,17 +818,6 @@ static int check_whole(struct parse *p)
   return 0;
 }
 
-static char *dir_of(const char *path)
-{
-  const char *slash = strrchr(path, '/');
-
-  if (!slash)
-    return strdup(".");
-  if (slash == path)
-    return strdup("/");
-  return strndup(path, slash - path);
-}
-
 int kb_config_load(const char *path, struct kb_config **ret, char **ret_errors)
 {
   struct kb_config *cfg;
@@ -851,7 +840,7 @@ int kb_config_load(const char *path, struct kb_config **ret, char **ret_errors)
   if (!cfg)
     return -ENOMEM;
   cfg->path = strdup(path);
-  cfg->dir = dir_of(path);
+  cfg->dir = kb_dirname(path);
   p.errs = open_memstream(&errbuf, &errlen);
   if (!cfg->path || !cfg->dir || !p.errs) {
     r = -ENOMEM;

@@ -346,17 +346,6 @@ static int holder_read(const char *path, struct holder *h)
   return 0;
 }
 
-static char *dir_of(const char *path)
-{
-  const char *slash = strrchr(path, '/');
-
-  if (!slash)
-    return strdup(".");
-  if (slash == path)
-    return strdup("/");
-  return strndup(path, slash - path);
-}
-
 /* The server's idea of "now": stamp a probe file of our own in DIR with the
  * server's clock and read it back. Never compare a remote mtime with the
  * local clock. */
@@ -403,7 +392,7 @@ static int holder_stale(const char *path, const struct holder *h)
       return 1;
     return pid_alive(h->pid, h->start_time) ? 0 : 1;
   }
-  dir = dir_of(path);
+  dir = kb_dirname(path);
   if (!dir)
     return -ENOMEM;
   r = server_now(dir, &now);

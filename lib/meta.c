@@ -151,47 +151,10 @@ static void gen_name(char *buf, size_t len, const char *name, enum kind kind, co
 static int read_at(int dfd, const char *fname, char **ret, size_t *ret_len)
 {
   CLEANUP_CLOSE int fd = openat(dfd, fname, O_RDONLY | O_NOFOLLOW | O_CLOEXEC | O_NONBLOCK);
-  struct stat st;
-  size_t len = 0, cap;
-  char *buf;
 
   if (fd < 0)
     return -errno;
-  if (fstat(fd, &st) < 0)
-    return -errno;
-  if (!S_ISREG(st.st_mode))
-    return -EINVAL;
-  cap = (size_t) st.st_size + 1;
-  buf = malloc(cap);
-  if (!buf)
-    return -ENOMEM;
-  for (;;) {
-    ssize_t r;
-    if (len + 1 >= cap) {
-      char *nb = realloc(buf, cap * 2);
-      if (!nb) {
-        free(buf);
-        return -ENOMEM;
-      }
-      buf = nb;
-      cap *= 2;
-    }
-    r = read(fd, buf + len, cap - len - 1);
-    if (r < 0) {
-      int e = errno;
-      if (e == EINTR)
-        continue;
-      free(buf);
-      return -e;
-    }
-    if (r == 0)
-      break;
-    len += (size_t) r;
-  }
-  buf[len] = '\0';
-  *ret = buf;
-  *ret_len = len;
-  return 0;
+  return kb_read_fd(fd, ret, ret_len);
 }
 
 /* Length of the document before its trailer, or -1 if the trailer is

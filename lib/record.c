@@ -77,6 +77,51 @@ int kb_backup_save(const struct kb_catalog *cat, const char *vm_uuid, const char
   return kb_meta_write(dir, "backup", doc);
 }
 
+int kb_vm_set_state(const struct kb_catalog *cat, const char *vm_uuid, struct kb_doc *rec,
+                    const char *state, const char *error)
+{
+  char now[32];
+  int r;
+
+  kb_format_time(kb_now(), now, sizeof now);
+  r = kb_doc_set(rec, "vm", "state", state);
+  if (r == 0)
+    r = kb_doc_set_text(rec, "vm", "last_error", error);
+  if (r == 0)
+    r = kb_doc_set(rec, "vm", "updated", now);
+  if (r == 0)
+    r = kb_vm_save(cat, vm_uuid, rec);
+  return r;
+}
+
+int kb_chain_end(const struct kb_catalog *cat, const char *vm_uuid, struct kb_doc *rec,
+                 const char *reason)
+{
+  const char *cur = kb_doc_get(rec, "vm", "current_chain");
+  struct kb_doc *chain = NULL;
+  int r = 0;
+
+  if (cur && *cur) {
+    r = kb_chain_load(cat, vm_uuid, cur, &chain);
+    if (r == 0) {
+      r = kb_doc_set(chain, "chain", "ended", "true");
+      if (r == 0)
+        r = kb_doc_set_text(chain, "chain", "end_reason", reason);
+      if (r == 0)
+        r = kb_chain_save(cat, vm_uuid, cur, chain);
+      kb_doc_free(chain);
+    } else if (r == -ENOENT)
+      r = 0;
+  }
+  if (r == 0)
+    r = kb_doc_set(rec, "vm", "current_chain", NULL);
+  if (r == 0)
+    r = kb_doc_set(rec, "vm", "last_checkpoint", NULL);
+  if (r == 0)
+    r = kb_vm_save(cat, vm_uuid, rec);
+  return r;
+}
+
 void kb_backup_ref_clear(struct kb_backup_ref *ref)
 {
   free(ref->vm_uuid);

@@ -36,6 +36,15 @@ int kb_backup_load(const struct kb_catalog *cat, const char *vm_uuid, const char
 int kb_backup_save(const struct kb_catalog *cat, const char *vm_uuid, const char *chain,
                    const char *backup, const struct kb_doc *doc);
 
+/* Set vm.ini's state (and last_error, NULL clears it) and save it. */
+int kb_vm_set_state(const struct kb_catalog *cat, const char *vm_uuid, struct kb_doc *rec,
+                    const char *state, const char *error);
+/* End the VM's current chain (chain.ini ended = true with REASON; vm.ini
+ * current_chain and last_checkpoint cleared and saved): the next backup
+ * is full. */
+int kb_chain_end(const struct kb_catalog *cat, const char *vm_uuid, struct kb_doc *rec,
+                 const char *reason);
+
 /* A backup located in the catalog. */
 struct kb_backup_ref {
   char *vm_uuid;

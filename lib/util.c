@@ -106,20 +106,17 @@ int kb_mkdir_p(const char *dir, mode_t mode)
   return 0;
 }
 
-int kb_read_file(const char *path, char **ret, size_t *ret_len)
+int kb_read_fd(int fd, char **ret, size_t *ret_len)
 {
-  CLEANUP_CLOSE int fd = open(path, O_RDONLY | O_NOFOLLOW | O_CLOEXEC);
   struct stat st;
   char *buf;
   size_t len = 0, cap;
 
-  if (fd < 0)
-    return -errno;
   if (fstat(fd, &st) < 0)
     return -errno;
   if (!S_ISREG(st.st_mode))
     return -EINVAL;
-  cap = st.st_size + 1;
+  cap = (size_t) st.st_size + 1;
   buf = malloc(cap);
   if (!buf)
     return -ENOMEM;
@@ -136,21 +133,41 @@ int kb_read_file(const char *path, char **ret, size_t *ret_len)
     }
     r = read(fd, buf + len, cap - len - 1);
     if (r < 0) {
-      if (errno == EINTR)
-        continue;
       int e = errno;
+      if (e == EINTR)
+        continue;
       free(buf);
       return -e;
     }
     if (r == 0)
       break;
-    len += r;
+    len += (size_t) r;
   }
   buf[len] = '\0';
   *ret = buf;
   if (ret_len)
     *ret_len = len;
   return 0;
+}
+
+int kb_read_file(const char *path, char **ret, size_t *ret_len)
+{
+  CLEANUP_CLOSE int fd = open(path, O_RDONLY | O_NOFOLLOW | O_CLOEXEC);
+
+  if (fd < 0)
+    return -errno;
+  return kb_read_fd(fd, ret, ret_len);
+}
+
+char *kb_dirname(const char *path)
+{
+  const char *slash = strrchr(path, '/');
+
+  if (!slash)
+    return strdup(".");
+  if (slash == path)
+    return strdup("/");
+  return strndup(path, slash - path);
 }
 
 int kb_write_all(int fd, const void *buf, size_t len)

@@ -36,6 +36,12 @@ int kb_mkdir_p(const char *dir, mode_t mode);
 /* Read a whole regular file (not through a symlink); NUL-terminated. */
 int kb_read_file(const char *path, char **ret, size_t *ret_len);
 
+/* The same from an open descriptor (a regular file). */
+int kb_read_fd(int fd, char **ret, size_t *ret_len);
+
+/* The folder part of PATH ("." or "/" at the ends), malloc'd. */
+char *kb_dirname(const char *path);
+
 /* Write all of BUF, retrying on short writes and EINTR. */
 int kb_write_all(int fd, const void *buf, size_t len);
 

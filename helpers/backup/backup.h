@@ -47,6 +47,10 @@ int bk_finish_chain(struct bk_vm *v, const char *reason, char **ret_error);
 /* Remove the leftovers of one backup that did not complete. */
 int bk_discard_backup(struct bk_vm *v, const char *chain, const char *backup, char **ret_error);
 
+/* redefine.c: redefine the VM's last checkpoint from the catalog when
+ * libvirt does not know it (after a restart or migration). */
+int bk_redefine_checkpoints(struct bk_vm *v, char **ret_error);
+
 /* Delete (libvirt checkpoint + bitmaps) checkpoint NAME; a checkpoint that
  * libvirt forgot has its bitmaps removed directly. Domain must be active
  * for the bitmap part. */

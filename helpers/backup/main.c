@@ -26,6 +26,7 @@ static void usage(FILE *f)
           "Usage: %s [OPTION]... VM\n"
           "       %s --finish-chain VM\n"
           "       %s --normalize VM\n"
+          "       %s --redefine-checkpoints VM\n"
           "Back up every disk of a libvirt VM (running or stopped) to secondary storage.\n"
           "\n"
           "The first backup of a chain is full; the next ones copy only what the VM's\n"
@@ -39,24 +40,27 @@ static void usage(FILE *f)
           "                       backup starts; fails if the agent does not answer\n"
           "      --finish-chain   end the VM's current chain: the next backup is full\n"
           "      --normalize      repair a VM in BackupError (leftovers of failed runs)\n"
+          "      --redefine-checkpoints  give libvirt back the VM's last checkpoint from\n"
+          "                       the catalog if it forgot it (run by the qemu hook)\n"
           "      --json           print the backup's record as JSON\n"
           "  -c, --config FILE    configuration (default $KBOSS_CONF or %s/kboss/kboss.conf)\n"
           "  -v, --verbose        more messages;  --quiet: errors only\n"
           "  -h, --help           this help;  -V, --version: the version\n"
           "\n"
           "Exit status: 0 success, 1 failure, 2 bad usage or configuration.\n",
-          kb_progname, kb_progname, kb_progname, SYSCONFDIR);
+          kb_progname, kb_progname, kb_progname, kb_progname, SYSCONFDIR);
 }
 
 int main(int argc, char **argv)
 {
-  enum { OPT_FINISH = 256, OPT_NORMALIZE, OPT_JSON, OPT_QUIET };
+  enum { OPT_FINISH = 256, OPT_NORMALIZE, OPT_JSON, OPT_QUIET, OPT_REDEFINE };
   static const struct option longopts[] = {
     { "full", no_argument, NULL, 'f' },
     { "isolated", no_argument, NULL, 'i' },
     { "quiesce", no_argument, NULL, 'q' },
     { "finish-chain", no_argument, NULL, OPT_FINISH },
     { "normalize", no_argument, NULL, OPT_NORMALIZE },
+    { "redefine-checkpoints", no_argument, NULL, OPT_REDEFINE },
     { "json", no_argument, NULL, OPT_JSON },
     { "config", required_argument, NULL, 'c' },
     { "verbose", no_argument, NULL, 'v' },
@@ -67,7 +71,7 @@ int main(int argc, char **argv)
   };
   struct bk_opts opts = { false, false, false, false };
   const char *config = NULL;
-  bool finish = false, normalize = false;
+  bool finish = false, normalize = false, redefine = false;
   struct kb_config *cfg = NULL;
   CLEANUP_FREE char *errors = NULL;
   CLEANUP_FREE char *err = NULL;
@@ -83,6 +87,7 @@ int main(int argc, char **argv)
     case 'q': opts.quiesce = true; break;
     case OPT_FINISH: finish = true; break;
     case OPT_NORMALIZE: normalize = true; break;
+    case OPT_REDEFINE: redefine = true; break;
     case OPT_JSON: opts.json = true; break;
     case 'c': config = optarg; break;
     case 'v': kb_verbosity++; break;
@@ -96,8 +101,10 @@ int main(int argc, char **argv)
     fprintf(stderr, "%s: expected exactly one VM (name or UUID); see --help\n", kb_progname);
     return 2;
   }
-  if ((finish || normalize) && (opts.full || opts.isolated || opts.quiesce || (finish && normalize))) {
-    fprintf(stderr, "%s: --finish-chain and --normalize take no other backup option\n", kb_progname);
+  if ((finish || normalize || redefine) &&
+      (opts.full || opts.isolated || opts.quiesce || finish + normalize + redefine > 1)) {
+    fprintf(stderr, "%s: --finish-chain, --normalize and --redefine-checkpoints take no other backup option\n",
+            kb_progname);
     return 2;
   }
   if (opts.full && opts.isolated)
@@ -114,8 +121,9 @@ int main(int argc, char **argv)
   sigaction(SIGTERM, &sa, NULL);
   sigaction(SIGHUP, &sa, NULL);
 
-  r = bk_vm_open(cfg, argv[optind], finish ? "finish-chain" : normalize ? "normalize" : "backup",
-                 !(finish || normalize), &v, &err);
+  r = bk_vm_open(cfg, argv[optind],
+                 finish ? "finish-chain" : normalize ? "normalize" : redefine ? "redefine-checkpoints" : "backup",
+                 !(finish || normalize || redefine), &v, &err);
   if (r < 0) {
     kb_err("%s", err);
     kb_config_free(cfg);
@@ -125,6 +133,8 @@ int main(int argc, char **argv)
     r = bk_finish_chain(&v, "finished by the operator", &err);
     if (r == 0)
       printf("VM %s: chain ended; the next backup is full\n", v.name);
+  } else if (redefine) {
+    r = bk_redefine_checkpoints(&v, &err);
   } else if (normalize) {
     r = bk_normalize(&v, &err);
     if (r == 0)

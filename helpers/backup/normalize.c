@@ -106,26 +106,8 @@ int bk_discard_backup(struct bk_vm *v, const char *chain, const char *backup, ch
 
 int bk_finish_chain(struct bk_vm *v, const char *reason, char **ret_error)
 {
-  const char *cur = kb_doc_get(v->rec, "vm", "current_chain");
-  struct kb_doc *chain = NULL;
-  int r;
+  int r = kb_chain_end(v->cat, v->uuid, v->rec, reason);
 
-  if (!cur || !*cur)
-    return 0;
-  r = kb_chain_load(v->cat, v->uuid, cur, &chain);
-  if (r == 0) {
-    r = kb_doc_set(chain, "chain", "ended", "true");
-    if (r == 0)
-      r = kb_doc_set(chain, "chain", "end_reason", reason);
-    if (r == 0)
-      r = kb_chain_save(v->cat, v->uuid, cur, chain);
-    kb_doc_free(chain);
-  } else if (r == -ENOENT)
-    r = 0;
-  if (r == 0)
-    r = kb_doc_set(v->rec, "vm", "current_chain", NULL);
-  if (r == 0)
-    r = kb_vm_save(v->cat, v->uuid, v->rec);
   if (r < 0)
     *ret_error = kb_printf("VM %s: cannot end its chain: %s", v->name, strerror(-r));
   return r;

@@ -117,16 +117,5 @@ void bk_vm_close(struct bk_vm *v)
 
 int bk_vm_set_state(struct bk_vm *v, const char *state, const char *error)
 {
-  char now[32];
-  int r;
-
-  kb_format_time(kb_now(), now, sizeof now);
-  r = kb_doc_set(v->rec, "vm", "state", state);
-  if (r == 0)
-    r = kb_doc_set_text(v->rec, "vm", "last_error", error);
-  if (r == 0)
-    r = kb_doc_set(v->rec, "vm", "updated", now);
-  if (r == 0)
-    r = kb_vm_save(v->cat, v->uuid, v->rec);
-  return r;
+  return kb_vm_set_state(v->cat, v->uuid, v->rec, state, error);
 }

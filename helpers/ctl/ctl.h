@@ -38,5 +38,28 @@ int ctl_settings(int argc, char **argv);
 int ctl_offerings(int argc, char **argv);
 int ctl_screenshot(int argc, char **argv);
 int ctl_jobs(int argc, char **argv);
+int ctl_backups(int argc, char **argv);
+int ctl_assign(int argc, char **argv);
+int ctl_finish_chain(int argc, char **argv);
+int ctl_delete(int argc, char **argv);
+int ctl_extract(int argc, char **argv);
+int ctl_schedule(int argc, char **argv);
+
+/* offerings-edit.c: offerings create / delete (exit status). */
+int ctl_offerings_create(const char *name, int nkv, char **kv);
+int ctl_offerings_delete(const char *name);
+
+/* vmref.c: helpers on the catalog. */
+struct kb_catalog;
+struct kb_doc;
+struct kb_lock;
+/* Open the configured catalog; prints the error and returns NULL. */
+struct kb_catalog *ctl_open_catalog(const struct kb_config *cfg);
+/* The UUID of VM (a name as last recorded, or a UUID) in the catalog;
+ * -ENOENT when the catalog does not know it. */
+int ctl_find_vm(const struct kb_catalog *cat, const char *vm, char **ret_uuid);
+/* Take the VM lock (waits up to 10 s); prints why it failed. */
+int ctl_lock_vm(const struct kb_catalog *cat, const char *uuid, const char *vm, const char *purpose,
+                struct kb_lock **ret);
 
 #endif

@@ -15,7 +15,13 @@ const char *ctl_config_path;
 
 static const struct ctl_command commands[] = {
   { "settings", ctl_settings, "show effective settings and where they come from; set VM settings" },
-  { "offerings", ctl_offerings, "list backup offerings or show one" },
+  { "offerings", ctl_offerings, "list, show, create or delete backup offerings" },
+  { "backups", ctl_backups, "list the backups in the catalog" },
+  { "assign", ctl_assign, "assign a backup offering to a VM" },
+  { "finish-chain", ctl_finish_chain, "end a VM's backup chain; its next backup is full" },
+  { "delete", ctl_delete, "delete a backup (and the backups depending on it)" },
+  { "extract", ctl_extract, "copy a file out of a backup" },
+  { "schedule", ctl_schedule, "set, remove or list scheduled backups (systemd timers)" },
   { "screenshot", ctl_screenshot, "write the screenshot of a backup's last validation to a file" },
   { "jobs", ctl_jobs, "list compression, validation and hash jobs (listBackupServiceJobs)" },
 };

@@ -14,11 +14,17 @@ static void offerings_usage(FILE *f)
 {
   fprintf(f,
           "Usage: %s offerings [NAME] [--json]\n"
+          "       %s offerings create NAME KEY=VALUE...\n"
+          "       %s offerings delete NAME\n"
           "\n"
-          "List the backup offerings of offerings.d, or show every field of one.\n"
+          "List the backup offerings of offerings.d, or show every field of one;\n"
+          "create one (offerings.d/NAME.conf, fields checked as kboss reads them:\n"
+          "description, zone, allow_user_driven_backups, public, domain, compress,\n"
+          "compression_library, validate, validation_steps, allow_extract_file,\n"
+          "allow_quick_restore, backup_chain_size), or delete one no VM is assigned to.\n"
           "\n"
           "  --json         print JSON\n"
-          "  --config FILE  configuration file\n", kb_progname);
+          "  --config FILE  configuration file\n", kb_progname, kb_progname, kb_progname);
 }
 
 static void steps_text(const struct kb_offering *o, char *buf, size_t len)
@@ -118,6 +124,20 @@ int ctl_offerings(int argc, char **argv)
       offerings_usage(stderr);
       return 2;
     }
+  }
+  if (optind < argc && KB_STREQ(argv[optind], "create")) {
+    if (argc - optind < 2) {
+      offerings_usage(stderr);
+      return 2;
+    }
+    return ctl_offerings_create(argv[optind + 1], argc - optind - 2, argv + optind + 2);
+  }
+  if (optind < argc && KB_STREQ(argv[optind], "delete")) {
+    if (argc - optind != 2) {
+      offerings_usage(stderr);
+      return 2;
+    }
+    return ctl_offerings_delete(argv[optind + 1]);
   }
   if (optind < argc)
     name = argv[optind++];

@@ -59,50 +59,39 @@ int rs_open_vm(struct rs_ctx *c, const char *vm_uuid, const char *purpose, char 
 
 int rs_set_state(struct rs_ctx *c, const char *state, const char *error)
 {
-  char now[32];
-  int r;
-
-  kb_format_time(kb_now(), now, sizeof now);
-  r = kb_doc_set(c->rec, "vm", "state", state);
-  if (r == 0)
-    r = kb_doc_set_text(c->rec, "vm", "last_error", error);
-  if (r == 0)
-    r = kb_doc_set(c->rec, "vm", "updated", now);
-  if (r == 0)
-    r = kb_vm_save(c->cat, c->uuid, c->rec);
-  return r;
+  return kb_vm_set_state(c->cat, c->uuid, c->rec, state, error);
 }
 
 /* The restored disks no longer match the VM's bitmaps: end the chain and
  * drop libvirt's checkpoint metadata (the bitmaps went with the old disks). */
 int rs_end_chain(struct rs_ctx *c, const char *reason)
 {
-  const char *cur = kb_doc_get(c->rec, "vm", "current_chain");
   virDomainCheckpointPtr *cps = NULL;
-  int i, n, r = 0;
+  int i, n;
 
-  if (cur && *cur) {
-    struct kb_doc *chain = NULL;
-    if (kb_chain_load(c->cat, c->uuid, cur, &chain) == 0) {
-      r = kb_doc_set(chain, "chain", "ended", "true");
-      if (r == 0)
-        r = kb_doc_set(chain, "chain", "end_reason", reason);
-      if (r == 0)
-        r = kb_chain_save(c->cat, c->uuid, cur, chain);
-      kb_doc_free(chain);
-    }
-  }
-  if (r == 0)
-    r = kb_doc_set(c->rec, "vm", "current_chain", NULL);
-  if (r == 0)
-    r = kb_doc_set(c->rec, "vm", "last_checkpoint", NULL);
   n = virDomainListAllCheckpoints(c->dom, &cps, 0);
   for (i = 0; i < n; i++) {
     (void) virDomainCheckpointDelete(cps[i], VIR_DOMAIN_CHECKPOINT_DELETE_METADATA_ONLY);
     virDomainCheckpointFree(cps[i]);
   }
   free(cps);
-  return r;
+  return kb_chain_end(c->cat, c->uuid, c->rec, reason);
+}
+
+int rs_take_owner(const struct rs_disk *d, char **ret_error)
+{
+  struct stat st;
+
+  if (stat(d->dest, &st) == 0) {
+    if (chown(d->tmp, st.st_uid, st.st_gid) < 0 || chmod(d->tmp, st.st_mode & 07777) < 0) {
+      int r = -errno;
+      *ret_error = kb_printf("disk %s: cannot give %s the old disk's owner and mode: %s", d->target, d->tmp,
+                             strerror(-r));
+      return r;
+    }
+  } else if (chmod(d->tmp, 0600) < 0)
+    return -errno;
+  return 0;
 }
 
 void rs_disks_free(struct rs_disk *d, size_t n)

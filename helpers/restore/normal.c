@@ -88,8 +88,6 @@ int rs_restore(struct rs_ctx *c, const struct rs_opts *o, char **ret_error)
   }
   /* Every disk is written completely before the first is swapped in. */
   for (i = 0; i < n; i++) {
-    struct stat st;
-
     d[i].tmp = kb_printf("%s.kboss-restore.tmp", d[i].dest);
     if (!d[i].tmp) {
       r = -ENOMEM;
@@ -100,16 +98,9 @@ int rs_restore(struct rs_ctx *c, const struct rs_opts *o, char **ret_error)
     r = convert(&d[i], ret_error);
     if (r < 0)
       goto fail;
-    if (stat(d[i].dest, &st) == 0) {
-      if (chown(d[i].tmp, st.st_uid, st.st_gid) < 0 || chmod(d[i].tmp, st.st_mode & 07777) < 0) {
-        r = -errno;
-        *ret_error = kb_printf("disk %s: cannot give %s the old disk's owner and mode", d[i].target, d[i].tmp);
-        goto fail;
-      }
-    } else if (chmod(d[i].tmp, 0600) < 0) {
-      r = -errno;
+    r = rs_take_owner(&d[i], ret_error);
+    if (r < 0)
       goto fail;
-    }
   }
   for (i = 0; i < n; i++) {
     if (rename(d[i].tmp, d[i].dest) < 0) {

@@ -175,7 +175,6 @@ int rs_quick_restore(struct rs_ctx *c, const struct rs_opts *o, char **ret_error
     CLEANUP_FREE char *size = NULL;
     struct kb_doc *bk = c->ref.doc;
     CLEANUP_FREE char *sec = kb_printf("disk:%s", d[i].target);
-    struct stat st;
     const char *argv[16];
     int k = 0;
 
@@ -204,15 +203,9 @@ int rs_quick_restore(struct rs_ctx *c, const struct rs_opts *o, char **ret_error
       r = -EIO;
       goto fail;
     }
-    if (stat(d[i].dest, &st) == 0) {
-      if (chown(d[i].tmp, st.st_uid, st.st_gid) < 0 || chmod(d[i].tmp, st.st_mode & 07777) < 0) {
-        r = -errno;
-        goto fail;
-      }
-    } else if (chmod(d[i].tmp, 0600) < 0) {
-      r = -errno;
+    r = rs_take_owner(&d[i], ret_error);
+    if (r < 0)
       goto fail;
-    }
   }
   /* From here the backup's files are in use until consolidation ends. */
   r = rs_mark_in_use(c, c->uuid, true);

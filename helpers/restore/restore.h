@@ -51,6 +51,8 @@ int rs_open_vm(struct rs_ctx *c, const char *vm_uuid, const char *purpose, char 
 int rs_plan_disks(struct rs_ctx *c, const struct rs_opts *o, struct rs_disk **ret, size_t *ret_n,
                   char **ret_error);
 void rs_disks_free(struct rs_disk *d, size_t n);
+/* The new file TMP takes the owner and mode of the disk it replaces (0600 for a new disk). */
+int rs_take_owner(const struct rs_disk *d, char **ret_error);
 int rs_set_state(struct rs_ctx *c, const char *state, const char *error);
 int rs_end_chain(struct rs_ctx *c, const char *reason);
 int rs_define_new_vm(struct rs_ctx *c, const struct rs_opts *o, char **ret_error);
