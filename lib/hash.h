@@ -11,4 +11,11 @@
  * same digits `xxhsum -H2` prints). RET_BYTES gets the size read. */
 int kb_hash_file(const char *path, char ret_hex[KB_HASH_HEX_LEN + 1], uint64_t *ret_bytes);
 
+/* Internal (hash-avx2.c): XXH3_128bits_update() built for AVX2; call it
+ * only when the CPU has AVX2. -ENOTSUP where it is not built. */
+#include <stdbool.h>
+#include <stddef.h>
+bool kb_hash_avx2_built(void);
+int kb_hash_update_avx2(void *state, const void *buf, size_t len);
+
 #endif

@@ -7,6 +7,8 @@
  *       (vda), with a queued compression job; prints "ID DATA_FILE"
  *   catalog-tool set-backup ID KEY VALUE   ([backup] KEY; VALUE "-" removes)
  *   catalog-tool set-job JOB KEY VALUE     ([job] KEY; VALUE "-" removes)
+ *   catalog-tool queue-job TYPE ID         queue a job (compression, validation,
+ *                                          hash) of backup ID, due now
  *
  * Uses $KBOSS_CONF. */
 #include <config.h>
@@ -130,6 +132,18 @@ static int set_job(struct kb_catalog *cat, const char *id, const char *key, cons
   return r;
 }
 
+static int queue_job(struct kb_catalog *cat, const char *type, const char *id)
+{
+  struct kb_backup_ref ref;
+  int r = kb_backup_find(cat, id, &ref);
+
+  if (r < 0)
+    return r;
+  r = kb_job_queue(cat, type, &ref, kb_now(), NULL);
+  kb_backup_ref_clear(&ref);
+  return r;
+}
+
 int main(int argc, char **argv)
 {
   struct kb_config *cfg = NULL;
@@ -138,7 +152,7 @@ int main(int argc, char **argv)
   int r;
 
   if (argc < 2) {
-    fprintf(stderr, "usage: catalog-tool fake-backup|set-backup|set-job ARGS...\n");
+    fprintf(stderr, "usage: catalog-tool fake-backup|set-backup|set-job|queue-job ARGS...\n");
     return 2;
   }
   r = kb_config_load(NULL, &cfg, &errors);
@@ -155,6 +169,8 @@ int main(int argc, char **argv)
     r = fake_backup(cat, argv[2], argv[3], argv[4], argc == 6 ? argv[5] : "vda");
   else if (KB_STREQ(argv[1], "set-backup") && argc == 5)
     r = set_backup(cat, argv[2], argv[3], argv[4]);
+  else if (KB_STREQ(argv[1], "queue-job") && argc == 4)
+    r = queue_job(cat, argv[2], argv[3]);
   else if (KB_STREQ(argv[1], "set-job") && argc == 5)
     r = set_job(cat, argv[2], argv[3], argv[4]);
   else {

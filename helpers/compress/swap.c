@@ -15,6 +15,7 @@
 #include <sys/statvfs.h>
 #include <unistd.h>
 
+#include "bkhash.h"
 #include "compress.h"
 #include "lock.h"
 #include "log.h"
@@ -341,6 +342,14 @@ int cp_compress_backup(const struct kb_config *cfg, const struct kb_catalog *cat
     if (r == 0) r = kb_doc_set_ll(fresh, "backup", "uncompressed_size", (long long) ret->size_before);
     if (r == 0) r = kb_doc_set_ll(fresh, "backup", "size", (long long) total_after);
     if (r == 0) r = kb_backup_save(cat, ref->vm_uuid, ref->chain, ref->id, fresh);
+  }
+  if (r == 0) {
+    /* New files: record the hashes of a validated backup again, still
+     * under the backup lock (kb_backup_rehash does nothing without any). */
+    struct kb_backup_ref hr = *ref;
+    hr.doc = NULL;
+    r = kb_backup_rehash(cat, &hr, ret_error);
+    kb_doc_free(hr.doc);
   }
 out_record:
   if (r < 0 && !*ret_error)

@@ -36,6 +36,7 @@ void ctl_json_str(FILE *f, const char *s);
 /* The subcommands. */
 int ctl_settings(int argc, char **argv);
 int ctl_offerings(int argc, char **argv);
+int ctl_screenshot(int argc, char **argv);
 int ctl_jobs(int argc, char **argv);
 int ctl_backups(int argc, char **argv);
 int ctl_assign(int argc, char **argv);

@@ -22,6 +22,7 @@ static const struct ctl_command commands[] = {
   { "delete", ctl_delete, "delete a backup (and the backups depending on it)" },
   { "extract", ctl_extract, "copy a file out of a backup" },
   { "schedule", ctl_schedule, "set, remove or list scheduled backups (systemd timers)" },
+  { "screenshot", ctl_screenshot, "write the screenshot of a backup's last validation to a file" },
   { "jobs", ctl_jobs, "list compression, validation and hash jobs (listBackupServiceJobs)" },
 };
 

@@ -1,0 +1,537 @@
+/* Validations and hash re-checks: one backup now, or every due job. */
+#include <config.h>
+
+#include <errno.h>
+#include <fcntl.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "bkhash.h"
+#include "lock.h"
+#include "log.h"
+#include "util.h"
+#include "validate.h"
+
+static const char *const default_steps[] = { "wait_for_boot", "execute_command", "screenshot", "fs_check", NULL };
+
+static const char *status_word(enum vl_status s)
+{
+  return s == VL_OK ? "ok" : s == VL_FAILED ? "failed" : "skipped";
+}
+
+/* Tests: "start|end <ms> <host> <backup>" lines appended to
+ * $KBOSS_TEST_JOB_LOG while a validation holds its slots (the format of
+ * kboss-compress's), to check the concurrency limits. */
+static void test_log(const char *what, const char *backup)
+{
+  const char *path = getenv("KBOSS_TEST_JOB_LOG");
+  CLEANUP_FREE char *line = NULL;
+  CLEANUP_CLOSE int fd = -1;
+  struct timespec ts;
+
+  if (!path || !*path)
+    return;
+  clock_gettime(CLOCK_REALTIME, &ts);
+  line = kb_printf("%s %lld %s %s\n", what, (long long) ts.tv_sec * 1000 + ts.tv_nsec / 1000000,
+                   kb_hostname(), backup);
+  fd = open(path, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0600);
+  if (fd >= 0 && line)
+    (void) kb_write_all(fd, line, strlen(line));
+}
+
+static struct kb_lock *backup_lock(struct vl_ctx *c, const char *id, const char *purpose)
+{
+  CLEANUP_FREE char *locks = kb_catalog_locks_dir(c->cat);
+  CLEANUP_FREE char *path = locks ? kb_printf("%s/backup-%s.lock", locks, id) : NULL;
+  struct kb_lock *l = NULL;
+
+  if (!path || kb_catalog_mkdirs(c->cat, locks) < 0 || kb_lock_take(path, purpose, 0, &l) < 0)
+    return NULL;
+  return l;
+}
+
+/* End the VM's current chain when BACKUP belongs to it (as kboss-backup
+ * --finish-chain does), under the VM lock. */
+static void end_chain(struct vl_ctx *c, const struct kb_backup_ref *ref, const char *reason)
+{
+  struct kb_lock *lock = NULL;
+  struct kb_doc *vm = NULL, *chain = NULL;
+  const char *cur;
+  int r;
+
+  if (kb_doc_get_bool(ref->doc, "backup", "isolated", false))
+    return;
+  r = kb_catalog_lock_vm(c->cat, ref->vm_uuid, "validate: end chain", 60000, &lock);
+  if (r < 0) {
+    kb_err("backup %s: cannot lock its VM to end the chain: %s", ref->id, strerror(-r));
+    return;
+  }
+  if (kb_vm_load(c->cat, ref->vm_uuid, &vm) == 0 && (cur = kb_doc_get(vm, "vm", "current_chain")) &&
+      KB_STREQ(cur, ref->chain)) {
+    if (kb_chain_load(c->cat, ref->vm_uuid, ref->chain, &chain) == 0) {
+      (void) kb_doc_set(chain, "chain", "ended", "true");
+      (void) kb_doc_set_text(chain, "chain", "end_reason", reason);
+      if (kb_chain_save(c->cat, ref->vm_uuid, ref->chain, chain) < 0)
+        kb_err("chain %s: cannot save its record", ref->chain);
+    }
+    (void) kb_doc_set(vm, "vm", "current_chain", NULL);
+    if (kb_vm_save(c->cat, ref->vm_uuid, vm) < 0)
+      kb_err("VM %s: cannot save its record", ref->vm_uuid);
+    else
+      kb_warn("VM %s: chain %s ended (%s); the next backup is full",
+              kb_doc_get(ref->doc, "backup", "vm_name"), ref->chain, reason);
+  }
+  kb_doc_free(chain);
+  kb_doc_free(vm);
+  kb_lock_release(lock);
+}
+
+/* Reload the record (others may have written it) and apply the results. */
+static int save_results(struct vl_ctx *c, struct kb_backup_ref *ref, struct vl_step *steps, size_t n,
+                        const char *state, const char *started, const char *summary)
+{
+  struct kb_doc *fresh = NULL;
+  char now[32];
+  size_t i;
+  int r;
+
+  r = kb_backup_load(c->cat, ref->vm_uuid, ref->chain, ref->id, &fresh);
+  if (r < 0)
+    return r;
+  kb_doc_free(ref->doc);
+  ref->doc = fresh;
+  kb_format_time(kb_now(), now, sizeof now);
+  (void) kb_doc_remove_section(ref->doc, "validation");
+  r = kb_doc_set(ref->doc, "validation", "state", state);
+  if (r == 0) r = kb_doc_set(ref->doc, "validation", "host", kb_hostname());
+  if (r == 0) r = kb_doc_set(ref->doc, "validation", "started", started);
+  if (r == 0) r = kb_doc_set(ref->doc, "validation", "finished", KB_STREQ(state, "Running") ? NULL : now);
+  if (r == 0) r = kb_doc_set_text(ref->doc, "validation", "result", summary);
+  for (i = 0; i < n && r == 0; i++) {
+    CLEANUP_FREE char *key = kb_printf("step.%s", steps[i].name);
+    CLEANUP_FREE char *val = kb_printf("%s %.1fs %s", status_word(steps[i].status), steps[i].seconds,
+                                       steps[i].message ? steps[i].message : "");
+    if (!key || !val)
+      return -ENOMEM;
+    r = kb_doc_set_text(ref->doc, "validation", key, val);
+  }
+  if (r == 0 && KB_STREQ(state, "Passed")) {
+    r = kb_doc_set(ref->doc, "backup", "validated", "true");
+    if (r == 0) r = kb_doc_set(ref->doc, "backup", "validated_at", now);
+  }
+  if (r == 0)
+    r = kb_backup_save(c->cat, ref->vm_uuid, ref->chain, ref->id, ref->doc);
+  return r;
+}
+
+/* A compression job of the backup that is not finished yet. */
+static bool compression_pending(struct vl_ctx *c, const struct kb_backup_ref *ref)
+{
+  const char *offname = kb_doc_get(ref->doc, "backup", "offering");
+  const struct kb_offering *off = offname ? kb_config_offering(c->cfg, offname) : NULL;
+  CLEANUP_FREE char *jid = kb_printf("%s-%s", KB_JOB_COMPRESSION, ref->id);
+  struct kb_doc *job = NULL;
+  bool pending = false;
+
+  if (!off || !off->compress || !jid || kb_doc_get_bool(ref->doc, "backup", "compressed", false))
+    return false;
+  if (kb_job_load(c->cat, jid, &job) == 0) {
+    const char *st = kb_doc_get(job, "job", "state");
+    pending = st && (KB_STREQ(st, KB_JOB_SCHEDULED) || KB_STREQ(st, KB_JOB_EXECUTING));
+    kb_doc_free(job);
+  }
+  return pending;
+}
+
+static bool step_needs_vm(const char *name)
+{
+  return !KB_STREQ(name, "fs_check");
+}
+
+int vl_validate_backup(struct vl_ctx *c, const char *backup_id, bool from_job, char **ret_error)
+{
+  struct kb_backup_ref ref = { 0 };
+  struct kb_lock *lock = NULL, *zslot = NULL, *hslot = NULL;
+  struct vl_vm vm = { 0 };
+  struct vl_step steps[16];
+  const struct kb_offering *off;
+  const char *const *names;
+  const char *offname, *st;
+  CLEANUP_FREE char *meta = NULL, *vm_name = NULL;
+  char started[32];
+  size_t n = 0, i, failed = 0;
+  bool need_vm = false;
+  int r;
+
+  (void) from_job;
+  memset(steps, 0, sizeof steps);
+  r = kb_backup_find(c->cat, backup_id, &ref);
+  if (r < 0) {
+    *ret_error = kb_printf("backup %s: not found: %s", backup_id, strerror(-r));
+    return r;
+  }
+  st = kb_doc_get(ref.doc, "backup", "state");
+  if (!st || KB_STREQ(st, KB_BACKUP_RUNNING)) {
+    *ret_error = kb_printf("backup %s is not complete (%s)", backup_id, st ? st : "no state");
+    r = -EAGAIN;
+    goto out;
+  }
+  if (compression_pending(c, &ref)) {
+    *ret_error = kb_printf("backup %s: waiting for its compression job to finish", backup_id);
+    r = -EAGAIN;
+    goto out;
+  }
+  /* A copy: save_results() replaces ref.doc. */
+  vm_name = kb_doc_get(ref.doc, "backup", "vm_name") ? strdup(kb_doc_get(ref.doc, "backup", "vm_name")) : NULL;
+  if (!vm_name) {
+    *ret_error = kb_printf("backup %s: no vm_name in its record", backup_id);
+    r = -EINVAL;
+    goto out;
+  }
+  offname = kb_doc_get(ref.doc, "backup", "offering");
+  off = offname ? kb_config_offering(c->cfg, offname) : NULL;
+  names = off && off->validation_steps && off->validation_steps[0]
+          ? (const char *const *) off->validation_steps : default_steps;
+  for (n = 0; names[n] && n < KB_ARRAY_SIZE(steps); n++) {
+    steps[n].name = names[n];
+    steps[n].status = VL_SKIPPED;
+    if (step_needs_vm(names[n]))
+      need_vm = true;
+  }
+  meta = kb_catalog_backup_dir(c->cat, ref.vm_uuid, ref.chain, ref.id);
+  if (!meta) {
+    r = -EINVAL;
+    *ret_error = kb_printf("backup %s: bad catalog path", backup_id);
+    goto out;
+  }
+
+  /* Limits: zone-wide and this host's slots. */
+  r = kb_catalog_take_slot(c->cat, "validation", NULL,
+                           kb_config_int(c->cfg, vm_name, "backup.validation.max.concurrent.operations"),
+                           backup_id, &zslot);
+  if (r == 0)
+    r = kb_catalog_take_slot(c->cat, "validation", kb_hostname(),
+                             kb_config_int(c->cfg, vm_name, "backup.validation.max.concurrent.operations.per.host"),
+                             backup_id, &hslot);
+  if (r < 0) {
+    *ret_error = r == -EBUSY ? kb_printf("backup %s: the limit of concurrent validations is reached", backup_id)
+                             : kb_printf("backup %s: cannot take a validation slot: %s", backup_id, strerror(-r));
+    r = r == -EBUSY ? -EAGAIN : r;
+    goto out;
+  }
+  lock = backup_lock(c, backup_id, "validation");
+  if (!lock) {
+    *ret_error = kb_printf("backup %s is in use (compression, validation or restore)", backup_id);
+    r = -EAGAIN;
+    goto out;
+  }
+
+  /* Tests of the limits: hold the slots for this long instead of running
+   * the steps (booting real VMs side by side is too slow for them). */
+  const char *hold = getenv("KBOSS_TEST_VALIDATE_HOLD_MS");
+  if (hold && *hold) {
+    test_log("start", backup_id);
+    usleep((useconds_t) atoi(hold) * 1000);
+    test_log("end", backup_id);
+    for (i = 0; i < n; i++)
+      steps[i].message = strdup("not run (KBOSS_TEST_VALIDATE_HOLD_MS)");
+    need_vm = false;
+    kb_format_time(kb_now(), started, sizeof started);
+    goto results;
+  }
+  if (need_vm) {
+    char *why;
+    r = vl_vm_prepare(c, &ref, &vm, ret_error);
+    if (r < 0)
+      goto out;
+    why = vl_resource_check(c, &ref, &vm);
+    if (why) {
+      *ret_error = kb_printf("backup %s: validation VM not started: %s", backup_id, why);
+      free(why);
+      r = -EAGAIN;
+      goto out;
+    }
+  }
+  kb_format_time(kb_now(), started, sizeof started);
+  (void) save_results(c, &ref, steps, 0, "Running", started, NULL);
+  kb_info("backup %s: validating (%zu steps)", backup_id, n);
+  if (need_vm) {
+    r = vl_vm_start(c, &vm, ret_error);
+    if (r < 0)
+      goto out;
+  }
+
+  /* Steps with the VM first (in the listed order), then fs_check on the
+   * backup's own files once the VM is gone. */
+  for (i = 0; i < n && !vl_cancel; i++) {
+    int64_t t0 = kb_mono_ms();
+    if (!step_needs_vm(steps[i].name))
+      continue;
+    if (KB_STREQ(steps[i].name, "wait_for_boot"))
+      vl_step_wait_for_boot(c, vm_name, &vm, &steps[i]);
+    else if (KB_STREQ(steps[i].name, "execute_command"))
+      vl_step_execute_command(c, vm_name, &vm, &steps[i]);
+    else if (KB_STREQ(steps[i].name, "screenshot"))
+      vl_step_screenshot(c, vm_name, meta, &vm, &steps[i]);
+    else {
+      steps[i].status = VL_SKIPPED;
+      steps[i].message = strdup("unknown step");
+    }
+    steps[i].seconds = (kb_mono_ms() - t0) / 1000.0;
+  }
+  if (vm.dom) {
+    (void) virDomainDestroy(vm.dom);
+    virDomainFree(vm.dom);
+    vm.dom = NULL;
+  }
+  /* libvirtd went away (restarted): it destroyed the autodestroy VM. That
+   * says nothing about the backup: not a failed validation, try later. */
+  if (need_vm && !vl_cancel && virConnectIsAlive(c->conn) != 1) {
+    *ret_error = kb_printf("backup %s: the connection to libvirtd was lost during the validation "
+                           "(libvirtd restarted?); it will be run again", backup_id);
+    (void) save_results(c, &ref, steps, 0, "Interrupted", started, "the connection to libvirtd was lost");
+    r = -EAGAIN;
+    goto out;
+  }
+  for (i = 0; i < n && !vl_cancel; i++) {
+    int64_t t0 = kb_mono_ms();
+    if (step_needs_vm(steps[i].name))
+      continue;
+    CLEANUP_FREE char *data = kb_backup_data_dir(c->cat, &ref);
+    char **disks = NULL, **files = NULL;
+    size_t k, nd;
+    if (kb_backup_disks(ref.doc, &disks) == 0) {
+      for (nd = 0; disks[nd]; nd++)
+        ;
+      files = calloc(nd + 1, sizeof *files);
+      for (k = 0; files && k < nd; k++)
+        files[k] = kb_backup_disk_path(c->cat, &ref, disks[k]);
+      if (files)
+        vl_step_fs_check(files, &steps[i]);
+      kb_strv_free(files);
+      kb_strv_free(disks);
+    }
+    steps[i].seconds = (kb_mono_ms() - t0) / 1000.0;
+  }
+results:
+  for (i = 0; i < n; i++) {
+    if (steps[i].status == VL_FAILED)
+      failed++;
+    kb_info("backup %s: %s %s %.1fs %s", backup_id, steps[i].name, status_word(steps[i].status),
+            steps[i].seconds, steps[i].message ? steps[i].message : "");
+  }
+  if (vl_cancel) {
+    *ret_error = kb_printf("backup %s: validation interrupted", backup_id);
+    (void) save_results(c, &ref, steps, n, "Interrupted", started, "interrupted");
+    r = -EINTR;
+    goto out;
+  }
+  {
+    CLEANUP_FREE char *summary = NULL;
+    for (i = 0; i < n; i++)
+      if (steps[i].status == VL_FAILED) {
+        summary = kb_printf("%s failed: %s", steps[i].name, steps[i].message ? steps[i].message : "");
+        break;
+      }
+    r = save_results(c, &ref, steps, n, failed ? "Failed" : "Passed", started,
+                     failed ? summary : "every step passed");
+    if (r < 0) {
+      *ret_error = kb_printf("backup %s: cannot save the results: %s", backup_id, strerror(-r));
+      goto out;
+    }
+    if (failed) {
+      *ret_error = kb_printf("backup %s: validation failed: %s", backup_id, summary ? summary : "");
+      if (kb_config_bool(c->cfg, vm_name, "backup.validation.end.chain.on.fail"))
+        end_chain(c, &ref, "backup validation failed");
+      r = 1;
+      goto out;
+    }
+  }
+  /* First success: record the hashes and schedule their re-checks. */
+  if (!kb_backup_has_hash(ref.doc)) {
+    char *err = NULL;
+    r = kb_backup_hash_record(c->cat, &ref, &err);
+    if (r < 0) {
+      *ret_error = err;
+      goto out;
+    }
+  }
+  {
+    int64_t due = kb_now() + 3600 * kb_config_int(c->cfg, vm_name, "backup.validation.interval");
+    if (kb_job_queue(c->cat, KB_JOB_HASH, &ref, due, NULL) < 0)
+      kb_warn("backup %s: cannot schedule its hash re-check", backup_id);
+  }
+  r = 0;
+out:
+  vl_vm_teardown(&vm);
+  kb_lock_release(lock);
+  kb_lock_release(hslot);
+  kb_lock_release(zslot);
+  for (i = 0; i < KB_ARRAY_SIZE(steps); i++)
+    free(steps[i].message);
+  kb_backup_ref_clear(&ref);
+  return r;
+}
+
+int vl_hash_check(struct vl_ctx *c, const char *backup_id, char **ret_error)
+{
+  struct kb_backup_ref ref = { 0 };
+  struct kb_lock *lock = NULL;
+  CLEANUP_FREE char *detail = NULL;
+  int r;
+
+  r = kb_backup_find(c->cat, backup_id, &ref);
+  if (r < 0) {
+    *ret_error = kb_printf("backup %s: not found: %s", backup_id, strerror(-r));
+    return r;
+  }
+  lock = backup_lock(c, backup_id, "hash check");
+  if (!lock) {
+    *ret_error = kb_printf("backup %s is in use", backup_id);
+    r = -EAGAIN;
+    goto out;
+  }
+  /* Reload under the lock: a compression may have re-recorded the hashes. */
+  kb_backup_ref_clear(&ref);
+  r = kb_backup_find(c->cat, backup_id, &ref);
+  if (r < 0)
+    goto out;
+  if (!kb_backup_has_hash(ref.doc)) {
+    *ret_error = kb_printf("backup %s has no recorded hash (not validated yet)", backup_id);
+    r = -ENOENT;
+    goto out;
+  }
+  r = kb_backup_hash_verify(c->cat, &ref, &detail);
+  {
+    char now[32];
+    kb_format_time(kb_now(), now, sizeof now);
+    (void) kb_doc_set(ref.doc, "backup", "hash_checked", now);
+  }
+  if (r == 0) {
+    (void) kb_doc_set(ref.doc, "backup", "hash_check", "ok");
+    (void) kb_backup_save(c->cat, ref.vm_uuid, ref.chain, ref.id, ref.doc);
+  } else {
+    const char *vm_name = kb_doc_get(ref.doc, "backup", "vm_name");
+    *ret_error = kb_printf("backup %s: %s: %s", backup_id, r == 1 ? "hash mismatch" : "hash check failed",
+                           detail ? detail : strerror(-r));
+    (void) kb_doc_set(ref.doc, "backup", "hash_check", r == 1 ? "mismatch" : "error");
+    (void) kb_doc_set_text(ref.doc, "backup", "hash_error", *ret_error);
+    if (r == 1) {
+      (void) kb_doc_set(ref.doc, "backup", "state", KB_BACKUP_INVALID);
+      (void) kb_doc_set(ref.doc, "backup", "validated", "false");
+    }
+    (void) kb_backup_save(c->cat, ref.vm_uuid, ref.chain, ref.id, ref.doc);
+    if (r == 1 && kb_config_bool(c->cfg, vm_name, "backup.validation.end.chain.on.fail"))
+      end_chain(c, &ref, "a backup of the chain failed its hash re-check");
+  }
+out:
+  kb_lock_release(lock);
+  kb_backup_ref_clear(&ref);
+  return r;
+}
+
+/* Run one job under its lock. Returns 0 done, 1 failed, -EAGAIN left for later. */
+static int run_job(struct vl_ctx *c, const char *jid)
+{
+  CLEANUP_FREE char *locks = kb_catalog_locks_dir(c->cat);
+  CLEANUP_FREE char *lpath = locks ? kb_printf("%s/job-%s.lock", locks, jid) : NULL;
+  CLEANUP_FREE char *err = NULL, *backup = NULL;
+  struct kb_lock *lock = NULL;
+  struct kb_doc *job = NULL;
+  const char *type, *state, *vm_name;
+  bool is_hash;
+  int64_t now = kb_now();
+  int r;
+
+  if (!lpath || kb_catalog_mkdirs(c->cat, locks) < 0 || kb_lock_take(lpath, "validate", 0, &lock) < 0)
+    return -EAGAIN;
+  r = kb_job_load(c->cat, jid, &job);
+  if (r < 0)
+    goto out;
+  type = kb_doc_get(job, "job", "type");
+  state = kb_doc_get(job, "job", "state");
+  vm_name = kb_doc_get(job, "job", "vm_name");
+  backup = kb_doc_get(job, "job", "backup") ? strdup(kb_doc_get(job, "job", "backup")) : NULL;
+  if (!type || !state || !backup || !(KB_STREQ(type, KB_JOB_VALIDATION) || KB_STREQ(type, KB_JOB_HASH))) {
+    r = -EAGAIN;
+    goto out;
+  }
+  is_hash = KB_STREQ(type, KB_JOB_HASH);
+  /* Executing with its lock free: the run that had it was killed. */
+  if (!(KB_STREQ(state, KB_JOB_SCHEDULED) || KB_STREQ(state, KB_JOB_EXECUTING)) ||
+      (!c->now && kb_doc_get_ll(job, "job", "next_attempt", 0) > now) ||
+      !kb_config_bool(c->cfg, vm_name, "backup.validation.task.enabled")) {
+    r = -EAGAIN;
+    goto out;
+  }
+  (void) kb_doc_set(job, "job", "state", KB_JOB_EXECUTING);
+  (void) kb_doc_set(job, "job", "host", kb_hostname());
+  (void) kb_doc_set_ll(job, "job", "attempts", kb_doc_get_ll(job, "job", "attempts", 0) + 1);
+  (void) kb_job_save(c->cat, jid, job);
+
+  r = is_hash ? vl_hash_check(c, backup, &err) : vl_validate_backup(c, backup, true, &err);
+  if (r == -EAGAIN) {
+    (void) kb_doc_set(job, "job", "state", KB_JOB_SCHEDULED);
+    (void) kb_doc_set_ll(job, "job", "next_attempt", kb_now() + 60);
+    (void) kb_doc_set_text(job, "job", "last_error", err);
+    kb_info("%s", err ? err : "deferred");
+  } else if (r == 0 && is_hash) {
+    /* The next re-check one interval from now. */
+    (void) kb_doc_set(job, "job", "state", KB_JOB_SCHEDULED);
+    (void) kb_doc_set_ll(job, "job", "next_attempt",
+                         kb_now() + 3600 * kb_config_int(c->cfg, vm_name, "backup.validation.interval"));
+    (void) kb_doc_set(job, "job", "last_error", NULL);
+    (void) kb_doc_set(job, "job", "last_result", "hashes match");
+  } else if (r == 0) {
+    (void) kb_doc_set(job, "job", "state", KB_JOB_DONE);
+    (void) kb_doc_set(job, "job", "last_error", NULL);
+    (void) kb_doc_set(job, "job", "last_result", "every step passed");
+  } else {
+    (void) kb_doc_set(job, "job", "state", KB_JOB_FAILED);
+    (void) kb_doc_set_text(job, "job", "last_error", err ? err : strerror(-r));
+    kb_err("%s", err ? err : strerror(-r));
+    r = 1;
+  }
+  {
+    char t[32];
+    kb_format_time(kb_now(), t, sizeof t);
+    (void) kb_doc_set(job, "job", "finished", r == -EAGAIN ? NULL : t);
+  }
+  if (kb_job_save(c->cat, jid, job) < 0)
+    kb_err("job %s: cannot save it", jid);
+out:
+  kb_doc_free(job);
+  kb_lock_release(lock);
+  return r;
+}
+
+int vl_run_jobs(struct vl_ctx *c)
+{
+  char **ids = NULL;
+  size_t i;
+  int r, status = 0;
+
+  vl_cleanup_leftovers(c);
+  r = kb_job_list(c->cat, &ids);
+  if (r < 0) {
+    kb_err("cannot list jobs: %s", strerror(-r));
+    return 1;
+  }
+  for (i = 0; ids[i] && !vl_cancel; i++) {
+    if (c->conn && virConnectIsAlive(c->conn) != 1) {
+      kb_err("the connection to libvirtd was lost; the remaining jobs wait for the next run");
+      status = 1;
+      break;
+    }
+    if (strncmp(ids[i], KB_JOB_VALIDATION "-", strlen(KB_JOB_VALIDATION) + 1) != 0 &&
+        strncmp(ids[i], KB_JOB_HASH "-", strlen(KB_JOB_HASH) + 1) != 0)
+      continue;
+    if (run_job(c, ids[i]) == 1)
+      status = 1;
+  }
+  kb_strv_free(ids);
+  return status;
+}
