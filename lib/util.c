@@ -409,3 +409,24 @@ int kb_run(const char *const argv[], char **ret_output)
     return WEXITSTATUS(status);
   return 128 + WTERMSIG(status);
 }
+
+static volatile sig_atomic_t *signal_flag;
+
+static void on_signal(int sig)
+{
+  (void) sig;
+  if (signal_flag)
+    *signal_flag = 1;
+}
+
+void kb_catch_signals(volatile sig_atomic_t *flag)
+{
+  struct sigaction sa;
+
+  signal_flag = flag;
+  memset(&sa, 0, sizeof sa);
+  sa.sa_handler = on_signal;
+  sigaction(SIGINT, &sa, NULL);
+  sigaction(SIGTERM, &sa, NULL);
+  sigaction(SIGHUP, &sa, NULL);
+}

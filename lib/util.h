@@ -6,6 +6,7 @@
 #include <stddef.h>
 #include <stdint.h>
 #include <stdio.h>
+#include <signal.h>
 #include <sys/types.h>
 
 void kb_cleanup_free(void *ptr);
@@ -68,6 +69,10 @@ int kb_rm_rf(const char *path);
 
 /* Human-readable size "1.5 GiB". */
 void kb_format_size(uint64_t bytes, char *buf, size_t len);
+
+/* SIGINT, SIGTERM and SIGHUP set *FLAG to 1 (long work checks it and
+ * stops cleanly). */
+void kb_catch_signals(volatile sig_atomic_t *flag);
 
 /* Run a program (no shell) and wait for it. Returns its exit status (0-255),
  * 128+signal, or negative errno. Its stdout+stderr go to *RET_OUTPUT when

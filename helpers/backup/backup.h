@@ -2,6 +2,7 @@
 #ifndef KBOSS_BACKUP_H
 #define KBOSS_BACKUP_H
 
+#include <signal.h>
 #include <stdbool.h>
 
 #include <libvirt/libvirt.h>
@@ -27,7 +28,7 @@ struct bk_vm {
   struct kb_doc *rec;          /* vm.ini */
 };
 
-extern volatile int bk_cancel;  /* set by SIGINT/SIGTERM */
+extern volatile sig_atomic_t bk_cancel;  /* set by SIGINT/SIGTERM */
 
 /* vm.c: find the VM, check that kboss may back it up, take its lock and
  * load (or create) its catalog record. Messages go to *ret_error. */

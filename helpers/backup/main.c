@@ -12,13 +12,7 @@
 #include "log.h"
 #include "util.h"
 
-volatile int bk_cancel;
-
-static void on_signal(int sig)
-{
-  (void) sig;
-  bk_cancel = 1;
-}
+volatile sig_atomic_t bk_cancel;
 
 static void usage(FILE *f)
 {
@@ -76,7 +70,6 @@ int main(int argc, char **argv)
   CLEANUP_FREE char *errors = NULL;
   CLEANUP_FREE char *err = NULL;
   struct bk_vm v;
-  struct sigaction sa;
   int c, r;
 
   kb_log_init(argv[0]);
@@ -115,11 +108,7 @@ int main(int argc, char **argv)
     fprintf(stderr, "%s: configuration errors:\n%s\n", kb_progname, errors ? errors : strerror(-r));
     return 2;
   }
-  memset(&sa, 0, sizeof sa);
-  sa.sa_handler = on_signal;
-  sigaction(SIGINT, &sa, NULL);
-  sigaction(SIGTERM, &sa, NULL);
-  sigaction(SIGHUP, &sa, NULL);
+  kb_catch_signals(&bk_cancel);
 
   r = bk_vm_open(cfg, argv[optind],
                  finish ? "finish-chain" : normalize ? "normalize" : redefine ? "redefine-checkpoints" : "backup",

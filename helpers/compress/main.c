@@ -16,12 +16,6 @@
 
 volatile sig_atomic_t cp_cancel;
 
-static void on_signal(int sig)
-{
-  (void) sig;
-  cp_cancel = 1;
-}
-
 static void usage(FILE *f)
 {
   fprintf(f,
@@ -63,7 +57,6 @@ int main(int argc, char **argv)
   struct kb_config *cfg = NULL;
   struct kb_catalog *cat = NULL;
   CLEANUP_FREE char *errors = NULL;
-  struct sigaction sa;
   int c, r;
 
   kb_log_init(argv[0]);
@@ -96,11 +89,7 @@ int main(int argc, char **argv)
     kb_config_free(cfg);
     return 1;
   }
-  memset(&sa, 0, sizeof sa);
-  sa.sa_handler = on_signal;
-  sigaction(SIGINT, &sa, NULL);
-  sigaction(SIGTERM, &sa, NULL);
-  sigaction(SIGHUP, &sa, NULL);
+  kb_catch_signals(&cp_cancel);
   /* A file size limit must surface as EFBIG (a failed attempt), not kill us. */
   signal(SIGXFSZ, SIG_IGN);
 

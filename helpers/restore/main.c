@@ -13,13 +13,7 @@
 #include "restore.h"
 #include "util.h"
 
-volatile int rs_cancel;
-
-static void on_signal(int sig)
-{
-  (void) sig;
-  rs_cancel = 1;
-}
+volatile sig_atomic_t rs_cancel;
 
 static void usage(FILE *f)
 {
@@ -71,7 +65,6 @@ int main(int argc, char **argv)
   bool consolidate = false;
   CLEANUP_FREE char *errors = NULL;
   CLEANUP_FREE char *err = NULL;
-  struct sigaction sa;
   int ch, r;
 
   kb_log_init(argv[0]);
@@ -117,11 +110,7 @@ int main(int argc, char **argv)
     fprintf(stderr, "%s: configuration errors:\n%s\n", kb_progname, errors ? errors : strerror(-r));
     return 2;
   }
-  memset(&sa, 0, sizeof sa);
-  sa.sa_handler = on_signal;
-  sigaction(SIGINT, &sa, NULL);
-  sigaction(SIGTERM, &sa, NULL);
-  sigaction(SIGHUP, &sa, NULL);
+  kb_catch_signals(&rs_cancel);
 
   r = kb_catalog_open(c.cfg, &c.cat);
   if (r < 0) {

@@ -2,6 +2,7 @@
 #ifndef KBOSS_RESTORE_H
 #define KBOSS_RESTORE_H
 
+#include <signal.h>
 #include <stdbool.h>
 
 #include <libvirt/libvirt.h>
@@ -30,7 +31,7 @@ struct rs_ctx {
   struct kb_backup_ref ref;
 };
 
-extern volatile int rs_cancel;
+extern volatile sig_atomic_t rs_cancel;
 
 /* One disk to restore: the backup's file, and where it goes. */
 struct rs_disk {

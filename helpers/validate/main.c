@@ -13,13 +13,7 @@
 #include "validate.h"
 #include "virt.h"
 
-volatile int vl_cancel;
-
-static void on_signal(int sig)
-{
-  (void) sig;
-  vl_cancel = 1;
-}
+volatile sig_atomic_t vl_cancel;
 
 static void usage(FILE *f)
 {
@@ -60,7 +54,6 @@ int main(int argc, char **argv)
   CLEANUP_FREE char *errors = NULL;
   CLEANUP_FREE char *err = NULL;
   bool check_hash = false;
-  struct sigaction sa;
   int ch, r, status;
 
   kb_log_init(argv[0]);
@@ -93,11 +86,7 @@ int main(int argc, char **argv)
     fprintf(stderr, "%s: configuration errors:\n%s\n", kb_progname, errors ? errors : strerror(-r));
     return 2;
   }
-  memset(&sa, 0, sizeof sa);
-  sa.sa_handler = on_signal;
-  sigaction(SIGINT, &sa, NULL);
-  sigaction(SIGTERM, &sa, NULL);
-  sigaction(SIGHUP, &sa, NULL);
+  kb_catch_signals(&vl_cancel);
   /* A libvirtd that goes away must give an error, not kill us silently
    * in the middle of a write to its socket. */
   signal(SIGPIPE, SIG_IGN);

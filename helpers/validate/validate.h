@@ -2,6 +2,7 @@
 #ifndef KBOSS_VALIDATE_H
 #define KBOSS_VALIDATE_H
 
+#include <signal.h>
 #include <stdbool.h>
 #include <stdint.h>
 
@@ -21,7 +22,7 @@ struct vl_ctx {
   bool json;
 };
 
-extern volatile int vl_cancel;   /* SIGINT/SIGTERM */
+extern volatile sig_atomic_t vl_cancel;   /* SIGINT/SIGTERM */
 
 /* One step's outcome. */
 enum vl_status { VL_OK, VL_FAILED, VL_SKIPPED };
