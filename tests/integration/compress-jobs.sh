@@ -162,22 +162,7 @@ worker h2 & w4=$!
 worker h3 & w5=$!
 wait $w1 $w2 $w3 $w4 $w5
 diag "10 jobs of 8 MiB at 4 MB/s by 5 runners on 3 hosts took $(($(date +%s) - t0)) s"
-read -r maxall maxhost < <(python3 - "$JOBLOG" <<'PY'
-import sys
-ev = []
-for line in open(sys.argv[1]):
-    kind, t, host, job = line.split()
-    ev.append((int(t), 0 if kind == "end" else 1, host))
-ev.sort()
-cur, per, mall, mhost = 0, {}, 0, 0
-for t, k, h in ev:
-    d = 1 if k else -1
-    cur += d
-    per[h] = per.get(h, 0) + d
-    mall, mhost = max(mall, cur), max(mhost, per[h])
-print(mall, mhost)
-PY
-)
+read -r maxall maxhost < <(kb_max_concurrency "$JOBLOG")
 diag "at most $maxall jobs at once in the zone, $maxhost on one host"
 ok [ "$(grep -c '^start' "$JOBLOG")" = 10 ] "each of the 10 jobs ran once"
 ok [ "$maxall" -le 3 ] "never more than max.concurrent.operations (3) in the zone ($maxall)"

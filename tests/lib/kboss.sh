@@ -119,3 +119,23 @@ kb_listed_backups() {
 		grep -q '^state = \(Ready\|Invalid\)' "$f" && sed -n 's/^id = //p' "$f"
 	done | sort -u
 }
+
+# kb_max_concurrency LOG: from "start|end EPOCH_MS HOST JOB" lines, print the
+# most jobs running at once overall and on one host
+kb_max_concurrency() {
+	python3 - "$1" <<'PY'
+import sys
+ev = []
+for line in open(sys.argv[1]):
+    kind, t, host, job = line.split()
+    ev.append((int(t), 0 if kind == "end" else 1, host))
+ev.sort()
+cur, per, mall, mhost = 0, {}, 0, 0
+for t, k, h in ev:
+    d = 1 if k else -1
+    cur += d
+    per[h] = per.get(h, 0) + d
+    mall, mhost = max(mall, cur), max(mhost, per[h])
+print(mall, mhost)
+PY
+}
