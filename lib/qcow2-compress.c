@@ -22,7 +22,7 @@
 #include <time.h>
 #include <unistd.h>
 
-#include <zlib.h>
+#include <libdeflate.h>
 #include <zstd.h>
 
 #include "qcow2.h"
@@ -142,8 +142,7 @@ static bool is_zero(const uint8_t *p, size_t len)
 struct worker {
   struct ctx *c;
   ZSTD_CCtx *zc;
-  z_stream zs;
-  bool zs_ok;
+  struct libdeflate_compressor *dc;
 };
 
 static size_t compress_one(struct worker *w, const uint8_t *src, uint8_t *dst)
@@ -155,14 +154,9 @@ static size_t compress_one(struct worker *w, const uint8_t *src, uint8_t *dst)
     size_t r = ZSTD_compress2(w->zc, dst, limit, src, c->cs);
     return ZSTD_isError(r) ? 0 : r;
   } else {
-    w->zs.next_in = (Bytef *) src;
-    w->zs.avail_in = (uInt) c->cs;
-    w->zs.next_out = dst;
-    w->zs.avail_out = (uInt) limit;
-    int zr = deflate(&w->zs, Z_FINISH);
-    size_t len = limit - w->zs.avail_out;
-    deflateReset(&w->zs);
-    return zr == Z_STREAM_END ? len : 0;
+    /* Raw deflate, as qemu's zlib type.  libdeflate returns 0 when the
+     * result would not fit in limit bytes. */
+    return libdeflate_deflate_compress(w->dc, src, c->cs, dst, limit);
   }
 }
 
@@ -743,7 +737,7 @@ void kb_compress_opts_init(struct kb_compress_opts *opts)
   opts->algorithm = KB_QCOW2_ZSTD;
   opts->threads = 1;
   opts->zstd_level = 3;
-  opts->zlib_level = Z_DEFAULT_COMPRESSION;
+  opts->zlib_level = 6;
 }
 
 static int set_err(char **errmsg, int r, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
@@ -822,11 +816,11 @@ static int run_pipeline(struct ctx *c)
         goto out;
       }
     } else {
-      if (deflateInit2(&w->zs, c->opts->zlib_level, Z_DEFLATED, -12, 9, Z_DEFAULT_STRATEGY) != Z_OK) {
+      w->dc = libdeflate_alloc_compressor(c->opts->zlib_level);
+      if (!w->dc) {
         r = -ENOMEM;
         goto out;
       }
-      w->zs_ok = true;
     }
   }
   for (t = 0; t < nthreads; t++) {
@@ -860,8 +854,8 @@ out:
     for (t = 0; t < nthreads; t++) {
       if (workers[t].zc)
         ZSTD_freeCCtx(workers[t].zc);
-      if (workers[t].zs_ok)
-        deflateEnd(&workers[t].zs);
+      if (workers[t].dc)
+        libdeflate_free_compressor(workers[t].dc);
     }
   free(workers);
   free(tids);
@@ -883,7 +877,8 @@ int kb_qcow2_compress(const char *in, const char *out, const struct kb_compress_
   memset(&c, 0, sizeof c);
   c.out_fd = -1;
   if (!opts || opts->threads < 1 || opts->threads > 256 ||
-      (opts->algorithm != KB_QCOW2_ZSTD && opts->algorithm != KB_QCOW2_ZLIB))
+      (opts->algorithm != KB_QCOW2_ZSTD && opts->algorithm != KB_QCOW2_ZLIB) ||
+      (opts->algorithm == KB_QCOW2_ZLIB && (opts->zlib_level < 1 || opts->zlib_level > 12)))
     return set_err(errmsg, -EINVAL, "invalid compression options");
   c.opts = opts;
   c.start_ms = kb_mono_ms();

@@ -103,7 +103,7 @@ struct kb_compress_opts {
   unsigned threads;              /* compressing threads, >= 1 */
   uint64_t rate_limit;           /* input bytes read per second, 0 = none */
   int zstd_level;                /* default 3 */
-  int zlib_level;                /* default 6 (Z_DEFAULT_COMPRESSION) */
+  int zlib_level;                /* libdeflate level 1..12, default 6 */
   bool replace_original;         /* OUT may exist (e.g. OUT == IN) and is replaced */
   kb_compress_progress_fn progress;
   void *progress_opaque;

@@ -7,7 +7,7 @@ KB_BUILD=${KB_BUILD:-$KB_TOP/_build}
 # Every Debian package the build, the tests and the demo use.
 KB_PACKAGES="
   build-essential autoconf automake pkg-config
-  libvirt-dev libxml2-dev libguestfs-dev libzstd-dev zlib1g-dev libxxhash-dev
+  libvirt-dev libxml2-dev libguestfs-dev libzstd-dev zlib1g-dev libdeflate-dev libxxhash-dev
   libinih-dev libjson-c-dev libcriterion-dev
   libvirt-daemon-system libvirt-clients libvirt-daemon-driver-qemu
   qemu-system-x86 qemu-utils seabios ipxe-qemu

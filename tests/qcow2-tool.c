@@ -31,7 +31,8 @@ static void usage(FILE *f)
           "Usage: qcow2-tool compress [-a zstd|zlib] [-t THREADS] [-r MB/S] [-l LEVEL]\n"
           "                           [--timeout SECONDS] [--replace] IN OUT\n"
           "       qcow2-tool info IMG\n"
-          "       qcow2-tool read IMG OFFSET LEN\n");
+          "       qcow2-tool read IMG OFFSET LEN\n"
+          "LEVEL: zstd -9..22 (default 3), zlib 1..12 (libdeflate, default 6)\n");
 }
 
 static int progress_cb(uint64_t done, uint64_t total, void *opaque)
