@@ -83,19 +83,23 @@ static int consolidate_disk(struct rs_ctx *c, const char *target, const char *pa
     usleep(200 * 1000);
   }
   kb_progress_end(&p);
-  /* Finished while running, or the guest stopped: finish what is left offline. */
-  if (virDomainIsActive(c->dom) != 1) {
+  /* The job ended.  Either it finished (no backing file any more), or the
+   * guest is stopping: qemu drops its block jobs before libvirt reports the
+   * domain inactive, so give it time to go, then finish offline. */
+  for (int waited = 0;; waited++) {
     r = has_backing(path);
-    if (r > 0)
+    if (r <= 0)
+      return r;
+    if (virDomainIsActive(c->dom) != 1)
       return consolidate_offline(c, target, path, ret_error);
-    return r;
+    if (waited == 150) {     /* 30 s */
+      *ret_error = kb_printf("VM %s: disk %s: the consolidation job ended but the disk still has a backing file "
+                             "(was the job cancelled?); resume it with kboss-restore --consolidate %s",
+                             c->vm_name, target, c->vm_name);
+      return -EIO;
+    }
+    usleep(200 * 1000);
   }
-  r = has_backing(path);
-  if (r > 0) {
-    *ret_error = kb_printf("VM %s: disk %s still has a backing file after consolidation", c->vm_name, target);
-    return -EIO;
-  }
-  return r;
 }
 
 int rs_consolidate(struct rs_ctx *c, unsigned long bandwidth, char **ret_error)

@@ -7,7 +7,7 @@
 . "$(dirname "$0")/../lib/functions.sh"
 . "$(dirname "$0")/../lib/kboss.sh"
 
-plan 15
+plan 20
 start_libvirt || bail_out "libvirtd"
 kb_conf_init 8
 kb_offering quick allow_quick_restore=true
@@ -67,3 +67,23 @@ ok [ $? -eq 0 ] "consolidation still completes, offline: $(tail -n2 "$KBT_TMPDIR
 ok [ -z "$(qemu-img info --output=json "$data" | grep backing-filename)" ] "the data disk has no backing file"
 ok qemu-img compare -q "$data" "$KBT_TMPDIR/data.ref" "and equals the backup"
 ok qemu-img check -q "$root" "the root disk is a sound qcow2"
+
+# 3. Someone cancels the consolidation job (virsh blockjob --abort): kboss-restore
+#    says so and how to go on, and --consolidate finishes it while the guest runs.
+qemu-io -f qcow2 -c "write -P 0xee 0 64M" "$data" >/dev/null
+kb kboss-restore --quick --bandwidth 1 "$b" > "$KBT_TMPDIR/quick3.log" 2>&1 &
+qpid=$!
+wait_running
+for i in $(seq 1 150); do virsh -q blockjob "$dom" vda 2>/dev/null | grep -q . && break; sleep 0.2; done
+virsh -q blockjob "$dom" vda --abort >/dev/null 2>&1
+wait $qpid
+rc=$?
+ok "[ $rc -ne 0 ] && grep -q 'was the job cancelled' '$KBT_TMPDIR/quick3.log'" \
+  "a cancelled consolidation job is reported (exit $rc): $(tail -n1 "$KBT_TMPDIR/quick3.log")"
+ok [ "$(vm_state q)" = running ] "the guest keeps running"
+kb kboss-restore --consolidate "$dom" > "$KBT_TMPDIR/quick4.log" 2>&1
+ok [ $? -eq 0 ] "kboss-restore --consolidate finishes it: $(tail -n1 "$KBT_TMPDIR/quick4.log")"
+ok [ -z "$(qemu-img info -U --output=json "$data" | grep backing-filename)$(qemu-img info -U --output=json "$root" | grep backing-filename)" ] \
+  "neither disk has a backing file"
+stop_vm q
+ok qemu-img compare -q "$data" "$KBT_TMPDIR/data.ref" "and the data disk equals the backup"
