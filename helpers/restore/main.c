@@ -35,6 +35,8 @@ static void usage(FILE *f)
           "                      runs (the backup's offering must allow quick restore)\n"
           "      --consolidate   finish an interrupted quick-restore consolidation of VM\n"
           "  -b, --bandwidth N   limit consolidation to N MiB/s (default: no limit)\n"
+          "      --boot-wait S   start consolidating once the guest agent answers, at\n"
+          "                      most S seconds after the start (default 120; 0: at once)\n"
           "      --json          print the result as JSON\n"
           "  -c, --config FILE   configuration (default $KBOSS_CONF or %s/kboss/kboss.conf)\n"
           "  -v, --verbose       more messages;  --quiet: errors only\n"
@@ -44,13 +46,14 @@ static void usage(FILE *f)
 
 int main(int argc, char **argv)
 {
-  enum { OPT_CONSOLIDATE = 256, OPT_JSON, OPT_QUIET };
+  enum { OPT_CONSOLIDATE = 256, OPT_JSON, OPT_QUIET, OPT_BOOT_WAIT };
   static const struct option longopts[] = {
     { "disk", required_argument, NULL, 'd' },
     { "as", required_argument, NULL, 'a' },
     { "quick", no_argument, NULL, 'Q' },
     { "consolidate", no_argument, NULL, OPT_CONSOLIDATE },
     { "bandwidth", required_argument, NULL, 'b' },
+    { "boot-wait", required_argument, NULL, OPT_BOOT_WAIT },
     { "json", no_argument, NULL, OPT_JSON },
     { "config", required_argument, NULL, 'c' },
     { "verbose", no_argument, NULL, 'v' },
@@ -59,7 +62,7 @@ int main(int argc, char **argv)
     { "version", no_argument, NULL, 'V' },
     { NULL, 0, NULL, 0 },
   };
-  struct rs_opts o = { false, false, NULL, NULL, 0 };
+  struct rs_opts o = { false, false, NULL, NULL, 0, 120 };
   struct rs_ctx c;
   const char *config = NULL;
   bool consolidate = false;
@@ -81,6 +84,15 @@ int main(int argc, char **argv)
         return 2;
       }
       o.bandwidth = (unsigned long) v;
+      break;
+    }
+    case OPT_BOOT_WAIT: {
+      long long v;
+      if (kb_parse_ll(optarg, &v) < 0 || v < 0 || v > 86400) {
+        fprintf(stderr, "%s: --boot-wait takes seconds, 0 to 86400\n", kb_progname);
+        return 2;
+      }
+      o.boot_wait = (int) v;
       break;
     }
     case OPT_CONSOLIDATE: consolidate = true; break;
@@ -121,7 +133,7 @@ int main(int argc, char **argv)
   if (consolidate) {
     r = rs_open_vm(&c, argv[optind], "consolidate", &err);
     if (r == 0)
-      r = rs_consolidate(&c, o.bandwidth, &err);
+      r = rs_consolidate(&c, &o, &err);
     goto out;
   }
   r = kb_backup_find(c.cat, argv[optind], &c.ref);

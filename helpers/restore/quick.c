@@ -10,6 +10,9 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <libvirt/libvirt-qemu.h>
+#include <libvirt/virterror.h>
+
 #include "log.h"
 #include "restore.h"
 #include "util.h"
@@ -102,7 +105,41 @@ static int consolidate_disk(struct rs_ctx *c, const char *target, const char *pa
   }
 }
 
-int rs_consolidate(struct rs_ctx *c, unsigned long bandwidth, char **ret_error)
+/* A guest boots faster when the block pull does not compete with it for the
+ * host's CPU and disk: wait until its agent answers, at most BOOT_WAIT
+ * seconds, before consolidating.  A domain without an agent channel gives no
+ * sign of having booted, so it does not wait. */
+static void wait_for_guest(struct rs_ctx *c, int boot_wait)
+{
+  int64_t deadline = kb_mono_ms() + (int64_t) boot_wait * 1000;
+  bool said = false;
+
+  while (boot_wait > 0 && !rs_cancel && virDomainIsActive(c->dom) == 1) {
+    char *reply = virDomainQemuAgentCommand(c->dom, "{\"execute\":\"guest-ping\"}", 2, 0);
+    virErrorPtr e;
+
+    if (reply) {
+      free(reply);
+      if (said)
+        kb_info("VM %s: the guest agent answers; consolidating", c->vm_name);
+      return;
+    }
+    e = virGetLastError();
+    if (e && e->code == VIR_ERR_ARGUMENT_UNSUPPORTED)
+      return;   /* no agent channel */
+    if (kb_mono_ms() >= deadline) {
+      kb_info("VM %s: no answer from the guest agent in %d s; consolidating anyway", c->vm_name, boot_wait);
+      return;
+    }
+    if (!said)
+      kb_info("VM %s: waiting for the guest to boot (its agent to answer, at most %d s) before consolidating",
+              c->vm_name, boot_wait);
+    said = true;
+    usleep(500 * 1000);
+  }
+}
+
+int rs_consolidate(struct rs_ctx *c, const struct rs_opts *o, char **ret_error)
 {
   const char *state = kb_doc_get(c->rec, "vm", "state");
   const char *disks = kb_doc_get(c->rec, "consolidation", "disks");
@@ -115,6 +152,7 @@ int rs_consolidate(struct rs_ctx *c, unsigned long bandwidth, char **ret_error)
     *ret_error = kb_printf("VM %s has no consolidation to finish (state %s)", c->vm_name, state ? state : "?");
     return -EINVAL;
   }
+  wait_for_guest(c, o->boot_wait);
   for (tok = strtok_r(list, ",", &save); tok; tok = strtok_r(NULL, ",", &save)) {
     CLEANUP_FREE char *key = kb_printf("path.%s", tok);
     const char *path = key ? kb_doc_get(c->rec, "consolidation", key) : NULL;
@@ -122,7 +160,7 @@ int rs_consolidate(struct rs_ctx *c, unsigned long bandwidth, char **ret_error)
       *ret_error = kb_printf("VM %s: the consolidation record is damaged (disk %s)", c->vm_name, tok);
       return -EINVAL;
     }
-    r = consolidate_disk(c, tok, path, bandwidth, ret_error);
+    r = consolidate_disk(c, tok, path, o->bandwidth, ret_error);
     if (r < 0) {
       (void) kb_doc_set_text(c->rec, "vm", "last_error", *ret_error);
       (void) kb_vm_save(c->cat, c->uuid, c->rec);
@@ -262,7 +300,7 @@ int rs_quick_restore(struct rs_ctx *c, const struct rs_opts *o, char **ret_error
          c->vm_name, c->ref.id, (kb_mono_ms() - t0) / 1000.0);
   fflush(stdout);
   rs_disks_free(d, n);
-  return rs_consolidate(c, o->bandwidth, ret_error);
+  return rs_consolidate(c, o, ret_error);
 fail:
   (void) rs_set_state(c, KB_VM_READY, *ret_error);
 out:

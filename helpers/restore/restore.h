@@ -17,6 +17,7 @@ struct rs_opts {
   const char *disk;      /* only this disk */
   const char *as;        /* restore into a new VM of this name */
   unsigned long bandwidth; /* MiB/s for consolidation; 0 = unlimited */
+  int boot_wait;         /* seconds to wait for the guest agent before consolidating */
 };
 
 struct rs_ctx {
@@ -46,7 +47,7 @@ struct rs_disk {
 int rs_restore(struct rs_ctx *c, const struct rs_opts *o, char **ret_error);
 /* quick.c */
 int rs_quick_restore(struct rs_ctx *c, const struct rs_opts *o, char **ret_error);
-int rs_consolidate(struct rs_ctx *c, unsigned long bandwidth, char **ret_error);
+int rs_consolidate(struct rs_ctx *c, const struct rs_opts *o, char **ret_error);
 /* common.c */
 int rs_open_vm(struct rs_ctx *c, const char *vm_uuid, const char *purpose, char **ret_error);
 int rs_plan_disks(struct rs_ctx *c, const struct rs_opts *o, struct rs_disk **ret, size_t *ret_n,

@@ -7,7 +7,7 @@
 . "$(dirname "$0")/../lib/functions.sh"
 . "$(dirname "$0")/../lib/kboss.sh"
 
-plan 20
+plan 22
 start_libvirt || bail_out "libvirtd"
 kb_conf_init 8
 kb_offering quick allow_quick_restore=true
@@ -45,6 +45,9 @@ wait $qpid
 rc=$?
 diag "$(cat "$KBT_TMPDIR/quick1.log")"
 ok [ $rc -eq 0 ] "consolidation completes (exit $rc)"
+ok grep -q "waiting for the guest to boot.*before consolidating" "$KBT_TMPDIR/quick1.log" \
+  "consolidation waits for the guest to boot ..."
+ok grep -q "the guest agent answers; consolidating" "$KBT_TMPDIR/quick1.log" "... and starts when its agent answers"
 ok [ -z "$(qemu-img info -U --output=json "$data" | grep backing-filename)" ] "the data disk has no backing file any more"
 ok [ -z "$(qemu-img info -U --output=json "$root" | grep backing-filename)" ] "nor has the root disk"
 stop_vm q
@@ -74,7 +77,7 @@ qemu-io -f qcow2 -c "write -P 0xee 0 64M" "$data" >/dev/null
 kb kboss-restore --quick --bandwidth 1 "$b" > "$KBT_TMPDIR/quick3.log" 2>&1 &
 qpid=$!
 wait_running
-for i in $(seq 1 150); do virsh -q blockjob "$dom" vda 2>/dev/null | grep -q . && break; sleep 0.2; done
+for i in $(seq 1 300); do virsh -q blockjob "$dom" vda 2>/dev/null | grep -q . && break; sleep 0.2; done
 virsh -q blockjob "$dom" vda --abort >/dev/null 2>&1
 wait $qpid
 rc=$?
