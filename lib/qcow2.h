@@ -22,7 +22,7 @@
 #include <stdint.h>
 
 enum kb_qcow2_ctype {
-  KB_QCOW2_ZLIB = 0,   /* raw deflate, window bits 12 (qemu's default) */
+  KB_QCOW2_ZLIB = 0,   /* raw deflate; qemu inflates a cluster in one call (window bits -12) */
   KB_QCOW2_ZSTD = 1,   /* one zstd frame per cluster */
 };
 

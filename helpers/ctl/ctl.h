@@ -53,11 +53,15 @@ int ctl_offerings_delete(const char *name);
 struct kb_catalog;
 struct kb_doc;
 struct kb_lock;
+struct kb_backup_ref;
 /* Open the configured catalog; prints the error and returns NULL. */
 struct kb_catalog *ctl_open_catalog(const struct kb_config *cfg);
 /* The UUID of VM (a name as last recorded, or a UUID) in the catalog;
  * -ENOENT when the catalog does not know it. */
 int ctl_find_vm(const struct kb_catalog *cat, const char *vm, char **ret_uuid);
+/* Find backup ID in the catalog; on failure prints "VERB: backup ID: why"
+ * and returns the negative errno (-ENOENT: not in the catalog). */
+int ctl_find_backup(const struct kb_catalog *cat, const char *id, const char *verb, struct kb_backup_ref *ref);
 /* Take the VM lock (waits up to 10 s); prints why it failed. */
 int ctl_lock_vm(const struct kb_catalog *cat, const char *uuid, const char *vm, const char *purpose,
                 struct kb_lock **ret);

@@ -117,11 +117,8 @@ int ctl_delete(int argc, char **argv)
   cat = ctl_open_catalog(cfg);
   if (!cat)
     goto out;
-  r = kb_backup_find(cat, id, &ref);
-  if (r < 0) {
-    kb_err("delete: backup %s: %s", id, r == -ENOENT ? "no such backup in the catalog" : strerror(-r));
+  if (ctl_find_backup(cat, id, "delete", &ref) < 0)
     goto out;
-  }
   uuid = strdup(ref.vm_uuid);
   chain = strdup(ref.chain);
   if (!uuid || !chain)

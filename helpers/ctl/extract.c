@@ -127,7 +127,7 @@ int ctl_extract(int argc, char **argv)
   const char *id, *path, *dest, *off_name, *st;
   const struct kb_offering *off;
   struct stat sb;
-  int c, r, fd, rc = 1;
+  int c, fd, rc = 1;
 
   while ((c = getopt_long(argc, argv, "h", long_options, NULL)) != -1) {
     switch (c) {
@@ -157,11 +157,8 @@ int ctl_extract(int argc, char **argv)
   cat = ctl_open_catalog(cfg);
   if (!cat)
     goto out;
-  r = kb_backup_find(cat, id, &ref);
-  if (r < 0) {
-    kb_err("extract: backup %s: %s", id, r == -ENOENT ? "no such backup in the catalog" : strerror(-r));
+  if (ctl_find_backup(cat, id, "extract", &ref) < 0)
     goto out;
-  }
   st = kb_doc_get(ref.doc, "backup", "state");
   if (!st || !KB_STREQ(st, KB_BACKUP_READY)) {
     kb_err("extract: backup %s is %s, not Ready", id, st ? st : "of unknown state");

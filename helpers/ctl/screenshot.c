@@ -59,16 +59,9 @@ int ctl_screenshot(int argc, char **argv)
   cfg = ctl_load_config();
   if (!cfg)
     return 2;
-  r = kb_catalog_open(cfg, &cat);
-  if (r < 0) {
-    kb_err("screenshot: cannot open the catalog: %s", strerror(-r));
+  cat = ctl_open_catalog(cfg);
+  if (!cat || ctl_find_backup(cat, argv[optind], "screenshot", &ref) < 0)
     goto out;
-  }
-  r = kb_backup_find(cat, argv[optind], &ref);
-  if (r < 0) {
-    kb_err("screenshot: backup %s: %s", argv[optind], r == -ENOENT ? "no such backup" : strerror(-r));
-    goto out;
-  }
   meta = kb_catalog_backup_dir(cat, ref.vm_uuid, ref.chain, ref.id);
   path = meta ? kb_printf("%s/screenshot.png", meta) : NULL;
   if (!path) {

@@ -23,6 +23,15 @@ struct kb_catalog *ctl_open_catalog(const struct kb_config *cfg)
   return cat;
 }
 
+int ctl_find_backup(const struct kb_catalog *cat, const char *id, const char *verb, struct kb_backup_ref *ref)
+{
+  int r = kb_backup_find(cat, id, ref);
+
+  if (r < 0)
+    kb_err("%s: backup %s: %s", verb, id, r == -ENOENT ? "no such backup in the catalog" : strerror(-r));
+  return r;
+}
+
 int ctl_find_vm(const struct kb_catalog *cat, const char *vm, char **ret_uuid)
 {
   char **uuids = NULL;
