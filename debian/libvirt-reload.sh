@@ -3,8 +3,9 @@
 # again. libvirt looks for hooks when the daemon starts and when it reloads
 # (SIGHUP: what "systemctl reload libvirtd" and the init script's reload
 # send); a reload keeps running guests and client connections. The daemon
-# is never started, stopped or restarted from here, and /usr/sbin/policy-rc.d
-# is obeyed: where it forbids the reload, the command to run is printed.
+# is never started, stopped or restarted from here, and policy-rc.d (the
+# local policy for maintainer scripts, see invoke-rc.d(8)) is obeyed: where
+# it forbids the reload, the command to run is printed.
 # WHAT completes "so that it ..."; with "quiet", nothing is said when no
 # daemon runs. (Inserted into postinst and postrm by debian/rules.)
 kboss_reload_libvirtd() {
@@ -25,8 +26,8 @@ kboss_reload_libvirtd() {
 			kb_cmd="kill -HUP $kb_pid"
 		fi
 		kb_rc=0
-		if [ -x /usr/sbin/policy-rc.d ]; then
-			/usr/sbin/policy-rc.d "$kb_d" reload >/dev/null 2>&1 || kb_rc=$?
+		if command -v policy-rc.d >/dev/null 2>&1; then
+			policy-rc.d "$kb_d" reload >/dev/null 2>&1 || kb_rc=$?
 		fi
 		if [ $kb_rc -ne 0 ] && [ $kb_rc -ne 104 ]; then
 			echo "kboss: $kb_d (pid $kb_pid) looks for hooks only when it starts or reloads;"
