@@ -309,8 +309,10 @@ int vl_validate_backup(struct vl_ctx *c, const char *backup_id, bool from_job, c
       files = calloc(nd + 1, sizeof *files);
       for (k = 0; files && k < nd; k++)
         files[k] = kb_backup_disk_path(c->cat, &ref, disks[k]);
-      if (files)
-        vl_step_fs_check(files, &steps[i]);
+      if (files && data && strrchr(data, '/')) {
+        *strrchr(data, '/') = '\0';       /* the chain folder */
+        vl_step_fs_check(data, files, &steps[i]);
+      }
       kb_strv_free(files);
       kb_strv_free(disks);
     }
