@@ -180,7 +180,7 @@ static int copy_owner(const char *orig, const char *tmp)
 
   if (lstat(orig, &st) < 0)
     return -errno;
-  fd = open(tmp, O_RDONLY | O_NOFOLLOW | O_CLOEXEC);
+  fd = open(tmp, O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC);
   if (fd < 0)
     return -errno;
   if (fchown(fd, st.st_uid, st.st_gid) < 0 && errno != EPERM)
