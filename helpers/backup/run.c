@@ -159,9 +159,7 @@ static int open_folder_to_qemu(const char *store_path, const char *dir)
 
 static long long chain_size(struct bk_job *j)
 {
-  if (j->off && j->off->backup_chain_size > 0)
-    return j->off->backup_chain_size;
-  return kb_config_int(j->v->cfg, j->v->name, "backup.chain.size");
+  return kb_config_chain_size(j->v->cfg, j->v->name);
 }
 
 static int plan_chain(struct bk_job *j, char **ret_error)
