@@ -120,9 +120,7 @@ ok thawed "the other tool thaws"
 # --- A store mounted after the VM started ---
 mount -t tmpfs -o size=256M,mode=0755 tmpfs "$late/store" || bail_out "cannot mount a tmpfs"
 cleanup_push "umount -l '$late/store'"
-if kb kbossctl --help 2>&1 | grep -q init-store; then
-	kb kbossctl init-store "$late/store" >/dev/null || bail_out "kbossctl init-store failed"
-fi
+kb kbossctl init-store "$late/store" >/dev/null || bail_out "kbossctl init-store failed"
 printf '\n[store:late]\npath = %s\nbackups_only = true\n' "$late/store" >> "$KBOSS_CONF"
 qpid=$(pgrep -f -- "-uuid $uuid" | head -n1)
 ok "[ -n \"\$qpid\" ] && [ \"\$(readlink /proc/\$qpid/ns/mnt)\" != \"\$(readlink /proc/self/ns/mnt)\" ]" \
