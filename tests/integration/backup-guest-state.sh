@@ -78,15 +78,17 @@ ok thawed "the other tool thaws"
 # the guest is frozen, kill -9 it. Sets $killed_pid and $recorded_pid.
 kill_frozen_run() {
 	local i
-	KBOSS_TEST_HOLD_AFTER_FREEZE_MS=300000 "$bin" --quiesce "$dom" >/dev/null 2>&1 &
+	KBOSS_TEST_HOLD_AFTER_FREEZE_MS=300000 "$bin" --quiesce "$dom" >"$KBT_TMPDIR/run.out" 2>&1 &
 	killed_pid=$!
 	for i in $(seq 1 240); do
 		frozen && break
+		kill -0 "$killed_pid" 2>/dev/null || break
 		sleep 0.5
 	done
 	recorded_pid=$(freeze_pid)
 	kill -9 "$killed_pid"
 	wait "$killed_pid" 2>/dev/null
+	frozen || diag "the quiesced run did not freeze the guest: $(cat "$KBT_TMPDIR/run.out")"
 }
 kill_frozen_run
 ok [ "$recorded_pid" = "$killed_pid" ] "a quiesced run recorded its freeze (pid $killed_pid) in the VM's record before freezing"
