@@ -254,8 +254,8 @@ static void *hb_thread(void *arg)
     while (pthread_cond_timedwait(&hb_cond, &hb_mutex, &ts) == 0)
       ;   /* woken for nothing in particular: keep the rhythm */
     for (l = hb_list; l; l = l->next)
-      if (!l->lost && beat(l) == -ENOLCK)
-        l->lost = true;
+      if (!__atomic_load_n(&l->lost, __ATOMIC_SEQ_CST) && beat(l) == -ENOLCK)
+        __atomic_store_n(&l->lost, true, __ATOMIC_SEQ_CST);
   }
   return NULL;
 }
@@ -801,11 +801,8 @@ static int still_ours(struct kb_lock *lock)
     r = -ENOLCK;
   else if (r == -ENOENT)
     r = -ENOLCK;
-  if (r == -ENOLCK) {
-    pthread_mutex_lock(&hb_mutex);
-    lock->lost = true;
-    pthread_mutex_unlock(&hb_mutex);
-  }
+  if (r == -ENOLCK)
+    __atomic_store_n(&lock->lost, true, __ATOMIC_SEQ_CST);
   return r;
 }
 
@@ -850,7 +847,7 @@ int kb_lock_fence(struct kb_lock *lock)
     pthread_mutex_lock(&hb_mutex);
     r = beat(lock);
     if (r == -ENOLCK)
-      lock->lost = true;
+      __atomic_store_n(&lock->lost, true, __ATOMIC_SEQ_CST);
     pthread_mutex_unlock(&hb_mutex);
   }
   guard_release(guard);
@@ -902,12 +899,8 @@ const char *kb_lock_path(const struct kb_lock *lock)
 
 bool kb_lock_lost(const struct kb_lock *lock)
 {
-  bool lost;
-
-  pthread_mutex_lock(&hb_mutex);
-  lost = lock->lost;
-  pthread_mutex_unlock(&hb_mutex);
-  return lost;
+  /* No mutex: the heartbeat may be stuck in I/O holding it. */
+  return __atomic_load_n(&lock->lost, __ATOMIC_SEQ_CST);
 }
 
 /* --- Processes named in records --- */

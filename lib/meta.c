@@ -391,7 +391,7 @@ static int read_newest_at(int dfd, const char *name, enum kind kind, const struc
  * If the newest complete generation is another one, or the create meets
  * an existing file (a listing that did not show a newer generation yet),
  * nothing is written and -ESTALE returned, with *RET_SEEN set to the
- * generation found, for the caller to merge and try again. Without BASE,
+ * generation found, for the caller to re-read, merge and try again. Without BASE,
  * an existing file moves on to the next number.
  *
  * Every lock this process holds is checked before (kb_lock_fence_all):
@@ -503,8 +503,9 @@ static bool has_section(const struct kb_doc *doc, const char *sec)
   return false;
 }
 
-/* Apply to THEIRS every change OURS made to BASE. -ESTALE when THEIRS
- * changed the same key to something else. */
+/* Apply to THEIRS every change OURS made to BASE, as if the caller's
+ * read-modify-write had been run again on THEIRS: where both changed the
+ * same key, ours is the later write and wins; keys only they changed stay. */
 static int merge_into(const struct kb_doc *base, const struct kb_doc *ours, struct kb_doc *theirs)
 {
   const struct kb_doc *both[2] = { base, ours };
@@ -520,8 +521,6 @@ static int merge_into(const struct kb_doc *base, const struct kb_doc *ours, stru
         const char *t = kb_doc_get(theirs, sec, key);
         if (same(o, b) || same(t, o))
           continue;
-        if (!same(t, b))
-          return -ESTALE;   /* both changed it, differently */
         r = kb_doc_set(theirs, sec, key, o);
         if (r < 0)
           return r;
@@ -619,7 +618,7 @@ int kb_meta_write(const char *dir, const char *name, const struct kb_doc *doc)
     if (r != -ESTALE)
       return r;
     /* Somebody else wrote since we read: read theirs again and carry our
-     * changes over, unless we both changed the same value. */
+     * changes over (the read-modify-write, run again on the newest). */
     extra.gen = seen;
     extra.hash = 0;
     r = read_newest_at(dfd, name, DOC, seen ? &extra : NULL, &ttext, &tlen, &seen);
