@@ -39,6 +39,16 @@ fi
 start_libvirt || bail_out "libvirtd"
 _kbt_tmpdir || bail_out "tmpdir"
 T=$KBT_TMPDIR
+# Folders the package makes and purges, left here by something else (a
+# make install, another test): kept aside and put back at exit.
+mkdir -p "$T/saved"
+for d in /var/lib/kboss /var/log/kboss; do
+	if [ -e "$d" ]; then
+		diag "$d exists (not from a package): kept aside until the end"
+		mkdir -p "$T/saved$(dirname "$d")" && mv "$d" "$T/saved$d" || bail_out "cannot move $d aside"
+		cleanup_push "rm -rf '$d'; mv '$T/saved$d' '$d'"
+	fi
+done
 APT=(env DEBIAN_FRONTEND=noninteractive apt-get -y -q -o DPkg::Lock::Timeout=300)
 # Whatever happens below: purge the package (its postrm has libvirtd forget
 # the hook), and take the hook out should dpkg have failed.
