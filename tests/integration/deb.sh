@@ -26,7 +26,7 @@ requires git dpkg-buildpackage dh lintian apt-get systemd-analyze unshare virsh
 [ "$(id -u)" -eq 0 ] || skip_all "needs root (installs a package)"
 git -C "$KBT_TOPDIR" rev-parse --verify -q HEAD >/dev/null ||
 	skip_all "$KBT_TOPDIR is not a git checkout (the package is built from a clone)"
-plan 25
+plan 26
 
 HOOK=/etc/libvirt/hooks/qemu.d/kboss
 HOOK_LOG=/var/log/kboss/hook.log
@@ -60,9 +60,9 @@ t0=$(date +%s)
 git clone -q "$KBT_TOPDIR" "$T/src" || bail_out "git clone"
 diag "building the packages of $(git -C "$T/src" log -1 --format='%h %s' | cut -c1-70)"
 (cd "$T/src" && DEB_BUILD_OPTIONS="nocheck parallel=$(nproc)" dpkg-buildpackage -us -uc -b) >"$T/build.log" 2>&1
-rc=$?
-[ $rc -eq 0 ] || tail -n 40 "$T/build.log" | sed 's/^/# build: /'
-ok [ $rc -eq 0 ] "dpkg-buildpackage -us -uc -b builds in a fresh clone ($(($(date +%s) - t0)) s)"
+st=$?
+[ $st -eq 0 ] || tail -n 40 "$T/build.log" | sed 's/^/# build: /'
+ok [ $st -eq 0 ] "dpkg-buildpackage -us -uc -b builds in a fresh clone ($(($(date +%s) - t0)) s)"
 deb=$(ls "$T"/kboss_*.deb 2>/dev/null | head -n1)
 [ -n "$deb" ] || bail_out "no kboss_*.deb was built"
 diag "built: $(cd "$T" && ls *.deb | tr '\n' ' ')"
@@ -78,9 +78,9 @@ else
 	lint() { lintian "$@"; }
 fi
 lint --fail-on error "$T"/kboss_*.changes >"$T/lintian.log" 2>&1
-rc=$?
+st=$?
 sed 's/^/# lintian: /' "$T/lintian.log"
-ok [ $rc -eq 0 ] "lintian reports no error on the packages"
+ok [ $st -eq 0 ] "lintian reports no error on the packages"
 
 # --- install ---------------------------------------------------------------
 # policy-rc.d (the local policy for maintainer scripts) decides whether the
@@ -100,9 +100,9 @@ with_policy() {
 }
 lvpid=$(cat /run/libvirtd.pid 2>/dev/null)
 with_policy 0 "${APT[@]}" install "$deb" >"$T/install.log" 2>&1
-rc=$?
-[ $rc -eq 0 ] || tail -n 30 "$T/install.log" | sed 's/^/# install: /'
-ok [ $rc -eq 0 ] "apt-get install ./$(basename "$deb")"
+st=$?
+[ $st -eq 0 ] || tail -n 30 "$T/install.log" | sed 's/^/# install: /'
+ok [ $st -eq 0 ] "apt-get install ./$(basename "$deb")"
 grep '^kboss:' "$T/install.log" | sed 's/^/# postinst: /'
 ok 'grep -q "asked libvirtd (pid $lvpid) to reload (SIGHUP)" "$T/install.log" &&
     [ "$(cat /run/libvirtd.pid)" = "$lvpid" ] && kill -0 "$lvpid"' \
@@ -162,20 +162,20 @@ catalog_sum > "$T/catalog.before"
 
 # --- reinstall where policy-rc.d forbids the reload ------------------------
 with_policy 101 dpkg -i "$deb" >"$T/reinstall.log" 2>&1
-rc=$?
+st=$?
 grep '^kboss:' "$T/reinstall.log" | sed 's/^/# postinst: /'
-ok '[ $rc -eq 0 ] && grep -q "policy-rc.d does not allow" "$T/reinstall.log" &&
+ok '[ $st -eq 0 ] && grep -q "policy-rc.d does not allow" "$T/reinstall.log" &&
     grep -q "kboss:     kill -HUP $lvpid$" "$T/reinstall.log" && [ "$(cat /run/libvirtd.pid)" = "$lvpid" ]' \
 	"reinstalled where policy-rc.d forbids it: the postinst prints the reload command and leaves libvirtd alone"
 ok grep -q "^secondary.path = $SEC$" "$CONF" "the changed conffile is kept over the reinstall"
 
 # --- remove: only conffiles ---------------------------------------------------
 "${APT[@]}" remove kboss >"$T/remove.log" 2>&1
-rc=$?
-ok '[ $rc -eq 0 ] && [ "$(dpkg-query -W -f="\${db:Status-Abbrev}" kboss)" = "rc " ]' "apt-get remove kboss: state rc (config files)"
+st=$?
+ok '[ $st -eq 0 ] && [ "$(dpkg-query -W -f="\${db:Status-Abbrev}" kboss)" = "rc " ]' "apt-get remove kboss: state rc (config files)"
 left=
 while read -r f; do
-	[ -d "$f" ] && [ ! -L "$f" ] && continue
+	[ -d "$f" ] && continue    # folders (and /lib where it links to usr/lib)
 	case " $conffiles " in *" $f "*) continue ;; esac
 	[ -e "$f" ] || [ -L "$f" ] && left="$left $f"
 done < "$T/files"
@@ -186,12 +186,12 @@ ok '[ -f /etc/kboss/offerings.d/example.conf ] && grep -q "^secondary.path = $SE
 
 # --- purge: nothing ----------------------------------------------------------
 dpkg --purge kboss >"$T/purge.log" 2>&1
-rc=$?
-ok '[ $rc -eq 0 ] && case $(dpkg-query -W -f="\${db:Status-Abbrev}" kboss 2>/dev/null) in "" | un* | pn*) true ;; *) false ;; esac' \
+st=$?
+ok '[ $st -eq 0 ] && case $(dpkg-query -W -f="\${db:Status-Abbrev}" kboss 2>/dev/null) in "" | un* | pn*) true ;; *) false ;; esac' \
 	"dpkg --purge kboss: the package is gone"
 left=
 while read -r f; do
-	[ -d "$f" ] && [ ! -L "$f" ] && continue
+	[ -d "$f" ] && continue    # folders (and /lib where it links to usr/lib)
 	[ -e "$f" ] || [ -L "$f" ] && left="$left $f"
 done < "$T/files"
 for d in /etc/kboss /var/lib/kboss /var/log/kboss /usr/share/doc/kboss; do
