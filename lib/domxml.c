@@ -123,7 +123,7 @@ struct build {
   char **notices;
   size_t nnotices, more;
   char *error;
-  bool nomem;
+  bool nomem, summary;
   /* gathered from the saved XML */
   const char **bus;            /* per opts disk */
   unsigned long long *boot;    /* per opts disk, 0 = none */
@@ -136,7 +136,7 @@ static void note(struct build *b, const char *fmt, ...)
   va_list ap;
   char *s = NULL, **nv;
 
-  if (b->nnotices >= KB_DOMXML_MAX_NOTICES) {
+  if (b->nnotices >= KB_DOMXML_MAX_NOTICES && !b->summary) {
     b->more++;
     return;
   }
@@ -578,11 +578,19 @@ static int dump(xmlDocPtr doc, char **ret_xml)
 
 static xmlDocPtr parse(const char *xml, const char *name)
 {
-  /* No network, no DTD, no entity expansion (the default), bounded input. */
+  xmlDocPtr doc;
+
+  /* No network, no DTD loading, bounded input; libvirt never writes a
+   * DOCTYPE, so a document with one (entities) is refused. */
   if (!xml || strlen(xml) > 4 * 1024 * 1024)
     return NULL;
-  return xmlReadMemory(xml, (int) strlen(xml), name, NULL,
-                       XML_PARSE_NONET | XML_PARSE_NOERROR | XML_PARSE_NOWARNING | XML_PARSE_NOCDATA);
+  doc = xmlReadMemory(xml, (int) strlen(xml), name, NULL,
+                      XML_PARSE_NONET | XML_PARSE_NOERROR | XML_PARSE_NOWARNING | XML_PARSE_NOCDATA);
+  if (doc && (doc->intSubset || doc->extSubset)) {
+    xmlFreeDoc(doc);
+    return NULL;
+  }
+  return doc;
 }
 
 int kb_domxml_build(const char *saved, const struct kb_domxml_opts *o, char **ret_xml,
@@ -729,6 +737,7 @@ int kb_domxml_build(const char *saved, const struct kb_domxml_opts *o, char **re
     n = add(&b, b.devs, "video", NULL);
     set(&b, add(&b, n, "model", NULL), "type", "vga");
   }
+  b.summary = true;
   if (b.more)
     note(&b, "and %zu more elements dropped from the saved domain XML", b.more);
   if (b.nomem)
