@@ -1,0 +1,204 @@
+#!/usr/bin/env bash
+# A hostile writer to the export edits a backup's saved domain.xml (and
+# recomputes its file-name checksum, as any host of the zone can): a
+# <qemu:commandline> with "-D FILE", an <emulator> on the export, a
+# <kernel>/etc/shadow</kernel>, an nvdimm backed by a host file, an rng
+# connecting to a TCP host and a TCP serial port. kboss-validate and
+# kboss-restore --as build their domains from kboss's allow-list: none of
+# it reaches the domain libvirt runs (virsh dumpxml) nor qemu's command line
+# (libvirt's qemu log), FILE never appears, each dropped element is logged,
+# and both VMs still boot to their guest agent.
+#
+# The store and scratch folders have XML special characters in their names
+# (& < '), so every XML document kboss builds with those paths (the push
+# backup job of a running VM, its checkpoint, the validation VM's overlays
+# and backing chain, the restored VM's disks) must be escaped to work.
+. "$(dirname "$0")/../lib/functions.sh"
+. "$(dirname "$0")/../lib/kboss.sh"
+. "$(dirname "$0")/../lib/ops.sh"
+
+plan 40
+requires xxh64sum python3
+start_libvirt || bail_out "libvirtd"
+kb_conf_init 8
+# Folders whose names XML must escape.
+special="st&<'x"
+KB_SECONDARY=$KB_ROOT/$special
+scratch="$KB_ROOT/scr&<'x"
+mkdir -p "$KB_SECONDARY" "$scratch" && chmod 0755 "$KB_SECONDARY" || bail_out "mkdir"
+python3 - "$KBOSS_CONF" "$KB_SECONDARY" "$scratch" <<'PY' || bail_out "config"
+import sys
+p, sec, scr = sys.argv[1:]
+lines = open(p).read().splitlines()
+out = []
+for l in lines:
+    if l.startswith("secondary.path ="):
+        l = "secondary.path = " + sec
+    elif l.startswith("scratch.path ="):
+        l = "scratch.path = " + scr
+    out.append(l)
+open(p, "w").write("\n".join(out) + "\n")
+PY
+make_test_vm t || bail_out "cannot define the test VM"
+dom=$(vm_domain t)
+kb_offering val validate=true validation_steps=wait_for_boot
+printf '[vm]\noffering = val\nbackupValidationBootTimeout = 180\n' > "$KB_ROOT/etc/vms.d/$dom.conf"
+
+# The planted "-D FILE" goes to a folder qemu could write to.
+markdir=$KBT_TMPDIR/marks
+mkdir -p "$markdir" && chmod 1777 "$markdir"
+mark=$markdir/qemu-D.log
+emark=$markdir/emulator-ran
+shadow_mark=/etc/shadow
+
+# Control: the planted arguments do make qemu create FILE when they reach it.
+ctl=$markdir/control.log
+timeout 10 qemu-system-x86_64 -machine none -nodefaults -display none -monitor none -S -D "$ctl" >/dev/null 2>&1 &
+for i in $(seq 1 50); do [ -e "$ctl" ] && break; sleep 0.1; done
+kill %1 2>/dev/null; wait 2>/dev/null
+ok [ -e "$ctl" ] "control: qemu given '-D FILE' creates FILE"
+
+# A backup of the running VM: a push backup job and a checkpoint whose
+# paths carry & < ' (built with libxml2, they still parse).
+start_vm t && wait_agent t 240
+ok [ $? -eq 0 ] "the test VM boots"
+b1=$(kb_backup t)
+ok [ -n "$b1" ] "backup of the running VM into '$special': $b1"
+ok [ -n "$(kb_backup_file "$b1" vda)" ] "its vda file is in the store folder"
+stop_vm t
+
+# ---- the tampering ----
+meta=$(dirname "$(ops_backup_record_file "$b1")")
+[ -d "$meta" ] || bail_out "no folder for backup $b1"
+saved=$(ls "$meta" | grep -E '^domain\.xml\.[0-9]+\.[0-9a-f]{16}$' | sort | tail -n1)
+ok [ -n "$saved" ] "the backup saved its domain XML ($saved)"
+cat > "$markdir/evil-qemu" <<SH
+#!/bin/sh
+touch '$emark'
+exec /usr/bin/qemu-system-x86_64 "\$@"
+SH
+chmod 0755 "$markdir/evil-qemu"
+cp "$markdir/evil-qemu" "$KB_SECONDARY/evil-qemu"
+head -c 1M /dev/zero > "$markdir/hostfile"
+python3 - "$meta/$saved" "$markdir/tampered.xml" "$mark" "$KB_SECONDARY/evil-qemu" "$markdir/hostfile" <<'PY' || bail_out "tamper"
+import re, sys
+src, dst, mark, emu, hostfile = sys.argv[1:]
+x = open(src).read()
+x = re.sub(r"<domain ([^>]*)>", r"<domain \1 xmlns:qemu='http://libvirt.org/schemas/domain/qemu/1.0'>", x, count=1)
+x = re.sub(r"<emulator>[^<]*</emulator>", "", x)
+x = x.replace("<devices>", "<devices>\n    <emulator>%s</emulator>" % emu, 1)
+x = x.replace("</os>", "  <kernel>/etc/shadow</kernel>\n  </os>", 1)
+x = x.replace("</devices>", """  <memory model='nvdimm'><source><path>%s</path></source>
+      <target><size unit='KiB'>1024</size><node>0</node></target></memory>
+    <rng model='virtio'><backend model='egd' type='tcp'>
+      <source mode='connect' host='203.0.113.9' service='7000'/><protocol type='raw'/></backend></rng>
+    <serial type='tcp'><source mode='connect' host='203.0.113.9' service='2323'/><target port='1'/></serial>
+  </devices>""" % hostfile, 1)
+x = x.replace("</domain>", """  <qemu:commandline>
+    <qemu:arg value='-D'/>
+    <qemu:arg value='%s'/>
+  </qemu:commandline>
+</domain>""" % mark, 1)
+open(dst, "w").write(x)
+PY
+ops_file_plant "$meta" domain.xml "$markdir/tampered.xml"
+planted=$(ls "$meta" | grep -E '^domain\.xml\.' | sort | tail -n1)
+ok [ "$planted" != "$saved" ] "the tampered domain.xml is the newest generation ($planted)"
+ok grep -q "qemu:commandline" "$meta/$planted" "and it holds the planted elements"
+
+# What must reach neither libvirt's definition nor qemu.
+absent_from() { # FILE WHAT
+	local f=$1
+	! grep -q -e 'qemu:commandline' -e "$mark" -e '/etc/shadow' -e 'evil-qemu' -e '203.0.113.9' \
+		-e 'nvdimm' -e "$markdir/hostfile" -e '<kernel>' -e "model='egd'" "$f"
+}
+notices_in() { # FILE
+	local f=$1 w
+	for w in "<qemu:commandline>" "<emulator>" "<kernel>" "<memory>" "<rng> (backend 'egd')" "<serial type='tcp'>"; do
+		grep -qF "dropped $w" "$f" || { echo "no notice for $w" >&2; return 1; }
+	done
+}
+
+# ---- validation ----
+vdom=kboss-val-$b1
+vxml=$markdir/validation.xml
+( for i in $(seq 1 1200); do
+	virsh -q dumpxml "$vdom" > "$vxml.tmp" 2>/dev/null && [ -s "$vxml.tmp" ] && mv "$vxml.tmp" "$vxml" && break
+	sleep 0.25
+done ) &
+watcher=$!
+out=$(kb kboss-validate "$b1" 2>&1); rc=$?
+wait $watcher
+printf '%s\n' "$out" | sed 's/^/  | /' >&2
+printf '%s\n' "$out" > "$markdir/validate.out"
+ok [ $rc -eq 0 ] "kboss-validate passes the tampered backup (the guest boots)"
+ok eval 'kb_backup_record "$b1" | grep -q "^step.wait_for_boot = ok "' "its wait_for_boot step passed"
+ok notices_in "$markdir/validate.out" "kboss-validate logged a notice for each planted element"
+ok [ -s "$vxml" ] "the validation VM's live definition was captured"
+ok absent_from "$vxml" "none of the planted elements is in the validation VM (virsh dumpxml)"
+ok eval '! grep -q "<interface" "$vxml"' "the validation VM has no NIC"
+ok grep -q "<listen type='address' address='127.0.0.1'/>" "$vxml" "its VNC listens on 127.0.0.1"
+ok grep -q "$KB_SECONDARY/" "$vxml" "its backing store is spelled out on the store (escaped path)"
+ok eval 'python3 -c "
+import sys, xml.etree.ElementTree as E
+d = E.parse(sys.argv[1]).getroot().find(\"devices/disk[@device=\x27disk\x27]\")
+b = d.find(\"backingStore\")
+assert b.find(\"format\").get(\"type\") == \"qcow2\"
+assert b.find(\"source\").get(\"file\").endswith(\"/$b1/vda.qcow2\"), b.find(\"source\").get(\"file\")
+base = b.find(\"backingStore\")
+assert base is not None and len(base) == 0
+" "$vxml"' "vda: overlay, then the backup's vda.qcow2 (qcow2), then an empty <backingStore/>"
+qlog=/var/log/libvirt/qemu/$vdom.log
+ok [ -s "$qlog" ] "libvirt logged the validation VM's qemu command line"
+ok eval 'grep -a -- "-name guest=$vdom" "$qlog" | tail -n1 > "$markdir/vcmd" && [ -s "$markdir/vcmd" ]' \
+	"... which names the validation VM"
+ok absent_from "$markdir/vcmd" "no planted argument reached qemu"
+ok grep -q -- "-blockdev" "$markdir/vcmd" "(qemu got its disks as -blockdev nodes)"
+ok [ ! -e "$mark" ] "the planted '-D FILE' was never created"
+ok [ ! -e "$emark" ] "the planted emulator never ran"
+
+# ---- restore --as ----
+new=$(vm_domain r)
+cleanup_push "virsh -q destroy '$new' >/dev/null 2>&1; virsh -q undefine --nvram '$new' >/dev/null 2>&1; virsh -q undefine '$new' >/dev/null 2>&1"
+out=$(kb kboss-restore --as "$new" "$b1" 2>&1); rc=$?
+printf '%s\n' "$out" | sed 's/^/  | /' >&2
+printf '%s\n' "$out" > "$markdir/restore.out"
+ok [ $rc -eq 0 ] "kboss-restore --as defines and restores a new VM from the tampered backup"
+ok notices_in "$markdir/restore.out" "kboss-restore --as logged a notice for each planted element"
+rxml=$markdir/restored.xml
+virsh -q dumpxml --inactive "$new" > "$rxml" 2>/dev/null
+ok [ -s "$rxml" ] "the new VM is defined"
+ok absent_from "$rxml" "none of the planted elements is in the new VM's definition"
+ok eval '! grep -q "$(virsh -q domuuid "$dom")" "$rxml"' "the new VM has a UUID of its own"
+ok grep -q "<source file='$(vm_dir t)/$new-vda.qcow2'/>" "$rxml" "its vda is beside the original VM's disks"
+ok qemu-img compare -q "$(vm_dir t)/$new-vda.qcow2" "$(kb_backup_file "$b1" vda)" "and holds the backup's vda"
+ok eval "! grep -q '<backingStore type' '$rxml'" "a restored disk has no backing file"
+virsh -q start "$new" >/dev/null
+ok [ $? -eq 0 ] "the new VM starts"
+rlog=/var/log/libvirt/qemu/$new.log
+ok eval 'grep -a -- "-name guest=$new" "$rlog" | tail -n1 > "$markdir/rcmd" && [ -s "$markdir/rcmd" ]' \
+	"libvirt logged the new VM's qemu command line"
+ok absent_from "$markdir/rcmd" "no planted argument reached the new VM's qemu"
+ok [ ! -e "$mark" ] "the planted '-D FILE' was never created"
+ok [ ! -e "$emark" ] "the planted emulator never ran"
+ok eval 'grep -q "emulator>/usr/bin/qemu-system" "$rxml"' "libvirt chose the host's own emulator"
+ok eval 'virsh -q qemu-agent-command --timeout 5 "$new" "{\"execute\":\"guest-ping\"}" >/dev/null 2>&1 ||
+	for i in $(seq 1 240); do
+		virsh -q qemu-agent-command --timeout 2 "$new" "{\"execute\":\"guest-ping\"}" 2>/dev/null | grep -q return && break
+		sleep 1
+	done; virsh -q qemu-agent-command --timeout 5 "$new" "{\"execute\":\"guest-ping\"}" 2>/dev/null | grep -q return' \
+	"the restored VM boots to its guest agent"
+virsh -q destroy "$new" >/dev/null 2>&1
+
+# ---- a saved domain XML that kboss cannot use is refused, not trusted ----
+python3 - "$meta/$planted" "$markdir/badmem.xml" <<'PY'
+import re, sys
+x = open(sys.argv[1]).read()
+x = re.sub(r"<memory[^>]*>[^<]*</memory>", "<memory unit='KiB'>99999999999999999999</memory>", x, count=1)
+open(sys.argv[2], "w").write(x)
+PY
+ops_file_plant "$meta" domain.xml "$markdir/badmem.xml"
+out=$(kb kboss-restore --as "$(vm_domain r2)" "$b1" 2>&1); rc=$?
+ok [ $rc -ne 0 ] "a saved domain XML with an out-of-range <memory> is refused"
+ok eval 'printf "%s\n" "$out" | grep -q "no valid <memory>"' "with an error naming the value: $(printf '%s' "$out" | tail -n1)"
+ok eval '! virsh -q dominfo "$(vm_domain r2)" >/dev/null 2>&1' "and no VM is defined"
