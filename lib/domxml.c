@@ -155,6 +155,12 @@ static void note(struct build *b, const char *fmt, ...)
   nv[b->nnotices] = NULL;
 }
 
+static bool is_type(xmlNodePtr n, const char *type)
+{
+  CLEANUP_FREE char *t = attr(n, "type");
+  return t && KB_STREQ(t, type);
+}
+
 /* "<qemu:commandline>", "<serial type='tcp'>": how a notice names an element. */
 static char *describe(xmlNodePtr n)
 {
@@ -692,6 +698,8 @@ int kb_domxml_build(const char *saved, const struct kb_domxml_opts *o, char **re
                                                     "on_reboot", "on_crash", "seclabel", "resource",
                                                     "genid", NULL }))
       ;  /* kboss's own values, or checked above */
+    else if (KB_STREQ(name, "audio") && is_type(n, "none"))
+      ;  /* libvirt's default, added again */
     else if (KB_STREQ(name, "memoryBacking"))
       drop(&b, n, "memory backing reaches host files");
     else

@@ -17,7 +17,7 @@
 . "$(dirname "$0")/../lib/kboss.sh"
 . "$(dirname "$0")/../lib/ops.sh"
 
-plan 40
+plan 43
 requires xxh64sum python3
 start_libvirt || bail_out "libvirtd"
 kb_conf_init 8
@@ -202,3 +202,13 @@ out=$(kb kboss-restore --as "$(vm_domain r2)" "$b1" 2>&1); rc=$?
 ok [ $rc -ne 0 ] "a saved domain XML with an out-of-range <memory> is refused"
 ok eval 'printf "%s\n" "$out" | grep -q "no valid <memory>"' "with an error naming the value: $(printf '%s' "$out" | tail -n1)"
 ok eval '! virsh -q dominfo "$(vm_domain r2)" >/dev/null 2>&1' "and no VM is defined"
+
+# ---- catalog values with terminal escape sequences are shown escaped ----
+has_esc() { LC_ALL=C grep -q "$(printf '\033')"; }
+ops_doc_set "$meta" backup backup vm_name "$(printf 'evil\033]2;owned\007\033[2J')"
+out=$(kb kbossctl backups 2>&1)
+ok eval 'printf "%s\n" "$out" | grep -qF "evil\\x1b]2;owned\\x07\\x1b[2J"' "kbossctl backups shows the planted escape sequence as text"
+ok eval '! printf "%s" "$out" | has_esc' "and writes no ESC byte to the terminal"
+out=$(kb kbossctl backups --json 2>&1)
+ok eval '! printf "%s" "$out" | has_esc && printf "%s" "$out" | python3 -c "import json,sys; json.load(sys.stdin)"' \
+	"kbossctl backups --json stays valid JSON without raw escapes"
