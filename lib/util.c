@@ -187,6 +187,48 @@ int kb_write_all(int fd, const void *buf, size_t len)
   return 0;
 }
 
+int kb_write_file_atomic(const char *path, const void *buf, size_t len, unsigned mode)
+{
+  CLEANUP_FREE char *dir = kb_dirname(path);
+  CLEANUP_FREE char *tmp = NULL;
+  const char *base;
+  char rnd[17];
+  int fd, dfd, r;
+
+  if (!dir)
+    return -ENOMEM;
+  r = kb_random_hex(rnd, 8);
+  if (r < 0)
+    return r;
+  base = strrchr(path, '/') ? strrchr(path, '/') + 1 : path;
+  tmp = kb_printf("%s/.%s.%s.tmp", dir, base, rnd);
+  if (!tmp)
+    return -ENOMEM;
+  fd = open(tmp, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0600);
+  if (fd < 0)
+    return -errno;
+  r = kb_write_all(fd, buf, len);
+  if (r == 0 && fchmod(fd, (mode_t) mode) < 0)
+    r = -errno;
+  if (r == 0 && fsync(fd) < 0)
+    r = -errno;
+  if (close(fd) < 0 && r == 0)
+    r = -errno;
+  if (r == 0 && rename(tmp, path) < 0)
+    r = -errno;
+  if (r < 0) {
+    (void) unlink(tmp);
+    return r;
+  }
+  /* The rename itself is durable once the folder is. */
+  dfd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+  if (dfd >= 0) {
+    (void) fsync(dfd);
+    (void) close(dfd);
+  }
+  return 0;
+}
+
 const char *kb_hostname(void)
 {
   static char name[HOST_NAME_MAX + 1];

@@ -46,6 +46,13 @@ char *kb_dirname(const char *path);
 /* Write all of BUF, retrying on short writes and EINTR. */
 int kb_write_all(int fd, const void *buf, size_t len);
 
+/* Replace PATH (a local file: /etc, unit folders) with LEN bytes of BUF so
+ * that a reader sees the old or the new content, never a part: written to a
+ * temporary name beside it (mode MODE, no symlink followed), fsync'ed,
+ * renamed over PATH, and the folder fsync'ed. Not for the export: the
+ * catalog has its own generation files (catalog.h). */
+int kb_write_file_atomic(const char *path, const void *buf, size_t len, unsigned mode);
+
 /* This host's name as kboss uses it in slot and lock files. */
 const char *kb_hostname(void);
 

@@ -17,6 +17,7 @@
 #include "log.h"
 #include "record.h"
 #include "util.h"
+#include "store.h"
 
 struct bk_disk {
   const struct kb_disk *d;
@@ -81,7 +82,8 @@ static bool store_available(const struct kb_store *s, bool need_kboss_dir)
   struct stat st;
   CLEANUP_FREE char *k = kb_printf("%s/kboss", s->path);
 
-  if (lstat(s->path, &st) < 0 || !S_ISDIR(st.st_mode))
+  /* A mount point or a folder marked by kbossctl init-store (store.h). */
+  if (kb_store_check(s->path) < 0)
     return false;
   if (need_kboss_dir && (!k || lstat(k, &st) < 0 || !S_ISDIR(st.st_mode)))
     return false;
@@ -158,9 +160,7 @@ static int open_folder_to_qemu(const char *store_path, const char *dir)
 
 static long long chain_size(struct bk_job *j)
 {
-  if (j->off && j->off->backup_chain_size > 0)
-    return j->off->backup_chain_size;
-  return kb_config_int(j->v->cfg, j->v->name, "backup.chain.size");
+  return kb_config_chain_size(j->v->cfg, j->v->name);
 }
 
 static int plan_chain(struct bk_job *j, char **ret_error)
