@@ -541,6 +541,8 @@ static void copy_device(struct build *b, xmlNodePtr n)
       set(b, add(b, b->devs, "memballoon", NULL), "model", model);
   } else if (KB_STREQ(name, "graphics"))
     ;  /* replaced: VNC on loopback */
+  else if (KB_STREQ(name, "audio") && is_type(n, "none"))
+    ;  /* libvirt's default, added again */
   else if (KB_STREQ(name, "channel")) {
     CLEANUP_FREE char *type = attr(n, "type"), *tname = attr(child(n, "target"), "name");
     if (!(type && KB_STREQ(type, "unix") && tname && KB_STREQ(tname, "org.qemu.guest_agent.0") &&
@@ -698,8 +700,6 @@ int kb_domxml_build(const char *saved, const struct kb_domxml_opts *o, char **re
                                                     "on_reboot", "on_crash", "seclabel", "resource",
                                                     "genid", NULL }))
       ;  /* kboss's own values, or checked above */
-    else if (KB_STREQ(name, "audio") && is_type(n, "none"))
-      ;  /* libvirt's default, added again */
     else if (KB_STREQ(name, "memoryBacking"))
       drop(&b, n, "memory backing reaches host files");
     else

@@ -422,7 +422,8 @@ Test(domxml, features_and_unknown_elements)
   cr_assert_eq(build("<features><acpi/><apic eoi='on'/><smm state='on'/><kvm><hidden state='on'/></kvm></features>"
                      "<sysinfo type='smbios'/><metadata><x:y xmlns:x='urn:x'/></metadata>"
                      "<clock offset='localtime'><timer name='rtc' tickpolicy='catchup'/></clock>", "<watchdog model='i6300esb'/>"
-                     "<tpm model='tpm-tis'><backend type='passthrough'><device path='/dev/tpm0'/></backend></tpm>",
+                     "<tpm model='tpm-tis'><backend type='passthrough'><device path='/dev/tpm0'/></backend></tpm>"
+                     "<audio id='1' type='none'/><audio id='2' type='file' path='/etc/cron.d/x'/>",
                      false), 0);
   cr_expect_eq(count(built, "/domain/features/acpi"), 1);
   cr_expect_eq(count(built, "/domain/features/apic[@eoi]"), 0);
@@ -431,6 +432,8 @@ Test(domxml, features_and_unknown_elements)
   cr_expect_eq(count(built, "/domain/clock[@offset='localtime']"), 1);
   cr_expect(noticed("<kvm>") && noticed("<sysinfo type='smbios'>") && noticed("<metadata>"));
   cr_expect(noticed("<watchdog>") && noticed("<tpm>") && noticed("timers"));
+  cr_expect(noticed("<audio type='file'>") && !noticed("<audio type='none'>"), "libvirt's default audio is no news");
+  cr_expect_null(strstr(built, "cron.d"));
 }
 
 Test(domxml, notices_bounded)
