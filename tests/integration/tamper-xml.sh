@@ -39,6 +39,7 @@ for l in lines:
     out.append(l)
 open(p, "w").write("\n".join(out) + "\n")
 PY
+kb kbossctl init-store "$KB_SECONDARY" >/dev/null || bail_out "kbossctl init-store"
 make_test_vm t || bail_out "cannot define the test VM"
 dom=$(vm_domain t)
 kb_offering val validate=true validation_steps=wait_for_boot
@@ -107,6 +108,13 @@ planted=$(ls "$meta" | grep -E '^domain\.xml\.' | sort | tail -n1)
 ok [ "$planted" != "$saved" ] "the tampered domain.xml is the newest generation ($planted)"
 ok grep -q "qemu:commandline" "$meta/$planted" "and it holds the planted elements"
 
+# The last qemu command line libvirt logged (one argument a line, "\" continued).
+qemu_cmdline() { # LOG
+	awk '/: starting up libvirt/ { buf = ""; on = 1; next }
+		on { buf = buf $0 "\n"; if ($0 !~ /\\$/) on = 0 }
+		END { printf "%s", buf }' "$1"
+}
+
 # What must reach neither libvirt's definition nor qemu.
 absent_from() { # FILE WHAT
 	local f=$1
@@ -156,10 +164,11 @@ PY
 ok chain_ok "$vxml" "vda: the overlay, the backup's vda.qcow2 (qcow2, on the store named with & < '), then <backingStore/>"
 qlog=/var/log/libvirt/qemu/$vdom.log
 ok [ -s "$qlog" ] "libvirt logged the validation VM's qemu command line"
-ok eval 'grep -a -- "-name guest=$vdom" "$qlog" | tail -n1 > "$markdir/vcmd" && [ -s "$markdir/vcmd" ]' \
+ok eval 'qemu_cmdline "$qlog" > "$markdir/vcmd" && grep -q -- "-name guest=$vdom," "$markdir/vcmd"' \
 	"... which names the validation VM"
 ok absent_from "$markdir/vcmd" "no planted argument reached qemu"
-ok grep -q -- "-blockdev" "$markdir/vcmd" "(qemu got its disks as -blockdev nodes)"
+ok eval 'grep -q -- "-blockdev" "$markdir/vcmd" && grep -q "\"backing\":null" "$markdir/vcmd"' \
+	"qemu got the disks as -blockdev nodes, the chain ending in \"backing\":null"
 ok [ ! -e "$mark" ] "the planted '-D FILE' was never created"
 ok [ ! -e "$emark" ] "the planted emulator never ran"
 
@@ -182,7 +191,7 @@ ok eval "! grep -q '<backingStore type' '$rxml'" "a restored disk has no backing
 virsh -q start "$new" >/dev/null
 ok [ $? -eq 0 ] "the new VM starts"
 rlog=/var/log/libvirt/qemu/$new.log
-ok eval 'grep -a -- "-name guest=$new" "$rlog" | tail -n1 > "$markdir/rcmd" && [ -s "$markdir/rcmd" ]' \
+ok eval 'qemu_cmdline "$rlog" > "$markdir/rcmd" && grep -q -- "-name guest=$new," "$markdir/rcmd"' \
 	"libvirt logged the new VM's qemu command line"
 ok absent_from "$markdir/rcmd" "no planted argument reached the new VM's qemu"
 ok [ ! -e "$mark" ] "the planted '-D FILE' was never created"
