@@ -16,6 +16,11 @@ void kb_doc_free(struct kb_doc *doc);   /* NULL is fine */
  * the first bad line. */
 int kb_doc_parse(const char *text, struct kb_doc **ret, int *ret_line);
 
+/* Values kb_doc_parse dropped because they do not fit their field's rule
+ * (a backup id that is not a plain name, a size that is not a number...):
+ * how many, and in *RET_FIRST (may be NULL) "section/key" of the first. */
+unsigned kb_doc_invalid(const struct kb_doc *doc, const char **ret_first);
+
 /* Serialise; the caller frees the string. */
 char *kb_doc_format(const struct kb_doc *doc);
 
@@ -38,5 +43,14 @@ const char *kb_doc_section_name(const struct kb_doc *doc, unsigned n);
 /* Iterate keys of a section: key/value of the Nth key, false past the end. */
 bool kb_doc_key_at(const struct kb_doc *doc, const char *section, unsigned n,
                    const char **ret_key, const char **ret_value);
+
+/* For lib/meta.c: the catalog generation a document was read from (WHERE
+ * names the document, GEN its generation, TEXT its content then), so that
+ * a later write of it can tell that somebody else wrote in between and
+ * merge instead of overwriting. Not part of the content. */
+int kb_doc_set_origin(const struct kb_doc *doc, const char *where, unsigned long long gen,
+                      const char *text);
+bool kb_doc_get_origin(const struct kb_doc *doc, const char *where, unsigned long long *ret_gen,
+                       const char **ret_text);
 
 #endif

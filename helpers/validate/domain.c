@@ -1,7 +1,7 @@
 /* The validation VM: a transient domain built by kboss (lib/domxml.c) with
  * a few checked values of the domain XML saved with the backup, its disks
- * throwaway qcow2 overlays backed by the backup's validated chain, with no
- * network, no host devices and VNC on loopback. */
+ * throwaway qcow2 overlays backed by the backup's validated chain, spelled
+ * out in the XML, with no network, no host devices and VNC on loopback. */
 #include <config.h>
 
 #include <dirent.h>
@@ -47,9 +47,7 @@ int vl_vm_prepare(struct vl_ctx *c, const struct kb_backup_ref *ref, struct vl_v
   CLEANUP_FREE char *meta = kb_catalog_backup_dir(c->cat, ref->vm_uuid, ref->chain, ref->id);
   CLEANUP_FREE char *xmlpath = NULL, *saved = NULL, *data = NULL, *chaindir = NULL, *desc = NULL;
   CLEANUP_FREE char *nvram = NULL;
-  struct kb_chain **chains = NULL;
-  struct kb_domxml_disk *disk_opts = NULL;
-  char *tmp = NULL;
+  CLEANUP_FREE struct kb_domxml_disk *disk_opts = NULL;
   char **disks = NULL;
   size_t i, n;
   int r;
@@ -82,7 +80,8 @@ int vl_vm_prepare(struct vl_ctx *c, const struct kb_backup_ref *ref, struct vl_v
   vm->targets = disks;
   vm->overlays = calloc(n + 1, sizeof *vm->overlays);
   vm->files = calloc(n + 1, sizeof *vm->files);
-  if (!vm->overlays || !vm->files)
+  vm->chains = calloc(n + 1, sizeof *vm->chains);
+  if (!vm->overlays || !vm->files || !vm->chains)
     return -ENOMEM;
 
   /* scratch.path 0700 (then opened to qemu's group), the VM's folder inside. */
@@ -97,64 +96,57 @@ int vl_vm_prepare(struct vl_ctx *c, const struct kb_backup_ref *ref, struct vl_v
     *ret_error = kb_printf("cannot make the overlay folder %s: %s", vm->scratch, strerror(-r));
     return r;
   }
-  chains = calloc(n + 1, sizeof *chains);
-  disk_opts = calloc(n + 1, sizeof *disk_opts);
-  if (!chains || !disk_opts) {
-    r = -ENOMEM;
-    goto out;
-  }
   for (i = 0; i < n; i++) {
-    char size[32];
-    const char *argv[] = { QEMU_IMG, "create", "-q", "-u", "-f", "qcow2", "-F", "qcow2", "-b", NULL, NULL, size,
-                           NULL };
-    CLEANUP_FREE char *out = NULL;
+    const char *argv[] = { QEMU_IMG, "create", "-q", "-f", "qcow2", "-F", "qcow2", "-u", "-b", NULL, NULL, NULL, NULL };
+    CLEANUP_FREE char *out = NULL, *size = NULL;
     int fd;
 
     vm->files[i] = kb_backup_disk_path(c->cat, ref, disks[i]);
     vm->overlays[i] = kb_printf("%s/%s.qcow2", vm->scratch, disks[i]);
     if (!vm->files[i] || !vm->overlays[i]) {
       *ret_error = kb_printf("backup %s: no valid file for disk %s", ref->id, disks[i]);
-      r = -EINVAL;
-      goto out;
+      return -EINVAL;
     }
-    /* The chain is checked by kboss's reader and then spelled out node by
-     * node in the domain XML: qemu opens exactly the checked files. */
-    r = kb_chain_validate(chaindir, vm->files[i], &chains[i], ret_error);
+    /* Our own reader walks the chain; qemu (through the domain XML's
+     * <backingStore> elements) and libguestfs get only what passed. */
+    r = kb_chain_validate(chaindir, vm->files[i], &vm->chains[i], ret_error);
     if (r < 0) {
-      if (!*ret_error)
-        *ret_error = kb_printf("backup %s: disk %s: its chain cannot be checked: %s", ref->id, disks[i],
-                               strerror(-r));
-      goto out;
+      char *why = *ret_error;
+      *ret_error = kb_printf("backup %s: disk %s: refusing its backing chain: %s", ref->id, disks[i],
+                             why ? why : strerror(-r));
+      free(why);
+      return r;
     }
+    size = kb_printf("%llu", (unsigned long long) vm->chains[i]->virtual_size);
+    if (!size)
+      return -ENOMEM;
     /* Created 0600 first so it is never readable by others. */
     fd = open(vm->overlays[i], O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0600);
     if (fd < 0) {
-      r = -errno;
-      *ret_error = kb_printf("cannot create %s: %s", vm->overlays[i], strerror(-r));
-      goto out;
+      *ret_error = kb_printf("cannot create %s: %m", vm->overlays[i]);
+      return -errno;
     }
     close(fd);
-    /* -u: qemu-img does not open the backup; the size is the checked one. */
-    snprintf(size, sizeof size, "%llu", (unsigned long long) chains[i]->virtual_size);
-    argv[9] = chains[i]->files[0];
+    argv[9] = vm->files[i];
     argv[10] = vm->overlays[i];
+    argv[11] = size;        /* -u: qemu-img does not open the chain */
     r = kb_run(argv, &out);
     if (r != 0) {
       *ret_error = kb_printf("qemu-img create %s failed: %s", vm->overlays[i], out ? out : "");
-      r = -EIO;
-      goto out;
+      return -EIO;
     }
     (void) chmod(vm->overlays[i], 0600);
-    disk_opts[i].target = disks[i];
-    disk_opts[i].file = vm->overlays[i];
-    disk_opts[i].format = "qcow2";
-    disk_opts[i].chain = chains[i]->files;
   }
   desc = kb_printf("kboss validation VM of backup %s (catalog %s)", ref->id, kb_catalog_root(c->cat));
   nvram = kb_printf("%s/nvram.fd", vm->scratch);
-  if (!desc || !nvram) {
-    r = -ENOMEM;
-    goto out;
+  disk_opts = calloc(n + 1, sizeof *disk_opts);
+  if (!desc || !nvram || !disk_opts)
+    return -ENOMEM;
+  for (i = 0; i < n; i++) {
+    disk_opts[i].target = disks[i];
+    disk_opts[i].file = vm->overlays[i];
+    disk_opts[i].format = "qcow2";
+    disk_opts[i].chain = vm->chains[i]->files;   /* qemu opens exactly these */
   }
   {
     struct kb_domxml_opts o = {
@@ -162,13 +154,13 @@ int vl_vm_prepare(struct vl_ctx *c, const struct kb_backup_ref *ref, struct vl_v
       .network = false, .destroy_on_reboot = false, .nvram = nvram,
     };
     struct kb_domxml_info info;
-    char **notices = NULL;
+    char **notices = NULL, *why = NULL;
 
-    r = kb_domxml_build(saved, &o, &vm->xml, &info, &notices, ret_error);
+    r = kb_domxml_build(saved, &o, &vm->xml, &info, &notices, &why);
     if (r < 0) {
-      if (r == -EINVAL)
-        *ret_error = kb_printf("backup %s: %s", ref->id, (tmp = *ret_error) ? tmp : "unusable domain XML");
-      goto out;
+      *ret_error = kb_printf("backup %s: %s", ref->id, why ? why : strerror(-r));
+      free(why);
+      return r;
     }
     for (i = 0; notices[i]; i++)
       kb_info("backup %s: %s", ref->id, notices[i]);
@@ -176,13 +168,7 @@ int vl_vm_prepare(struct vl_ctx *c, const struct kb_backup_ref *ref, struct vl_v
     vm->vcpus = info.vcpus;
     vm->mem_kib = info.mem_kib;
   }
-out:
-  for (i = 0; chains && i < n; i++)
-    kb_chain_free(chains[i]);
-  free(chains);
-  free(disk_opts);
-  free(tmp);
-  return r;
+  return 0;
 }
 
 int vl_vm_start(struct vl_ctx *c, struct vl_vm *vm, char **ret_error)
@@ -211,6 +197,9 @@ void vl_vm_teardown(struct vl_vm *vm)
   free(vm->scratch);
   kb_strv_free(vm->overlays);
   kb_strv_free(vm->files);
+  for (size_t i = 0; vm->chains && vm->chains[i]; i++)
+    kb_chain_free(vm->chains[i]);
+  free(vm->chains);
   kb_strv_free(vm->targets);
   free(vm->xml);
   memset(vm, 0, sizeof *vm);
