@@ -57,4 +57,8 @@ int bk_redefine_checkpoints(struct bk_vm *v, char **ret_error);
  * for the bitmap part. */
 int bk_checkpoint_delete(struct bk_vm *v, const char *name);
 
+/* watch.c: run the rest of kboss-backup under the export watchdog
+ * (lib/watchdog.h); 0 in the worker. */
+int bk_watch_start(const struct kb_config *cfg);
+
 #endif

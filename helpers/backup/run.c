@@ -17,6 +17,7 @@
 #include "record.h"
 #include "util.h"
 #include "store.h"
+#include "watchdog.h"
 
 struct bk_disk {
   const struct kb_disk *d;
@@ -693,7 +694,8 @@ static void undo(struct bk_job *j, const char *error)
   if (j->frozen && virDomainFSThaw(v->dom, NULL, 0, 0) < 0) {
     kb_err("VM %s: cannot thaw its filesystems: %s", v->name, kb_virt_error());
     clean = false;
-  }
+  } else
+    kb_watchdog_note("frozen", NULL);
   if (j->job_begun && !j->opts->isolated && bk_checkpoint_delete(v, j->id) < 0) {
     kb_err("VM %s: cannot remove checkpoint %s of the failed backup", v->name, j->id);
     clean = false;
@@ -789,6 +791,7 @@ int bk_run(struct bk_vm *v, const struct bk_opts *opts, char **ret_error)
       goto fail_early;
     }
     j.started_paused = true;
+    kb_watchdog_note("started-paused", "1");
   }
   j.live_xml = virDomainGetXMLDesc(v->dom, 0);
   if (!j.live_xml) {
@@ -843,6 +846,7 @@ int bk_run(struct bk_vm *v, const struct bk_opts *opts, char **ret_error)
   if (opts->quiesce) {
     /* Do not wait forever for an agent that is not there. */
     (void) virDomainAgentSetResponseTimeout(v->dom, 10, 0);
+    kb_watchdog_note("frozen", "1");
     if (virDomainFSFreeze(v->dom, NULL, 0, 0) < 0) {
       *ret_error = kb_printf("VM %s: cannot quiesce: the guest agent did not freeze the filesystems (%s)",
                              v->name, kb_virt_error());
@@ -852,13 +856,18 @@ int bk_run(struct bk_vm *v, const struct bk_opts *opts, char **ret_error)
     j.frozen = true;
   }
   j.job_begun = true;   /* from here a checkpoint may exist */
+  kb_watchdog_note("job", "1");
+  if (!opts->isolated)
+    kb_watchdog_note("checkpoint", j.id);
   r = virDomainBackupBegin(v->dom, bxml, cpxml, VIR_DOMAIN_BACKUP_BEGIN_REUSE_EXTERNAL);
   if (j.frozen) {
     /* Thaw at once: the job has its point in time. */
     if (virDomainFSThaw(v->dom, NULL, 0, 0) < 0)
       kb_err("VM %s: cannot thaw its filesystems: %s", v->name, kb_virt_error());
-    else
+    else {
       j.frozen = false;
+      kb_watchdog_note("frozen", NULL);
+    }
   }
   if (r < 0) {
     *ret_error = kb_printf("VM %s: the backup job did not start: %s", v->name, kb_virt_error());
@@ -868,6 +877,8 @@ int bk_run(struct bk_vm *v, const struct bk_opts *opts, char **ret_error)
   kb_progress_start(&j.progress, "backup", 0);
   r = kb_virt_wait_job(v->dom, &bk_cancel, on_progress, &j, &jerr);
   kb_progress_end(&j.progress);
+  if (r == 0)
+    kb_watchdog_note("job", NULL);
   if (r < 0) {
     *ret_error = r == -EINTR ? kb_printf("VM %s: backup interrupted", v->name)
                              : kb_printf("VM %s: the backup job failed: %s", v->name, jerr ? jerr : "?");
@@ -888,6 +899,7 @@ int bk_run(struct bk_vm *v, const struct bk_opts *opts, char **ret_error)
     *ret_error = kb_printf("VM %s: cannot record the backup: %s", v->name, strerror(-r));
     goto fail;
   }
+  kb_watchdog_note("checkpoint", NULL);   /* recorded: it stays */
   if (!opts->isolated)
     prune_checkpoints(&j);
   if (j.started_paused && virDomainDestroyFlags(v->dom, VIR_DOMAIN_DESTROY_GRACEFUL) < 0 &&

@@ -8,6 +8,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "localstate.h"
 #include "lock.h"
 #include "log.h"
 #include "restore.h"
@@ -190,6 +191,8 @@ int main(int argc, char **argv)
 out:
   if (r < 0)
     kb_err("%s", err ? err : strerror(-r));
+  if (c.uuid[0])
+    kb_local_restoring_end(c.uuid);
   kb_lock_release(c.lock);
   kb_backup_ref_clear(&c.ref);
   kb_doc_free(c.rec);

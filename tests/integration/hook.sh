@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The qemu hook in the test bed's libvirtd, reacting to real events:
 #  - called directly: migrate/restore print nothing and exit 0;
-#    prepare of a VM being restored (live lock holder) exits 1;
+#    prepare of a VM being restored (live local marker) exits 1;
 #  - installed (libvirtd restarted once to see it): a start the hook refuses
 #    fails with its message; after libvirt lost its checkpoint metadata, a
 #    start makes the hook redefine the checkpoint, and the next backup is
@@ -68,17 +68,17 @@ out=$(printf '%s' "$xml" | hook "$dom" restore begin -; echo "rc=$?")
 ok [ "$out" = "rc=0" ] "restore begin: nothing on stdout, exit 0"
 
 sleep 600 & holder=$!
-cleanup_push "kill $holder 2>/dev/null"
+cleanup_push "kill $holder 2>/dev/null; rm -f /run/kboss/restoring/$uuid"
 vmdir=$(ops_vm_dir a)
 ops_doc_set "$vmdir" vm vm state Restoring
-ops_fake_lock "$KB_SECONDARY/kboss/locks/vm-$uuid.lock" "$holder"
+ops_fake_restoring "$uuid" "$holder"
 printf '%s' "$xml" | hook "$dom" prepare begin - >"$KBT_TMPDIR/stdout" 2>"$err"
 rc=$?
-ok [ $rc -eq 1 ] "prepare begin of a VM being restored (live holder) exits 1"
+ok [ $rc -eq 1 ] "prepare begin of a VM being restored (live local marker) exits 1"
 ok 'grep -q "is being restored" "$err" && [ ! -s "$KBT_TMPDIR/stdout" ]' "... with the reason on stderr, nothing on stdout"
 kill $holder; wait $holder 2>/dev/null
 ok 'printf "%s" "$xml" | hook "$dom" prepare begin - 2>/dev/null' \
-	"prepare begin of a Restoring VM whose lock holder is dead exits 0"
+	"prepare begin of a VM whose restoring process is dead exits 0"
 ok 'printf "%s" "$xml" | hook kboss-val-x release end - && wait_for 5 "grep -q \"kboss-validate is not installed\" \"$LOG\""' \
 	"release of a validation VM without kboss-validate leaves a note in the hook log"
 
@@ -129,12 +129,12 @@ restart_libvirtd || bail_out "libvirtd did not come back after the restart"
 # A VM being restored does not start.
 sleep 600 & holder=$!
 cleanup_push "kill $holder 2>/dev/null"
-ops_fake_lock "$KB_SECONDARY/kboss/locks/vm-$uuid.lock" "$holder"
+ops_fake_restoring "$uuid" "$holder"
 ok '! virsh -q start --paused "$dom" 2>"$err" && grep -q "is being restored" "$err"' \
 	"virsh start of a VM being restored fails with the hook's message"
 ok [ "$(vm_state a)" = "shut off" ] "... and the VM stays off"
 kill $holder; wait $holder 2>/dev/null
-rm -f "$KB_SECONDARY/kboss/locks/vm-$uuid.lock"
+rm -f "/run/kboss/restoring/$uuid"
 ops_doc_set "$vmdir" vm vm state Ready
 
 # libvirt forgets the checkpoint; a start brings it back.
