@@ -225,6 +225,14 @@ void kb_local_restoring_end(const char *uuid)
     (void) unlink(p);
 }
 
+void kb_local_restoring_clear(const char *uuid)
+{
+  CLEANUP_FREE char *p = restoring_file(uuid);
+
+  if (p)
+    (void) unlink(p);
+}
+
 int kb_local_restoring(const char *uuid, long *ret_pid)
 {
   CLEANUP_FREE char *p = restoring_file(uuid);

@@ -38,6 +38,9 @@ int kb_local_forget_vm(const char *uuid);
 int kb_local_restoring_begin(const char *uuid);
 /* Remove it if this process wrote it. */
 void kb_local_restoring_end(const char *uuid);
+/* Remove it whoever wrote it (the export watchdog, after it killed the
+ * restoring worker). */
+void kb_local_restoring_clear(const char *uuid);
 /* 1 with *RET_PID when a live process restores VM UUID now; 0 when not
  * (no marker, or its process is gone); -errno. */
 int kb_local_restoring(const char *uuid, long *ret_pid);

@@ -40,6 +40,14 @@ const char *kb_watchdog_get(const char *key)
   return NULL;
 }
 
+const char *kb_watchdog_get_prefixed(const char *prefix, size_t n)
+{
+  for (size_t i = 0; i < n_notes; i++)
+    if (notes[i].value && strncmp(notes[i].key, prefix, strlen(prefix)) == 0 && n-- == 0)
+      return notes[i].value;
+  return NULL;
+}
+
 static void set_note(const char *key, const char *value)
 {
   size_t i;

@@ -19,11 +19,14 @@
 #define KBOSS_WATCHDOG_H
 
 #include <stdbool.h>
+#include <stddef.h>
 
 struct kb_config;
 
 /* What the worker noted last under each key (NULL: never noted). */
 const char *kb_watchdog_get(const char *key);
+/* The value of the N-th set key starting with PREFIX (NULL past the end). */
+const char *kb_watchdog_get_prefixed(const char *prefix, size_t n);
 
 /* RECOVER runs in the supervisor after the worker was killed; it must not
  * touch the export. It returns a sentence on what it did (malloc'd or NULL),

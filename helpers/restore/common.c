@@ -20,6 +20,7 @@
 #include "log.h"
 #include "restore.h"
 #include "util.h"
+#include "watchdog.h"
 
 int rs_open_vm(struct rs_ctx *c, const char *vm_uuid, const char *purpose, char **ret_error)
 {
@@ -71,6 +72,7 @@ int rs_set_state(struct rs_ctx *c, const char *state, const char *error)
     r = kb_local_restoring_begin(c->uuid);
     if (r < 0)
       return r;
+    kb_watchdog_note("restoring", c->uuid);
   }
   r = kb_vm_set_state(c->cat, c->uuid, c->rec, state, error);
   if (!KB_STREQ(state, KB_VM_RESTORING) || r < 0)

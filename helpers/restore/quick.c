@@ -16,6 +16,7 @@
 #include "log.h"
 #include "restore.h"
 #include "util.h"
+#include "watchdog.h"
 
 /* Does the image at PATH still have a backing file? 1 yes, 0 no. */
 static int has_backing(const char *path)
@@ -222,6 +223,11 @@ int rs_quick_restore(struct rs_ctx *c, const struct rs_opts *o, char **ret_error
 
     size = kb_printf("%lld", kb_doc_get_ll(bk, sec, "virtual_size", 0));
     d[i].tmp = kb_printf("%s.kboss-quick.tmp", d[i].dest);
+    if (d[i].tmp) {
+      CLEANUP_FREE char *key = kb_printf("tmp.%s", d[i].target);
+      if (key)
+        kb_watchdog_note(key, d[i].tmp);
+    }
     if (!d[i].tmp || !size) {
       r = -ENOMEM;
       goto fail;
@@ -281,6 +287,7 @@ int rs_quick_restore(struct rs_ctx *c, const struct rs_opts *o, char **ret_error
     goto fail;
   }
   for (i = 0; i < n; i++) {
+    kb_watchdog_note("swapping", "1");
     if (rename(d[i].tmp, d[i].dest) < 0) {
       r = -errno;
       *ret_error = kb_printf("disk %s: cannot move the overlay into place: %s", d[i].target, strerror(errno));
@@ -289,6 +296,8 @@ int rs_quick_restore(struct rs_ctx *c, const struct rs_opts *o, char **ret_error
     free(d[i].tmp);
     d[i].tmp = NULL;
   }
+  kb_watchdog_note("swapping", NULL);
+  kb_watchdog_note("quick", c->vm_name);
   if (virDomainCreate(c->dom) < 0) {
     *ret_error = kb_printf("VM %s: overlays are in place but the VM did not start: %s; "
                            "kboss-restore --consolidate %s finishes offline",
