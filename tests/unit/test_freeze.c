@@ -16,6 +16,7 @@
 #include "kbconfig.h"
 #include "lock.h"
 #include "record.h"
+#include "store.h"
 #include "util.h"
 
 #define VM1 "6a1f4c2e-9b3d-4e5f-8a7b-1c2d3e4f5a6b"
@@ -32,6 +33,7 @@ static void setup(void)
   cr_assert_not_null(mkdtemp(tmpdir));
   snprintf(secondary, sizeof secondary, "%s/secondary", tmpdir);
   cr_assert_eq(mkdir(secondary, 0755), 0);
+  cr_assert_eq(kb_store_init(secondary, NULL), 0);   /* a folder, not a mount point */
   cr_assert_eq(kb_catalog_open_at(secondary, NULL, 0, &cat), 0);
   rec = kb_doc_new();
   cr_assert_not_null(rec);
