@@ -15,6 +15,7 @@
 #include <libxml/xpathInternals.h>
 
 #include "localstate.h"
+#include "lock.h"
 #include "util.h"
 
 #ifndef LOCALSTATEDIR
@@ -247,10 +248,11 @@ int kb_local_restoring(const char *uuid, long *ret_pid)
     return 0;
   if (r < 0)
     return r;
-  if (kill((pid_t) pid, 0) < 0 && errno == ESRCH)
+  if (!want && start_time(pid, &have) == 0)
+    want = have;  /* no start time recorded: any process of that pid */
+  /* Gone, reused, or a zombie: not restoring. */
+  if (kb_proc_alive(kb_hostname(), kb_boot_id(), pid, want) == 0)
     return 0;
-  if (want && start_time(pid, &have) == 0 && have != want)
-    return 0;    /* the pid was reused */
   if (ret_pid)
     *ret_pid = pid;
   return 1;
