@@ -4,25 +4,20 @@
 #    kbossctl init-store mark): every program refuses with a message naming
 #    the path, and nothing is created there.
 #  - hung: the export is a real FUSE filesystem (bindfs over a folder)
-#    frozen with SIGSTOP of its daemon. With the kboss hook installed in
-#    libvirtd's real hook folder, `virsh start` of a kboss VM and of another
-#    VM return within 15 s; a backup of a running VM (quiesced) fails within
-#    storage.timeout + 30 s with "secondary storage not responding", the VM
-#    running, its agent answering, not frozen, no job, no new checkpoint; so
-#    does one whose export hangs while its job copies. After the thaw
-#    (SIGCONT) the next backup succeeds and equals the disks.
-# Installs the hook and restarts libvirtd: run with vmslot --exclusive.
+#    frozen with SIGSTOP of its daemon. A backup of a running VM (quiesced)
+#    fails within storage.timeout + 30 s with "secondary storage not
+#    responding", the VM running, its agent answering, not frozen, no job,
+#    no new checkpoint; so does one whose export hangs while its job copies.
+#    After the thaw (SIGCONT) the next backup succeeds and equals the disks.
+# VM starts with the export frozen and the hook installed: hook.sh.
 . "$(dirname "$0")/../lib/functions.sh"
 . "$(dirname "$0")/../lib/kboss.sh"
 
-HOOKS=/etc/libvirt/hooks/qemu.d
-HOOK_BIN=${KBOSS_HOOKDIR:-$KBT_TOPDIR/_build/hooks}/kboss-qemu-hook
-[ -x "$HOOK_BIN" ] || bail_out "the hook is not built: $HOOK_BIN"
 requires bindfs fusermount
 [ -c /dev/fuse ] || skip_all "no /dev/fuse"
 TIMEOUT=20
 
-plan 36
+plan 30
 start_libvirt || bail_out "libvirtd"
 kb_conf_init 8
 make_test_vm u 16 || bail_out "cannot define the test VM"
@@ -72,76 +67,17 @@ ok [ "$(kb kbossctl settings | awk '$1 == "storage.timeout" { print $3 }')" = $T
 make_test_vm k 1100 || bail_out "cannot define the kboss test VM"
 kb_assign k plain
 kdom=$(vm_domain k)
-make_test_vm n 16 || bail_out "cannot define the other test VM"
-ndom=$(vm_domain n)
 # data enough for a full backup to take a while
 qemu-io -f qcow2 -c "write -P 0x6d $((64 * 1048576)) $((900 * 1048576))" "$(vm_data_disk k)" >/dev/null
 b0=$(kb_backup k)
 ok [ -n "$b0" ] "a backup of the stopped kboss VM onto the export: $b0"
 ok 'virsh -q dumpxml --inactive "$kdom" | grep -q "urn:kboss:domain:1"' "... which carries kboss's element in its <metadata> now"
 
-# --- the hook, installed into libvirtd (pattern of hook.sh) ---
-LOG=$KBT_TMPDIR/hook.log
-SBIN=$KBT_TMPDIR/sbin
-mkdir -p "$SBIN"
-for p in kboss-backup kboss-restore kboss-validate; do
-	for f in "$KB_BINDIR"/*/"$p"; do [ -x "$f" ] && ln -s "$f" "$SBIN/$p"; done
-done
-restart_libvirtd() {
-	local pid i
-	pid=$(cat /var/run/libvirtd.pid 2>/dev/null)
-	[ -n "$pid" ] && kill -0 "$pid" 2>/dev/null || pid=$(pidof libvirtd)
-	if [ -n "$pid" ]; then
-		kill -TERM $pid
-		for ((i = 0; i < 150; i++)); do kill -0 $pid 2>/dev/null || break; sleep 0.2; done
-		if kill -0 $pid 2>/dev/null; then
-			echo "restart_libvirtd: libvirtd $pid hangs in its shutdown; killing it" >&2
-			kill -KILL $pid
-			for ((i = 0; i < 50; i++)); do kill -0 $pid 2>/dev/null || break; sleep 0.2; done
-		fi
-	fi
-	for ((i = 0; i < 300; i++)); do
-		virsh -q version >/dev/null 2>&1 && return 0
-		pidof libvirtd >/dev/null || libvirtd -d
-		sleep 0.2
-	done
-	return 1
-}
-[ -e "$HOOKS/kboss" ] && bail_out "$HOOKS/kboss exists already; not replacing it"
-mkdir -p "$HOOKS"
-cat > "$HOOKS/kboss.tmp" <<WRAP
-#!/bin/sh
-# kboss test wrapper (tests/integration/export-faults.sh, pid $$): libvirt scrubs the environment.
-# If the test died without removing it: do nothing (a failing hook blocks starts).
-[ -x '$HOOK_BIN' ] && [ -f '$KBOSS_CONF' ] || exit 0
-KBOSS_CONF='$KBOSS_CONF' KBOSS_SBINDIR='$SBIN' KBOSS_HOOK_LOG='$LOG'
-export KBOSS_CONF KBOSS_SBINDIR KBOSS_HOOK_LOG
-exec '$HOOK_BIN' "\$@"
-WRAP
-chmod 0755 "$HOOKS/kboss.tmp" && mv "$HOOKS/kboss.tmp" "$HOOKS/kboss"
-cleanup_push 'rm -f "$HOOKS/kboss"; rmdir "$HOOKS" 2>/dev/null; restart_libvirtd'
-restart_libvirtd || bail_out "libvirtd did not come back after the restart"
-
 # seconds since T0 (one decimal)
 since() { echo "$(date +%s%N) $1" | awk '{ printf "%.1f", ($1 - $2) / 1e9 }'; }
 lt() { awk -v a="$1" -v b="$2" 'BEGIN { exit !(a < b) }'; }
 
-freeze
-t0=$(date +%s%N)
-timeout 60 virsh -q start "$kdom" >/dev/null; rc=$?
-tk=$(since $t0)
-ok '[ $rc -eq 0 ] && lt $tk 15' "export frozen: virsh start of the kboss VM returns in $tk s"
-t0=$(date +%s%N)
-timeout 60 virsh -q start "$ndom" >/dev/null; rc=$?
-tn=$(since $t0)
-ok '[ $rc -eq 0 ] && lt $tn 15' "export frozen: virsh start of a VM kboss does not know returns in $tn s"
-t0=$(date +%s%N)
-timeout 60 virsh -q destroy "$ndom" >/dev/null; rc=$?
-td=$(since $t0)
-ok '[ $rc -eq 0 ] && lt $td 15' "export frozen: virsh destroy (stopped hook) returns in $td s"
-ok wait_agent k 240 "the kboss VM boots and its agent answers while the export is frozen"
-thaw
-
+start_vm k && wait_agent k 300 || bail_out "the guest did not answer"
 # A backup of the running VM, quiesced, with the export frozen first.
 guest_write_pattern k /dev/vdb 0 1048576 0x5c || bail_out "guest write"
 b1=$(kb_backup k)
@@ -200,6 +136,3 @@ b2=$(kb_backup k)
 ok [ -n "$b2" ] "after the thaw the next backup succeeds: $b2"
 ok qemu-img compare -q "$(kb_backup_file "$b2" vdb)" "$(vm_data_disk k)" "... its data disk equals the VM's"
 ok qemu-img compare -q "$(kb_backup_file "$b2" vda)" "$(vm_disk k)" "... its root disk equals the VM's"
-ok '! grep -q "kboss-backup\|kboss-restore" <(grep -F "$ndom" "$LOG")' "the hook started nothing for the VM kboss does not know"
-diag "hook log:"
-diag "$(cat "$LOG" 2>/dev/null)"
