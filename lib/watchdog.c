@@ -23,6 +23,8 @@
 #define MAX_NOTES 32
 
 static int note_fd = -1;       /* worker: write end of the notes pipe */
+static char **probe_paths;     /* supervisor: what the probe opens */
+static size_t n_probe_paths;
 
 struct note {
   char *key, *value;
@@ -71,6 +73,15 @@ static void set_note(const char *key, const char *value)
 bool kb_watchdog_active(void)
 {
   return note_fd >= 0;
+}
+
+void kb_watchdog_wait_export(void)
+{
+  for (size_t i = 0; i < n_probe_paths; i++) {
+    int d = open(probe_paths[i], O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (d >= 0)
+      close(d);
+  }
 }
 
 void kb_watchdog_note(const char *key, const char *value)
@@ -310,6 +321,8 @@ int kb_watchdog_start(const struct kb_config *cfg, kb_watchdog_recover_fn recove
       ;
     exit(exit_status(status));
   }
+  probe_paths = paths;
+  n_probe_paths = npaths;
   supervise(worker, probe, notes_p[0], beats_p[0], (unsigned) timeout, paths, npaths, recover);
   _exit(1);
 }

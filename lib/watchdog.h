@@ -38,6 +38,10 @@ typedef char *(*kb_watchdog_recover_fn)(void);
  * KBOSS_NO_WATCHDOG=1 in the environment: nothing is split (returns 0). */
 int kb_watchdog_start(const struct kb_config *cfg, kb_watchdog_recover_fn recover);
 
+/* Block until every probed store answers an open again (for a detached
+ * process that finishes a recovery once the export is back). */
+void kb_watchdog_wait_export(void);
+
 /* Worker: tell the supervisor KEY = VALUE (one line; no-op when not
  * supervised). VALUE NULL clears KEY. */
 void kb_watchdog_note(const char *key, const char *value);

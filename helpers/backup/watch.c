@@ -1,9 +1,12 @@
 /* kboss-backup under the export watchdog (lib/watchdog.h): what the
  * supervisor undoes after it killed a worker that hung on secondary
  * storage. It uses libvirt only, never the export: the guest is thawed if
- * the worker froze it, the backup job is aborted, the job's new checkpoint
- * deleted, and a VM started paused for the backup stopped again. The
- * catalog still says BackingUp; the next run normalizes it. */
+ * the worker froze it; a VM started paused for the backup is stopped again
+ * (which ends its job); the backup job of a running VM is aborted, and the
+ * job's new checkpoint deleted, by a detached process as soon as the
+ * export answers again (an abort while qemu's writes hang on the export
+ * blocks qemu's monitor, and with it the guest agent). The catalog still
+ * says BackingUp; the next run normalizes it. */
 #include <config.h>
 
 #include <errno.h>
@@ -11,6 +14,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <fcntl.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include "backup.h"
@@ -40,6 +45,58 @@ static void add(char **text, const char *fmt, ...)
   }
 }
 
+/* Detached (double fork, new session): wait until the export answers,
+ * then abort the VM's backup job and remove checkpoint CP. */
+static int finish_later(const char *uuid, const char *cp)
+{
+  pid_t pid = fork();
+  int status;
+
+  if (pid < 0)
+    return -errno;
+  if (pid == 0) {
+    virConnectPtr conn = NULL;
+    virDomainPtr dom = NULL;
+    int fd;
+
+    if (setsid() < 0 || (pid = fork()) < 0)
+      _exit(1);
+    if (pid > 0)
+      _exit(0);
+    fd = open("/dev/null", O_RDWR | O_CLOEXEC);
+    if (fd >= 0) {
+      (void) dup2(fd, 0);
+      (void) dup2(fd, 1);
+    }
+    alarm(0);
+    kb_watchdog_wait_export();
+    if (kb_virt_connect(watch_uri, &conn) == 0 && kb_virt_lookup(conn, uuid, &dom) == 0) {
+      struct bk_vm v;
+      virDomainJobInfo info;
+
+      memset(&v, 0, sizeof v);
+      v.conn = conn;
+      v.dom = dom;
+      v.name = (char *) virDomainGetName(dom);
+      (void) virDomainAbortJob(dom);
+      for (int k = 0; k < 600; k++) {
+        if (virDomainGetJobInfo(dom, &info) < 0 || info.type == VIR_DOMAIN_JOB_NONE)
+          break;
+        usleep(100 * 1000);
+      }
+      if (cp && kb_name_ok(cp))
+        (void) bk_checkpoint_delete(&v, cp);
+      virDomainFree(dom);
+    }
+    if (conn)
+      virConnectClose(conn);
+    _exit(0);
+  }
+  while (waitpid(pid, &status, 0) < 0 && errno == EINTR)
+    ;
+  return WIFEXITED(status) && WEXITSTATUS(status) == 0 ? 0 : -ECHILD;
+}
+
 static char *bk_recover(void)
 {
   const char *uuid = kb_watchdog_get("vm");
@@ -65,28 +122,29 @@ static char *bk_recover(void)
     else
       add(&did, "%s", "its filesystems were thawed");
   }
-  if (kb_watchdog_get("job")) {
-    virDomainJobInfo info;
-    int k;
-    (void) virDomainAbortJob(v.dom);
-    for (k = 0; k < 150; k++) {
-      if (virDomainGetJobInfo(v.dom, &info) < 0 || info.type == VIR_DOMAIN_JOB_NONE)
-        break;
-      usleep(100 * 1000);
-    }
-    add(&did, "%s", k < 150 ? "the backup job was aborted" : "the backup job was told to abort but still runs");
+  if (kb_watchdog_get("started-paused") && virDomainIsActive(v.dom) == 1) {
+    /* Stopping the paused VM ends its job too; qemu dies even with
+     * requests stuck on the export. */
+    if (virDomainDestroy(v.dom) < 0)
+      add(&did, "the VM, started paused for the backup, could not be stopped (%s)", kb_virt_error());
+    else
+      add(&did, "%s", "the VM, started paused for the backup, was stopped again");
+  } else if (kb_watchdog_get("job")) {
+    /* Aborting now would make qemu wait for the writes stuck on the export
+     * while it holds its monitor, and libvirt the guest agent: the job
+     * keeps waiting instead, and is aborted (its checkpoint removed) as
+     * soon as the export answers again. */
+    if (finish_later(uuid, cp) == 0) {
+      add(&did, "%s", "its backup job is aborted and its checkpoint removed as soon as the export answers again");
+      cp = NULL;
+    } else
+      add(&did, "%s", "its backup job could not be handed over: abort it with virsh domjobabort");
   }
   if (cp && kb_name_ok(cp)) {
     if (bk_checkpoint_delete(&v, cp) < 0)
       add(&did, "its checkpoint %s could not be removed (the next backup removes it)", cp);
     else
       add(&did, "its checkpoint %s was removed", cp);
-  }
-  if (kb_watchdog_get("started-paused") && virDomainIsActive(v.dom) == 1) {
-    if (virDomainDestroy(v.dom) < 0)
-      add(&did, "the VM, started paused for the backup, could not be stopped (%s)", kb_virt_error());
-    else
-      add(&did, "%s", "the VM, started paused for the backup, was stopped again");
   }
   if (!did)
     add(&did, "VM %s was not changed", v.name);
