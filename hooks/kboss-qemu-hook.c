@@ -51,6 +51,7 @@
 #include "lock.h"
 #include "log.h"
 #include "record.h"
+#include "store.h"
 #include "util.h"
 
 #ifndef SBINDIR
@@ -280,7 +281,8 @@ static int vm_view_load(const char *uuid, struct vm_view *v)
   alarm((unsigned) kb_config_int(v->cfg, NULL, "storage.timeout"));
   r = kb_catalog_open(v->cfg, &v->cat);
   if (r < 0) {
-    note("cannot open the catalog: %s", strerror(-r));
+    note("cannot open the catalog under %s: %s", kb_config_str(v->cfg, NULL, "secondary.path"),
+         kb_store_strerror(r));
     return r;
   }
   r = kb_vm_load(v->cat, uuid, &v->rec);
