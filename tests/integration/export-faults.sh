@@ -62,6 +62,7 @@ cleanup_push "kill -CONT $bindfs_pid 2>/dev/null"
 freeze() { kill -STOP "$bindfs_pid"; }
 thaw() { kill -CONT "$bindfs_pid"; }
 sed -i "s|^secondary.path = .*|secondary.path = $export\nstorage.timeout = $TIMEOUT|" "$KBOSS_CONF"
+KB_SECONDARY=$export   # where kb_backup_field & co. look
 ok [ "$(kb kbossctl settings | awk '$1 == "storage.timeout" { print $3 }')" = $TIMEOUT ] \
 	"storage.timeout = $TIMEOUT s; the export is a FUSE mount point (no mark needed)"
 make_test_vm k 1100 || bail_out "cannot define the kboss test VM"
@@ -85,10 +86,10 @@ ok [ "$(kb_backup_field "$b1" type)" = incremental ] "with the export thawed a b
 cps_before=$(virsh -q checkpoint-list --name "$kdom" | sort | tr '\n' ' ')
 freeze
 t0=$(date +%s%N)
-out=$(timeout $((TIMEOUT + 120)) "$KB_BINDIR"/backup/kboss-backup --quiesce "$kdom" 2>&1); rc=$?
+out=$(timeout $((TIMEOUT + 120)) "$KB_BINDIR"/backup/kboss-backup --quiesce "$kdom" 2>&1); brc=$?
 tb=$(since $t0)
 diag "$out"
-ok '[ $rc -eq 1 ] && lt $tb $((TIMEOUT + 30))' "export frozen: the backup fails in $tb s (storage.timeout $TIMEOUT s)"
+ok '[ $brc -eq 1 ] && lt $tb $((TIMEOUT + 30))' "export frozen: the backup fails in $tb s (storage.timeout $TIMEOUT s)"
 ok 'grep -q "secondary storage not responding" <<<"$out" && grep -qF "$export" <<<"$out"' \
 	"... saying secondary storage is not responding, and where"
 ok [ "$(vm_state k)" = running ] "... the VM is running"
@@ -118,10 +119,10 @@ ok 'virsh domjobinfo "$kdom" 2>/dev/null | grep -q "Operation: *Backup"' "the fu
 freeze
 t0=$(date +%s%N)
 for ((i = 0; i < (TIMEOUT + 60) * 5; i++)); do kill -0 $bk 2>/dev/null || break; sleep 0.2; done
-wait $bk; rc=$?
+wait $bk; brc=$?
 tm=$(since $t0)
 diag "$(cat "$KBT_TMPDIR/mid.out")"
-ok '[ $rc -eq 1 ] && lt $tm $((TIMEOUT + 30))' "export frozen mid-copy: the backup fails in $tm s after the freeze"
+ok '[ $brc -eq 1 ] && lt $tm $((TIMEOUT + 30))' "export frozen mid-copy: the backup fails in $tm s after the freeze"
 ok grep -q "secondary storage not responding" "$KBT_TMPDIR/mid.out" "... saying secondary storage is not responding"
 ok [ "$(vm_state k)" = running ] "... the VM is running"
 ok 'agent_command k "{\"execute\":\"guest-ping\"}" 5 | grep -q return && kb_guest_thawed k' \

@@ -216,17 +216,17 @@ since() { echo "$(date +%s%N) $1" | awk '{ printf "%.1f", ($1 - $2) / 1e9 }'; }
 lt() { awk -v a="$1" -v b="$2" 'BEGIN { exit !(a < b) }'; }
 kill -STOP "$bindfs_pid"
 t0=$(date +%s%N)
-timeout 60 virsh -q start --paused "$dom" >/dev/null; rc=$?
+timeout 60 virsh -q start --paused "$dom" >/dev/null; vrc=$?
 tk=$(since $t0)
-ok '[ $rc -eq 0 ] && lt $tk 15' "export frozen: virsh start of the kboss VM returns in $tk s"
+ok '[ $vrc -eq 0 ] && lt $tk 15' "export frozen: virsh start of the kboss VM returns in $tk s"
 t0=$(date +%s%N)
-timeout 60 virsh -q start --paused "$ndom" >/dev/null; rc=$?
+timeout 60 virsh -q start --paused "$ndom" >/dev/null; vrc=$?
 tn=$(since $t0)
-ok '[ $rc -eq 0 ] && lt $tn 15' "export frozen: virsh start of a VM kboss does not know returns in $tn s"
+ok '[ $vrc -eq 0 ] && lt $tn 15' "export frozen: virsh start of a VM kboss does not know returns in $tn s"
 t0=$(date +%s%N)
-timeout 60 virsh -q destroy "$dom" >/dev/null && timeout 60 virsh -q destroy "$ndom" >/dev/null; rc=$?
+timeout 60 virsh -q destroy "$dom" >/dev/null && timeout 60 virsh -q destroy "$ndom" >/dev/null; vrc=$?
 td=$(since $t0)
-ok '[ $rc -eq 0 ] && lt $td 15' "export frozen: virsh destroy of both returns in $td s"
+ok '[ $vrc -eq 0 ] && lt $td 15' "export frozen: virsh destroy of both returns in $td s"
 kill -CONT "$bindfs_pid"
 ok '! grep -F "$ndom" "$LOG" | grep -q "started "' "the hook started nothing for the VM kboss does not know"
 diag "hook log:"
