@@ -90,7 +90,12 @@ char *kb_catalog_locks_dir(const struct kb_catalog *cat);
 int kb_catalog_mkdirs(const struct kb_catalog *cat, const char *dir);
 
 /* --- Listing --- */
-/* NULL-terminated arrays of names, sorted; free with kb_strv_free. */
+/* NULL-terminated arrays of names, sorted; free with kb_strv_free.  At most
+ * KB_CATALOG_LIST_MAX names per folder: a folder holding more (junk planted
+ * on the export) is listed that far, and kb_catalog_list_cut() counts the
+ * listings of this process that were cut, for the caller to report. */
+#define KB_CATALOG_LIST_MAX 65536
+unsigned kb_catalog_list_cut(void);
 int kb_catalog_list_vms(const struct kb_catalog *cat, char ***ret_uuids);
 int kb_catalog_list_chains(const struct kb_catalog *cat, const char *vm_uuid, char ***ret);
 int kb_catalog_list_backups(const struct kb_catalog *cat, const char *vm_uuid, const char *chain,
