@@ -251,7 +251,7 @@ int kb_local_restoring(const char *uuid, long *ret_pid)
   if (!want && start_time(pid, &have) == 0)
     want = have;  /* no start time recorded: any process of that pid */
   /* Gone, reused, or a zombie: not restoring. */
-  if (kb_proc_alive(kb_hostname(), kb_boot_id(), pid, want) == 0)
+  if (kb_proc_alive(kb_hostname(), kb_machine_id(), kb_boot_id(), kb_pid_ns(), pid, want) == 0)
     return 0;
   if (ret_pid)
     *ret_pid = pid;
