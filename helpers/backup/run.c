@@ -18,6 +18,7 @@
 #include "record.h"
 #include "util.h"
 #include "store.h"
+#include "watchdog.h"
 
 struct bk_disk {
   const struct kb_disk *d;
@@ -790,6 +791,7 @@ int bk_run(struct bk_vm *v, const struct bk_opts *opts, char **ret_error)
       goto fail_early;
     }
     j.started_paused = true;
+    kb_watchdog_note("started-paused", "1");
   }
   j.live_xml = virDomainGetXMLDesc(v->dom, 0);
   if (!j.live_xml) {
@@ -851,6 +853,9 @@ int bk_run(struct bk_vm *v, const struct bk_opts *opts, char **ret_error)
     test_hold_after_freeze();
   }
   j.job_begun = true;   /* from here a checkpoint may exist */
+  kb_watchdog_note("job", "1");
+  if (!opts->isolated)
+    kb_watchdog_note("checkpoint", j.id);
   r = virDomainBackupBegin(v->dom, bxml, cpxml, VIR_DOMAIN_BACKUP_BEGIN_REUSE_EXTERNAL);
   if (r < 0)
     berr = strdup(kb_virt_error());   /* before the thaw resets it */
@@ -877,6 +882,8 @@ int bk_run(struct bk_vm *v, const struct bk_opts *opts, char **ret_error)
   kb_progress_start(&j.progress, "backup", 0);
   r = kb_virt_wait_job(v->dom, &bk_cancel, on_progress, &j, &jerr);
   kb_progress_end(&j.progress);
+  if (r == 0)
+    kb_watchdog_note("job", NULL);
   if (r < 0) {
     *ret_error = r == -EINTR ? kb_printf("VM %s: backup interrupted", v->name)
                              : kb_printf("VM %s: the backup job failed: %s", v->name, jerr ? jerr : "?");
@@ -897,6 +904,7 @@ int bk_run(struct bk_vm *v, const struct bk_opts *opts, char **ret_error)
     *ret_error = kb_printf("VM %s: cannot record the backup: %s", v->name, strerror(-r));
     goto fail;
   }
+  kb_watchdog_note("checkpoint", NULL);   /* recorded: it stays */
   if (!opts->isolated)
     prune_checkpoints(&j);
   if (j.started_paused && virDomainDestroyFlags(v->dom, VIR_DOMAIN_DESTROY_GRACEFUL) < 0 &&

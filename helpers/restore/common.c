@@ -17,10 +17,12 @@
 
 #include "chain.h"
 #include "domxml.h"
+#include "localstate.h"
 #include "lock.h"
 #include "log.h"
 #include "restore.h"
 #include "util.h"
+#include "watchdog.h"
 
 int rs_open_vm(struct rs_ctx *c, const char *vm_uuid, const char *purpose, char **ret_error)
 {
@@ -45,6 +47,9 @@ int rs_open_vm(struct rs_ctx *c, const char *vm_uuid, const char *purpose, char 
                              : kb_printf("VM %s: cannot take its lock: %s", c->vm_name, strerror(-r));
     return r;
   }
+  /* Local facts for the qemu hook, which must not read the export. */
+  (void) kb_local_mark_vm(c->uuid);
+  (void) kb_virt_mark_domain(c->dom);
   r = kb_vm_load(c->cat, c->uuid, &c->rec);
   if (r == -ENOENT) {
     c->rec = kb_doc_new();
@@ -61,7 +66,20 @@ int rs_open_vm(struct rs_ctx *c, const char *vm_uuid, const char *purpose, char 
 
 int rs_set_state(struct rs_ctx *c, const char *state, const char *error)
 {
-  return kb_vm_set_state(c->cat, c->uuid, c->rec, state, error);
+  int r;
+
+  /* While Restoring, the local marker makes the hook refuse a start
+   * without asking the export; it is there before the record says so. */
+  if (KB_STREQ(state, KB_VM_RESTORING)) {
+    r = kb_local_restoring_begin(c->uuid);
+    if (r < 0)
+      return r;
+    kb_watchdog_note("restoring", c->uuid);
+  }
+  r = kb_vm_set_state(c->cat, c->uuid, c->rec, state, error);
+  if (!KB_STREQ(state, KB_VM_RESTORING) || r < 0)
+    kb_local_restoring_end(c->uuid);
+  return r;
 }
 
 /* The restored disks no longer match the VM's bitmaps: end the chain and

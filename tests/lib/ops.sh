@@ -13,6 +13,8 @@
 #                                            domain.xml), its file-name
 #                                            checksum recomputed, as any host
 #                                            with write access to the export can
+#   ops_fake_restoring UUID PID              the local marker of a restore of
+#                                            VM UUID by the live process PID
 
 ops_vm_dir() {
 	local uuid
@@ -66,4 +68,12 @@ ops_fake_lock() {
 # newest generation file of a backup's record
 ops_backup_record_file() {
 	find "$KB_SECONDARY/kboss/vms" -path "*/$1/backup.*.ini" 2>/dev/null | sort | tail -n1
+}
+
+ops_fake_restoring() {
+	local uuid=$1 pid=$2 start
+	start=$(sed 's/.*) //' "/proc/$pid/stat" | cut -d' ' -f20)
+	mkdir -p /run/kboss/restoring && chmod 0700 /run/kboss /run/kboss/restoring
+	printf 'pid=%s\nstart_time=%s\n' "$pid" "$start" > "/run/kboss/restoring/$uuid"
+	chmod 0600 "/run/kboss/restoring/$uuid"
 }
