@@ -35,6 +35,7 @@ void cp_settings_load(const struct kb_config *cfg, const char *vm, struct cp_set
   s->min_free = kb_config_real(cfg, vm, "backup.compression.minimum.free.storage");
   s->coroutines = kb_config_int(cfg, vm, "backup.compression.coroutines");
   s->rate_mb = kb_config_int(cfg, vm, "backup.compression.rate.limit");
+  s->cluster_kib = kb_config_int(cfg, vm, "backup.compression.cluster.size");
   if (s->max_retries < 1)
     s->max_retries = 1;
 }
@@ -108,10 +109,39 @@ static void recover_stale(const struct kb_config *cfg, const struct kb_catalog *
                                      kb_doc_get(job, "job", "pid") ? kb_doc_get(job, "job", "pid") : "?");
 
   cp_settings_load(cfg, kb_doc_get(job, "job", "vm_name"), &s);
+  bool finished = false, pending_left = false;
+
   memset(&ref, 0, sizeof ref);
   if (kb_doc_get(job, "job", "backup") && kb_backup_find(cat, kb_doc_get(job, "job", "backup"), &ref) == 0) {
-    cp_remove_temps(cat, &ref);
+    /* A swap it left pending is finished first (it needs the temporary
+     * files that are then removed). */
+    if (cp_swap_pending(ref.doc)) {
+      CLEANUP_FREE char *err = NULL;
+      struct kb_backup_ref again;
+      if (cp_finish_swap(cat, &ref, &err) < 0)
+        kb_warn("job %s: %s", job_id, err ? err : "cannot finish the interrupted swap");
+      memset(&again, 0, sizeof again);
+      pending_left = true;
+      if (kb_backup_find(cat, ref.id, &again) == 0) {
+        pending_left = cp_swap_pending(again.doc);
+        finished = !pending_left && kb_doc_get_bool(again.doc, "backup", "compressed", false);
+        kb_backup_ref_clear(&again);
+      }
+    }
+    if (!pending_left)
+      cp_remove_temps(cat, &ref);
     kb_backup_ref_clear(&ref);
+  }
+  if (finished) {
+    char now[32];
+    kb_format_time(kb_now(), now, sizeof now);
+    (void) kb_doc_set(job, "job", "state", KB_JOB_DONE);
+    (void) kb_doc_set(job, "job", "last_error", NULL);
+    (void) kb_doc_set(job, "job", "next_attempt", NULL);
+    (void) kb_doc_set(job, "job", "finished", now);
+    (void) kb_doc_set(job, "job", "pid", NULL);
+    kb_warn("job %s: %s; its swap was finished", job_id, why);
+    return;
   }
   record_failure(job, &s, why);
   kb_warn("job %s: %s; %s", job_id, why,
@@ -215,6 +245,23 @@ static int attempt(const struct kb_config *cfg, const struct kb_catalog *cat, co
     code = AT_FAILED;
     goto save;
   }
+  if (cp_swap_pending(ref.doc)) {
+    /* Left by a run that was killed and whose recovery could not finish
+     * it then (e.g. the backup was locked): finish it now. */
+    r = cp_finish_swap(cat, &ref, &err);
+    if (r < 0) {
+      code = AT_POSTPONED;
+      goto postpone;
+    }
+    kb_backup_ref_clear(&ref);
+    r = kb_backup_find(cat, kb_doc_get(job, "job", "backup"), &ref);
+    if (r < 0) {
+      err = kb_printf("backup %s no longer exists", kb_doc_get(job, "job", "backup"));
+      final_failure(job, err);
+      code = AT_FAILED;
+      goto save;
+    }
+  }
   if (kb_doc_get_bool(ref.doc, "backup", "compressed", false)) {
     (void) kb_doc_set(job, "job", "state", KB_JOB_DONE);
     (void) kb_doc_set(job, "job", "last_error", NULL);
@@ -277,11 +324,13 @@ static int attempt(const struct kb_config *cfg, const struct kb_catalog *cat, co
     goto out;
   }
 
+  cp_test_point("executing");
   cp_test_log("start", job_id);
   kb_info("job %s: compressing backup %s of VM %s (%s)", job_id, ref.id, vm_name ? vm_name : "?",
           cp_library(cfg, &ref));
   r = cp_compress_backup(cfg, cat, &ref, &s, job_lock, kb_mono_ms() + s.timeout_s * 1000, &res, &err);
   cp_test_log("end", job_id);
+  cp_test_point("returned");
   kb_lock_release(host_slot);
   kb_lock_release(zone_slot);
   host_slot = zone_slot = NULL;
