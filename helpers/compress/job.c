@@ -98,8 +98,10 @@ static void final_failure(struct kb_doc *job, const char *why)
   (void) kb_doc_set(job, "job", "pid", NULL);
 }
 
-/* JOB is Executing and we hold its lock: its runner died. */
-static void recover_stale(const struct kb_config *cfg, const struct kb_catalog *cat, const char *job_id,
+/* JOB is Executing and we hold its lock: its runner died. Returns true
+ * when that counts as a failed attempt, false when the runner had got as
+ * far as the swap (finished here if it was left pending): the job is Done. */
+static bool recover_stale(const struct kb_config *cfg, const struct kb_catalog *cat, const char *job_id,
                           struct kb_doc *job)
 {
   struct kb_backup_ref ref;
@@ -115,18 +117,18 @@ static void recover_stale(const struct kb_config *cfg, const struct kb_catalog *
   if (kb_doc_get(job, "job", "backup") && kb_backup_find(cat, kb_doc_get(job, "job", "backup"), &ref) == 0) {
     /* A swap it left pending is finished first (it needs the temporary
      * files that are then removed). */
+    struct kb_backup_ref again;
     if (cp_swap_pending(ref.doc)) {
       CLEANUP_FREE char *err = NULL;
-      struct kb_backup_ref again;
       if (cp_finish_swap(cat, &ref, &err) < 0)
         kb_warn("job %s: %s", job_id, err ? err : "cannot finish the interrupted swap");
-      memset(&again, 0, sizeof again);
-      pending_left = true;
-      if (kb_backup_find(cat, ref.id, &again) == 0) {
-        pending_left = cp_swap_pending(again.doc);
-        finished = !pending_left && kb_doc_get_bool(again.doc, "backup", "compressed", false);
-        kb_backup_ref_clear(&again);
-      }
+    }
+    memset(&again, 0, sizeof again);
+    pending_left = cp_swap_pending(ref.doc);
+    if (kb_backup_find(cat, ref.id, &again) == 0) {
+      pending_left = cp_swap_pending(again.doc);
+      finished = !pending_left && kb_doc_get_bool(again.doc, "backup", "compressed", false);
+      kb_backup_ref_clear(&again);
     }
     if (!pending_left)
       cp_remove_temps(cat, &ref);
@@ -140,12 +142,13 @@ static void recover_stale(const struct kb_config *cfg, const struct kb_catalog *
     (void) kb_doc_set(job, "job", "next_attempt", NULL);
     (void) kb_doc_set(job, "job", "finished", now);
     (void) kb_doc_set(job, "job", "pid", NULL);
-    kb_warn("job %s: %s; its swap was finished", job_id, why);
-    return;
+    kb_warn("job %s: %s after the backup was compressed; the job is done", job_id, why);
+    return false;
   }
   record_failure(job, &s, why);
   kb_warn("job %s: %s; %s", job_id, why,
           KB_STREQ(kb_doc_get(job, "job", "state"), KB_JOB_FAILED) ? "no attempts left" : "scheduled again");
+  return true;
 }
 
 static int find_in_use(const struct kb_doc *b, char **ret_error)
@@ -441,10 +444,10 @@ int cp_run(const struct kb_config *cfg, const struct kb_catalog *cat)
           struct kb_doc *again = NULL;
           if (kb_job_load(cat, ids[i], &again) == 0 && kb_doc_get(again, "job", "state") &&
               KB_STREQ(kb_doc_get(again, "job", "state"), KB_JOB_EXECUTING)) {
-            recover_stale(cfg, cat, ids[i], again);
+            if (recover_stale(cfg, cat, ids[i], again))
+              failures++;
             if (kb_job_save(cat, ids[i], again) < 0)
               kb_err("job %s: cannot save it", ids[i]);
-            failures++;
           }
           kb_doc_free(again);
           kb_lock_release(l);
