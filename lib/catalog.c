@@ -12,6 +12,7 @@
 
 #include "catalog.h"
 #include "kbconfig.h"
+#include "store.h"
 #include "util.h"
 
 struct kb_catalog {
@@ -134,18 +135,17 @@ int kb_catalog_open_at(const char *secondary_path, const struct kb_store *stores
 {
   static const char *const subdirs[] = { "vms", "jobs", "locks" };
   struct kb_catalog *cat;
-  struct stat st;
   size_t i;
   int r;
 
   if (!secondary_path || secondary_path[0] != '/')
     return -EINVAL;
-  /* The mount point must exist: creating it would put the catalog on the
-   * local disk of a host whose NFS mount failed. */
-  if (stat(secondary_path, &st) < 0)
-    return -errno;
-  if (!S_ISDIR(st.st_mode))
-    return -ENOTDIR;
+  /* A mount point, or marked by kbossctl init-store: creating the catalog
+   * in the empty folder of a failed NFS mount would put host-local locks
+   * and backups on the host's own disk. */
+  r = kb_store_check(secondary_path);
+  if (r < 0)
+    return r;
   cat = calloc(1, sizeof *cat);
   if (!cat)
     return -ENOMEM;
@@ -444,12 +444,36 @@ static char *slot_prefix(const char *kind, const char *host)
   return host ? kb_printf("%s.host-%s.", kind, host) : kb_printf("%s.zone.", kind);
 }
 
+/* Zone-wide slots live on the export; per-host slots need nothing shared
+ * and live under the host's own run directory (a local tmpfs), where a
+ * dead holder is always a process of this kernel. */
+static char *slot_dir(const struct kb_catalog *cat, const char *host, bool create)
+{
+  char *dir;
+  int r;
+
+  if (!host)
+    return kb_catalog_locks_dir(cat);
+  dir = kb_printf("%s/locks", kb_run_dir());
+  if (!dir) {
+    errno = ENOMEM;
+    return NULL;
+  }
+  if (create && (r = kb_mkdir_p(dir, 0700)) < 0) {
+    free(dir);
+    errno = -r;
+    return NULL;
+  }
+  return dir;
+}
+
 int kb_catalog_take_slot(const struct kb_catalog *cat, const char *kind, const char *host,
                          long long limit, const char *purpose, struct kb_lock **ret)
 {
   CLEANUP_FREE char *locks = NULL;
   CLEANUP_FREE char *prefix = slot_prefix(kind, host);
   long long i;
+  int pass;
 
   if (!prefix)
     return -EINVAL;
@@ -457,18 +481,21 @@ int kb_catalog_take_slot(const struct kb_catalog *cat, const char *kind, const c
     *ret = NULL;
     return 0;
   }
-  locks = kb_catalog_locks_dir(cat);
+  locks = slot_dir(cat, host, true);
   if (!locks)
     return -errno;
-  for (i = 0; i < limit; i++) {
-    CLEANUP_FREE char *path = kb_printf("%s/%s%lld", locks, prefix, i);
-    int r;
-    if (!path)
-      return -ENOMEM;
-    r = kb_lock_take(path, purpose, 0, ret);
-    if (r != -EBUSY)
-      return r;
-  }
+  /* First a plain try of each slot; only when all are held, a silent
+   * holder's slot is watched (up to a lease) before it is broken. */
+  for (pass = 0; pass < 2; pass++)
+    for (i = 0; i < limit; i++) {
+      CLEANUP_FREE char *path = kb_printf("%s/%s%lld", locks, prefix, i);
+      int r;
+      if (!path)
+        return -ENOMEM;
+      r = pass == 0 ? kb_lock_try(path, purpose, ret) : kb_lock_take(path, purpose, 0, ret);
+      if (r != -EBUSY)
+        return r;
+    }
   return -EBUSY;
 }
 
@@ -485,12 +512,17 @@ int kb_catalog_count_slots(const struct kb_catalog *cat, const char *kind, const
 
   if (!prefix)
     return -EINVAL;
-  locks = kb_catalog_locks_dir(cat);
+  locks = slot_dir(cat, host, false);
   if (!locks)
     return -errno;
   fd = open(locks, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
-  if (fd < 0)
+  if (fd < 0) {
+    if (errno == ENOENT && host) {
+      *ret_held = 0;
+      return 0;
+    }
     return -errno;
+  }
   d = fdopendir(fd);
   if (!d) {
     close(fd);

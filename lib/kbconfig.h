@@ -77,6 +77,14 @@ struct kb_offering {
   char *file;                  /* where it was read from */
 };
 
+/* The validation step names (NULL-terminated), in the order documented,
+ * and the steps run when an offering lists none (validation_steps unset
+ * and validate = true, or a backup of no known offering). */
+extern const char *const kb_validation_steps[];
+extern const char *const kb_validation_default_steps[];
+/* The steps to run for a backup of offering OFF (NULL: unknown). */
+const char *const *kb_offering_steps(const struct kb_offering *off);
+
 struct kb_store {
   char *name;
   char *path;

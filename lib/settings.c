@@ -13,7 +13,10 @@
 #include "util.h"
 
 #define ANY -INFINITY, INFINITY
-#define ATLEAST(n) (n), INFINITY
+/* Every integer setting has a finite range, so that what programs compute
+ * from one (seconds * 1000, hours * 3600, MB/s * 2^20) fits its type.
+ * Concurrency limits: below 1 means no limit; at most 1024 slots. */
+#define SLOTS -1, 1024
 
 const struct kb_setting_def kb_setting_defs[] = {
   /* The framework. */
@@ -21,27 +24,27 @@ const struct kb_setting_def kb_setting_defs[] = {
     "Whether the backup framework is enabled; kboss programs refuse to work when false." },
   { "backup.framework.provider.plugin", KB_TYPE_STRING, KB_SCOPE_ZONE, "dummy", ANY,
     "Backup provider; kboss programs require \"kboss\"." },
-  { "backup.chain.size", KB_TYPE_INT, KB_SCOPE_ZONE, "8", ATLEAST(1),
+  { "backup.chain.size", KB_TYPE_INT, KB_SCOPE_ZONE, "8", 1, 1000,
     "Backups in an incremental chain (the full one included); an offering's backup_chain_size overrides it." },
 
   /* Compression. */
   { "backup.compression.task.enabled", KB_TYPE_BOOL, KB_SCOPE_ZONE, "true", ANY,
     "Whether compression jobs are scheduled and run." },
-  { "backup.compression.max.concurrent.operations.per.host", KB_TYPE_INT, KB_SCOPE_CLUSTER, "5", ANY,
+  { "backup.compression.max.concurrent.operations.per.host", KB_TYPE_INT, KB_SCOPE_CLUSTER, "5", SLOTS,
     "Compression jobs running at once on one host; below 1 means no limit." },
-  { "backup.compression.max.concurrent.operations", KB_TYPE_INT, KB_SCOPE_ZONE, "10", ANY,
+  { "backup.compression.max.concurrent.operations", KB_TYPE_INT, KB_SCOPE_ZONE, "10", SLOTS,
     "Compression jobs running at once in the zone; below 1 means no limit." },
-  { "backup.compression.max.job.retries", KB_TYPE_INT, KB_SCOPE_ZONE, "2", ATLEAST(0),
+  { "backup.compression.max.job.retries", KB_TYPE_INT, KB_SCOPE_ZONE, "2", 0, 100,
     "Attempts at a compression job before it is given up." },
-  { "backup.compression.retry.interval", KB_TYPE_INT, KB_SCOPE_ZONE, "60", ATLEAST(0),
+  { "backup.compression.retry.interval", KB_TYPE_INT, KB_SCOPE_ZONE, "60", 0, 10080,
     "Minutes between attempts at a compression job." },
-  { "backup.compression.timeout", KB_TYPE_INT, KB_SCOPE_ZONE, "28800", ATLEAST(1),
+  { "backup.compression.timeout", KB_TYPE_INT, KB_SCOPE_ZONE, "28800", 1, 604800,
     "Seconds a compression job may run." },
-  { "backup.compression.minimum.free.storage", KB_TYPE_REAL, KB_SCOPE_ZONE, "1", ATLEAST(0),
+  { "backup.compression.minimum.free.storage", KB_TYPE_REAL, KB_SCOPE_ZONE, "1", 0, 1000,
     "Free space needed on the store to compress, as a multiple of the backup's size." },
   { "backup.compression.coroutines", KB_TYPE_INT, KB_SCOPE_CLUSTER, "1", 1, 64,
     "Compression threads per job." },
-  { "backup.compression.rate.limit", KB_TYPE_INT, KB_SCOPE_CLUSTER, "0", ANY,
+  { "backup.compression.rate.limit", KB_TYPE_INT, KB_SCOPE_CLUSTER, "0", -1, 1048576,
     "Compression rate limit in MB/s; below 1 means no limit." },
   { "backup.compression.cluster.size", KB_TYPE_INT, KB_SCOPE_ZONE, "2048", 64, 2048,
     "Cluster size in KiB of a compressed full backup (a power of two; incrementals keep theirs)." },
@@ -49,17 +52,17 @@ const struct kb_setting_def kb_setting_defs[] = {
   /* Validation. */
   { "backup.validation.task.enabled", KB_TYPE_BOOL, KB_SCOPE_ACCOUNT, "true", ANY,
     "Whether validation jobs are scheduled and run." },
-  { "backup.validation.interval", KB_TYPE_INT, KB_SCOPE_ACCOUNT, "24", ATLEAST(1),
+  { "backup.validation.interval", KB_TYPE_INT, KB_SCOPE_ACCOUNT, "24", 1, 8760,
     "Hours between two hash checks of the same validated backup." },
-  { "backup.validation.max.concurrent.operations", KB_TYPE_INT, KB_SCOPE_ZONE, "10", ANY,
+  { "backup.validation.max.concurrent.operations", KB_TYPE_INT, KB_SCOPE_ZONE, "10", SLOTS,
     "Validation jobs running at once in the zone; below 1 means no limit." },
-  { "backup.validation.max.concurrent.operations.per.host", KB_TYPE_INT, KB_SCOPE_CLUSTER, "1", ANY,
+  { "backup.validation.max.concurrent.operations.per.host", KB_TYPE_INT, KB_SCOPE_CLUSTER, "1", SLOTS,
     "Validation jobs running at once on one host; below 1 means no limit." },
-  { "backup.validation.boot.default.timeout", KB_TYPE_INT, KB_SCOPE_ACCOUNT, "240", ATLEAST(1),
+  { "backup.validation.boot.default.timeout", KB_TYPE_INT, KB_SCOPE_ACCOUNT, "240", 1, 86400,
     "Seconds the wait_for_boot step waits; the VM setting backupValidationBootTimeout overrides it." },
-  { "backup.validation.script.default.timeout", KB_TYPE_INT, KB_SCOPE_ACCOUNT, "60", ATLEAST(1),
+  { "backup.validation.script.default.timeout", KB_TYPE_INT, KB_SCOPE_ACCOUNT, "60", 1, 86400,
     "Seconds the execute_command step waits; the VM setting backupValidationCommandTimeout overrides it." },
-  { "backup.validation.screenshot.default.wait", KB_TYPE_INT, KB_SCOPE_ACCOUNT, "60", ATLEAST(0),
+  { "backup.validation.screenshot.default.wait", KB_TYPE_INT, KB_SCOPE_ACCOUNT, "60", 0, 3600,
     "Seconds before the screenshot step; the VM setting backupValidationScreenshotWait overrides it." },
   { "backup.validation.end.chain.on.fail", KB_TYPE_BOOL, KB_SCOPE_ACCOUNT, "true", ANY,
     "End the backup's chain when its validation fails." },
@@ -67,9 +70,9 @@ const struct kb_setting_def kb_setting_defs[] = {
     "Count validation VMs against account.max.vcpus and account.max.memory." },
 
   /* Account resource limits (for enforce.resource.limit.on.backup.validation.vm). */
-  { "account.max.vcpus", KB_TYPE_INT, KB_SCOPE_ACCOUNT, "-1", ATLEAST(-1),
+  { "account.max.vcpus", KB_TYPE_INT, KB_SCOPE_ACCOUNT, "-1", -1, 1048576,
     "vCPUs an account's running VMs may use; -1 means unlimited." },
-  { "account.max.memory", KB_TYPE_INT, KB_SCOPE_ACCOUNT, "-1", ATLEAST(-1),
+  { "account.max.memory", KB_TYPE_INT, KB_SCOPE_ACCOUNT, "-1", -1, 1073741824,
     "Memory in MiB an account's running VMs may use; -1 means unlimited." },
 
   /* Host and site. */
@@ -92,11 +95,11 @@ const struct kb_setting_def kb_setting_defs[] = {
     "Arguments of backupValidationCommand (split on blanks)." },
   { "backupValidationCommandExpectedResult", KB_TYPE_BASE64, KB_SCOPE_VM, NULL, ANY,
     "Expected output of the command, base64; without it the exit code must be 0." },
-  { "backupValidationCommandTimeout", KB_TYPE_INT, KB_SCOPE_VM, NULL, ATLEAST(1),
+  { "backupValidationCommandTimeout", KB_TYPE_INT, KB_SCOPE_VM, NULL, 1, 86400,
     "Overrides backup.validation.script.default.timeout for this VM." },
-  { "backupValidationScreenshotWait", KB_TYPE_INT, KB_SCOPE_VM, NULL, ATLEAST(0),
+  { "backupValidationScreenshotWait", KB_TYPE_INT, KB_SCOPE_VM, NULL, 0, 3600,
     "Overrides backup.validation.screenshot.default.wait for this VM." },
-  { "backupValidationBootTimeout", KB_TYPE_INT, KB_SCOPE_VM, NULL, ATLEAST(1),
+  { "backupValidationBootTimeout", KB_TYPE_INT, KB_SCOPE_VM, NULL, 1, 86400,
     "Overrides backup.validation.boot.default.timeout for this VM." },
 
   { NULL, 0, 0, NULL, 0, 0, NULL },
@@ -192,6 +195,8 @@ static void describe_range(const struct kb_setting_def *d, const char *what, cha
     snprintf(why, whylen, "must be %s of at least %g", what, d->min);
   else if (isinf(d->min))
     snprintf(why, whylen, "must be %s of at most %g", what, d->max);
+  else if (d->type == KB_TYPE_INT)   /* in full: "1073741824", not "1.07374e+09" */
+    snprintf(why, whylen, "must be %s from %.0f to %.0f", what, d->min, d->max);
   else
     snprintf(why, whylen, "must be %s from %g to %g", what, d->min, d->max);
 }

@@ -16,6 +16,7 @@
 #include "log.h"
 #include "record.h"
 #include "util.h"
+#include "store.h"
 
 struct bk_disk {
   const struct kb_disk *d;
@@ -80,7 +81,8 @@ static bool store_available(const struct kb_store *s, bool need_kboss_dir)
   struct stat st;
   CLEANUP_FREE char *k = kb_printf("%s/kboss", s->path);
 
-  if (lstat(s->path, &st) < 0 || !S_ISDIR(st.st_mode))
+  /* A mount point or a folder marked by kbossctl init-store (store.h). */
+  if (kb_store_check(s->path) < 0)
     return false;
   if (need_kboss_dir && (!k || lstat(k, &st) < 0 || !S_ISDIR(st.st_mode)))
     return false;
@@ -157,9 +159,7 @@ static int open_folder_to_qemu(const char *store_path, const char *dir)
 
 static long long chain_size(struct bk_job *j)
 {
-  if (j->off && j->off->backup_chain_size > 0)
-    return j->off->backup_chain_size;
-  return kb_config_int(j->v->cfg, j->v->name, "backup.chain.size");
+  return kb_config_chain_size(j->v->cfg, j->v->name);
 }
 
 static int plan_chain(struct bk_job *j, char **ret_error)
@@ -690,7 +690,7 @@ static void undo(struct bk_job *j, const char *error)
       usleep(100 * 1000);
     }
   }
-  if (j->frozen && virDomainFSThaw(v->dom, NULL, 0, 0) < 0) {
+  if (j->frozen && bk_thaw(v) < 0) {
     kb_err("VM %s: cannot thaw its filesystems: %s", v->name, kb_virt_error());
     clean = false;
   }
@@ -751,11 +751,24 @@ static void print_result(struct bk_job *j, uint64_t total, int64_t ms)
   }
 }
 
+/* Tests: KBOSS_TEST_HOLD_AFTER_FREEZE_MS keeps the guest frozen that long
+ * before the job starts, so that a test can kill the run while frozen. */
+static void test_hold_after_freeze(void)
+{
+  const char *env = getenv("KBOSS_TEST_HOLD_AFTER_FREEZE_MS");
+  long long ms;
+
+  if (!env || kb_parse_ll(env, &ms) < 0 || ms <= 0)
+    return;
+  for (; ms > 0 && !bk_cancel; ms -= 50)
+    usleep(50 * 1000);
+}
+
 int bk_run(struct bk_vm *v, const struct bk_opts *opts, char **ret_error)
 {
   struct bk_job j;
   const char *off_name = kb_config_vm_offering(v->cfg, v->name);
-  CLEANUP_FREE char *cpxml = NULL, *bxml = NULL, *jerr = NULL;
+  CLEANUP_FREE char *cpxml = NULL, *bxml = NULL, *jerr = NULL, *berr = NULL;
   int64_t t0 = kb_mono_ms();
   uint64_t total = 0;
   int r;
@@ -841,27 +854,35 @@ int bk_run(struct bk_vm *v, const struct bk_opts *opts, char **ret_error)
   }
 
   if (opts->quiesce) {
-    /* Do not wait forever for an agent that is not there. */
-    (void) virDomainAgentSetResponseTimeout(v->dom, 10, 0);
-    if (virDomainFSFreeze(v->dom, NULL, 0, 0) < 0) {
-      *ret_error = kb_printf("VM %s: cannot quiesce: the guest agent did not freeze the filesystems (%s)",
-                             v->name, kb_virt_error());
-      r = -EIO;
+    /* Recorded as this run's before the agent freezes: only such a freeze
+     * is ever thawed by kboss. */
+    r = bk_freeze(v, j.id, ret_error);
+    if (r < 0)
       goto fail;
-    }
     j.frozen = true;
+    test_hold_after_freeze();
   }
   j.job_begun = true;   /* from here a checkpoint may exist */
   r = virDomainBackupBegin(v->dom, bxml, cpxml, VIR_DOMAIN_BACKUP_BEGIN_REUSE_EXTERNAL);
+  if (r < 0)
+    berr = strdup(kb_virt_error());   /* before the thaw resets it */
   if (j.frozen) {
     /* Thaw at once: the job has its point in time. */
-    if (virDomainFSThaw(v->dom, NULL, 0, 0) < 0)
+    if (bk_thaw(v) < 0)
       kb_err("VM %s: cannot thaw its filesystems: %s", v->name, kb_virt_error());
     else
       j.frozen = false;
   }
   if (r < 0) {
-    *ret_error = kb_printf("VM %s: the backup job did not start: %s", v->name, kb_virt_error());
+    size_t i;
+    const struct kb_store *s = kb_config_store(v->cfg, j.store);
+    CLEANUP_FREE char *hint = NULL;
+    for (i = 0; i < j.nbd && !hint && s; i++)
+      hint = bk_explain_unseen_target(v, j.bd[i].path, s->name, s->path);
+    if (hint)
+      *ret_error = kb_printf("%s (libvirt: %s)", hint, berr ? berr : "?");
+    else
+      *ret_error = kb_printf("VM %s: the backup job did not start: %s", v->name, berr ? berr : "?");
     r = -EIO;
     goto fail;
   }

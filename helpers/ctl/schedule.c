@@ -81,28 +81,6 @@ static int systemctl(const char *verb, const char *a1, const char *a2)
   return r;
 }
 
-/* Write PATH (0644: systemd reads it) through a temporary file. */
-static int write_file(const char *path, const char *text)
-{
-  CLEANUP_FREE char *tmp = kb_printf("%s.tmp", path);
-  int fd, r;
-
-  if (!tmp)
-    return -ENOMEM;
-  (void) unlink(tmp);
-  fd = open(tmp, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0644);
-  if (fd < 0)
-    return -errno;
-  r = kb_write_all(fd, text, strlen(text));
-  if (close(fd) < 0 && r == 0)
-    r = -errno;
-  if (r == 0 && rename(tmp, path) < 0)
-    r = -errno;
-  if (r < 0)
-    (void) unlink(tmp);
-  return r;
-}
-
 /* Last "KEY=value" of a drop-in (later lines override earlier ones); an
  * empty assignment resets. Caller frees. */
 static char *dropin_value(const char *path, const char *key)
@@ -164,7 +142,8 @@ static int set_schedule(const char *unitdir, const char *vm, const char *calenda
   if (!tfile || !sfile || !ttext || !stext)
     return -ENOMEM;
   if ((r = kb_mkdir_p(tdir, 0755)) < 0 || (r = kb_mkdir_p(sdir, 0755)) < 0 ||
-      (r = write_file(sfile, stext)) < 0 || (r = write_file(tfile, ttext)) < 0) {
+      (r = kb_write_file_atomic(sfile, stext, strlen(stext), 0644)) < 0 ||
+      (r = kb_write_file_atomic(tfile, ttext, strlen(ttext), 0644)) < 0) {
     kb_err("schedule: cannot write the drop-ins under %s: %s", unitdir, strerror(-r));
     return r;
   }

@@ -15,7 +15,6 @@
 #include "util.h"
 #include "validate.h"
 
-static const char *const default_steps[] = { "wait_for_boot", "execute_command", "screenshot", "fs_check", NULL };
 
 static const char *status_word(enum vl_status s)
 {
@@ -193,8 +192,7 @@ int vl_validate_backup(struct vl_ctx *c, const char *backup_id, bool from_job, c
   }
   offname = kb_doc_get(ref.doc, "backup", "offering");
   off = offname ? kb_config_offering(c->cfg, offname) : NULL;
-  names = off && off->validation_steps && off->validation_steps[0]
-          ? (const char *const *) off->validation_steps : default_steps;
+  names = kb_offering_steps(off);
   for (n = 0; names[n] && n < KB_ARRAY_SIZE(steps); n++) {
     steps[n].name = names[n];
     steps[n].status = VL_SKIPPED;

@@ -252,11 +252,11 @@ Test(config, out_of_range_and_wrong_type)
       "[global]\n"
       "secondary.path = relative/dir\n");                /* 9 */
   char *e = load_bad();
-  assert_error(e, "kboss.conf", 2, "backup.chain.size: must be an integer of at least 1");
-  assert_error(e, "kboss.conf", 3, "backup.compression.timeout: must be an integer of at least 1");
+  assert_error(e, "kboss.conf", 2, "backup.chain.size: must be an integer from 1 to 1000");
+  assert_error(e, "kboss.conf", 3, "backup.compression.timeout: must be an integer from 1 to 604800");
   assert_error(e, "kboss.conf", 4, "backup.framework.enabled: must be true or false, not \"maybe\"");
   assert_error(e, "kboss.conf", 5,
-               "backup.compression.minimum.free.storage: must be a number of at least 0");
+               "backup.compression.minimum.free.storage: must be a number from 0 to 1000");
   assert_error(e, "kboss.conf", 7, "backup.compression.coroutines: must be an integer from 1 to 64");
   assert_error(e, "kboss.conf", 9, "secondary.path: must be an absolute path");
   cr_assert_eq(count_lines(e), 6, "all errors, not only the first:\n%s", e);
@@ -360,7 +360,7 @@ Test(config, bad_base64_and_vm_values)
   put("vms.d/web2.conf", "[vm]\nbackupValidationCommandExpectedResult = not base64!\n");
   put("vms.d/web3.conf", "[vm]\nbackupValidationCommandExpectedResult = aGVsbG8\n");
   char *e = load_bad();
-  assert_error(e, "vms.d/web1.conf", 3, "backupValidationCommandTimeout: must be an integer of at least 1");
+  assert_error(e, "vms.d/web1.conf", 3, "backupValidationCommandTimeout: must be an integer from 1 to 86400");
   assert_error(e, "vms.d/web1.conf", 4,
                "offering: \"bad/name\" is not a valid name (1-128 of A-Z a-z 0-9 . _ -)");
   assert_error(e, "vms.d/web2.conf", 2,
@@ -505,7 +505,7 @@ Test(config, bad_offering_fields)
   assert_error(e, "offerings.d/gold.conf", 4,
                "validation_steps: unknown step \"reboot\" (known: wait_for_boot, execute_command, "
                "screenshot, fs_check)");
-  assert_error(e, "offerings.d/gold.conf", 5, "backup_chain_size: must be an integer of at least 1");
+  assert_error(e, "offerings.d/gold.conf", 5, "backup_chain_size: must be an integer from 1 to 1000");
   assert_error(e, "offerings.d/gold.conf", 6, "compress: must be true or false, not \"sometimes\"");
   assert_error(e, "offerings.d/gold.conf", 7, "colour: unknown offering field");
   assert_error(e, "offerings.d/gold.conf", 8, "domain: is required when public is false");
@@ -698,7 +698,7 @@ Test(config, vm_set_validates)
   put("kboss.conf", "");
   cfg = load_ok();
   cr_assert_eq(kb_config_vm_set(cfg, "web1", "backupValidationBootTimeout", "0", false, &err), -EINVAL);
-  cr_assert_str_eq(err, "backupValidationBootTimeout: must be an integer of at least 1");
+  cr_assert_str_eq(err, "backupValidationBootTimeout: must be an integer from 1 to 86400");
   free(err);
   cr_assert_eq(kb_config_vm_set(cfg, "web1", "backupValidationCommandExpectedResult", "abc", false, &err),
                -EINVAL);
@@ -736,4 +736,187 @@ Test(config, long_values_and_indented_lines)
   cr_assert_str_eq(kb_config_str(cfg, NULL, "libvirt.uri"), "qemu:///session");
   kb_config_free(cfg);
   free(big);
+}
+
+/* ---- text and ranges (issue 12, point 5) ---- */
+
+/* Write REL with LEN raw bytes (NULs included). */
+static void put_bytes(const char *rel, const char *bytes, size_t len)
+{
+  char path[512];
+  FILE *f;
+
+  snprintf(path, sizeof path, "%s/%s", tmpdir, rel);
+  f = fopen(path, "w");
+  cr_assert_not_null(f, "%s", path);
+  cr_assert_eq(fwrite(bytes, 1, len, f), len);
+  fclose(f);
+}
+
+Test(config, embedded_nul_is_an_error_not_the_end_of_the_file)
+{
+  /* Before, inih stopped at the NUL: secondary.path fell back to its
+   * default and the file was called valid. */
+  static const char text[] = "[global]\nlibvirt.uri = qemu:///system\x00\nsecondary.path = /srv/sec\n";
+  put_bytes("kboss.conf", text, sizeof text - 1);
+  char *e = load_bad();
+  assert_error(e, "kboss.conf", 2, "holds a NUL byte: not a text file");
+  cr_assert_eq(count_lines(e), 1, "%s", e);
+  free(e);
+}
+
+Test(config, control_characters_and_non_utf8_are_errors_with_their_line)
+{
+  static const char text[] =
+    "[global]\n"                                    /* 1 */
+    "zone.name = a\x1b[31mred\n"                    /* 2: ESC */
+    "libvirt.uri = qemu:///system\n"                /* 3 */
+    "scratch.path = /var/\xff\xfe\n"                /* 4: not UTF-8 */
+    "; caf\xc3\xa9 is fine in a comment\n"          /* 5: UTF-8 */
+    "secondary.path = /mnt/\xc0\xaf\n"              /* 6: overlong '/' */
+    "\tbackup.chain.size = 3\r\n"                   /* 7: tab and CR are text */
+    "zone.name = b\x7f\n";                          /* 8: DEL (and set twice, unseen) */
+  put_bytes("kboss.conf", text, sizeof text - 1);
+  char *e = load_bad();
+  assert_error(e, "kboss.conf", 2, "holds the control character 0x1b: not allowed in a configuration file");
+  assert_error(e, "kboss.conf", 4, "holds bytes that are not UTF-8 text");
+  assert_error(e, "kboss.conf", 6, "holds bytes that are not UTF-8 text");
+  assert_error(e, "kboss.conf", 8, "holds the control character 0x7f: not allowed in a configuration file");
+  cr_assert_eq(count_lines(e), 4, "one error a bad line, and the file not parsed:\n%s", e);
+  free(e);
+}
+
+Test(config, utf8_text_is_accepted)
+{
+  struct kb_config *cfg;
+
+  put("kboss.conf", "[global]\nzone.name = z\xc3\xbcrich\n");
+  put("offerings.d/gold.conf", "[offering]\ndescription = \xe2\x82\xac 5, \xf0\x9f\x92\xbe daily\n");
+  cfg = load_ok();
+  cr_assert_str_eq(kb_config_str(cfg, NULL, "zone.name"), "z\xc3\xbcrich");
+  cr_assert_str_eq(kb_config_offering(cfg, "gold")->description, "\xe2\x82\xac 5, \xf0\x9f\x92\xbe daily");
+  kb_config_free(cfg);
+}
+
+Test(config, bad_bytes_in_offering_and_vm_files)
+{
+  static const char off[] = "[offering]\ncompress = true\x00garbage\n";
+  static const char vm[] = "[vm]\nbackupValidationCommand = ls\x01\n";
+  put("kboss.conf", "");
+  put("offerings.d/x", "");   /* makes the folder */
+  put_bytes("offerings.d/gold.conf", off, sizeof off - 1);
+  put("vms.d/x", "");
+  put_bytes("vms.d/web1.conf", vm, sizeof vm - 1);
+  char *e = load_bad();
+  assert_error(e, "offerings.d/gold.conf", 2, "holds a NUL byte: not a text file");
+  assert_error(e, "vms.d/web1.conf", 2,
+               "holds the control character 0x01: not allowed in a configuration file");
+  cr_assert_eq(count_lines(e), 2, "%s", e);
+  free(e);
+}
+
+Test(config, vm_set_refuses_control_characters_and_files_with_nul)
+{
+  struct kb_config *cfg;
+  char *err = NULL;
+  static const char vm[] = "[vm]\naccount = a\x00\nbackupValidationCommand = ls\n";
+
+  put("kboss.conf", "");
+  cfg = load_ok();
+  cr_assert_eq(kb_config_vm_set(cfg, "web1", "backupValidationCommand", "ls\x1b[2J", false, &err),
+               -EINVAL);
+  cr_assert_not_null(strstr(err, "holds the control character 0x1b"), "%s", err);
+  free(err);
+  put("vms.d/x", "");
+  put_bytes("vms.d/web2.conf", vm, sizeof vm - 1);
+  cr_assert_eq(kb_config_vm_set(cfg, "web2", "backupValidationBootTimeout", "30", false, &err), -EINVAL);
+  cr_assert_not_null(strstr(err, "vms.d/web2.conf: holds a NUL byte: not a text file"), "%s", err);
+  free(err);
+  kb_config_free(cfg);
+}
+
+Test(config, every_integer_setting_has_a_finite_range)
+{
+  for (const struct kb_setting_def *d = kb_setting_defs; d->key; d++) {
+    if (d->type != KB_TYPE_INT && d->type != KB_TYPE_REAL)
+      continue;
+    cr_expect(d->min <= d->max && d->min > -1e12 && d->max < 1e12, "%s: no finite range", d->key);
+    /* What programs compute from them fits: ms from seconds in an int,
+     * bytes/s from MB/s and KiB from MiB in 64 bits. */
+    if (d->type == KB_TYPE_INT)
+      cr_expect(d->max * 1000.0 * 1024 * 1024 < 9.2e18, "%s: max too large", d->key);
+  }
+}
+
+Test(config, integers_out_of_range_and_overflowing_are_errors)
+{
+  put("kboss.conf",
+      "[zone]\n"
+      "backup.compression.timeout = 604801\n"                     /* 2 */
+      "backup.compression.max.concurrent.operations = 99999999999999999999\n"  /* 3: overflows */
+      "backup.compression.retry.interval = 9223372036854775807\n" /* 4 */
+      "backup.validation.interval = 8761\n"                       /* 5 */
+      "[cluster]\n"
+      "backup.compression.rate.limit = -2\n"                      /* 7 */
+      "[account:acme]\n"
+      "account.max.memory = 1073741825\n");                       /* 9 */
+  put("vms.d/web1.conf", "[vm]\nbackupValidationCommandTimeout = 86401\nbackupValidationScreenshotWait = 3601\n");
+  put("offerings.d/gold.conf", "[offering]\nbackup_chain_size = 1001\n");
+  char *e = load_bad();
+  assert_error(e, "kboss.conf", 2, "backup.compression.timeout: must be an integer from 1 to 604800");
+  assert_error(e, "kboss.conf", 3,
+               "backup.compression.max.concurrent.operations: must be an integer from -1 to 1024");
+  assert_error(e, "kboss.conf", 4, "backup.compression.retry.interval: must be an integer from 0 to 10080");
+  assert_error(e, "kboss.conf", 5, "backup.validation.interval: must be an integer from 1 to 8760");
+  assert_error(e, "kboss.conf", 7, "backup.compression.rate.limit: must be an integer from -1 to 1048576");
+  assert_error(e, "kboss.conf", 9, "account.max.memory: must be an integer from -1 to 1073741824");
+  assert_error(e, "vms.d/web1.conf", 2, "backupValidationCommandTimeout: must be an integer from 1 to 86400");
+  assert_error(e, "vms.d/web1.conf", 3, "backupValidationScreenshotWait: must be an integer from 0 to 3600");
+  assert_error(e, "offerings.d/gold.conf", 2, "backup_chain_size: must be an integer from 1 to 1000");
+  cr_assert_eq(count_lines(e), 9, "%s", e);
+  free(e);
+}
+
+Test(config, range_ends_are_accepted)
+{
+  struct kb_config *cfg;
+
+  put("kboss.conf",
+      "[zone]\nbackup.compression.timeout = 604800\nbackup.chain.size = 1000\n"
+      "[cluster]\nbackup.compression.max.concurrent.operations.per.host = -1\n");
+  put("offerings.d/gold.conf", "[offering]\nbackup_chain_size = 1000\n");
+  put("vms.d/web1.conf", "[vm]\noffering = gold\nbackupValidationBootTimeout = 86400\n");
+  cfg = load_ok();
+  cr_assert_eq(kb_config_int(cfg, NULL, "backup.compression.timeout"), 604800);
+  cr_assert_eq(kb_config_int(cfg, "web1", "backup.validation.boot.default.timeout"), 86400);
+  cr_assert_eq(kb_config_chain_size(cfg, "web1"), 1000);
+  cr_assert_eq(kb_config_chain_size(cfg, "other"), 1000);
+  kb_config_free(cfg);
+}
+
+Test(config, one_list_of_validation_steps)
+{
+  struct kb_config *cfg;
+  const char *const *st;
+
+  put("kboss.conf", "");
+  put("offerings.d/v.conf", "[offering]\nvalidate = true\n");
+  put("offerings.d/n.conf", "[offering]\n");
+  put("offerings.d/f.conf", "[offering]\nvalidation_steps = fs_check\n");
+  cfg = load_ok();
+  /* Unset, not validating, unknown offering: the documented default. */
+  for (int i = 0; i < 3; i++) {
+    const struct kb_offering *o = i == 0 ? kb_config_offering(cfg, "v")
+                                  : i == 1 ? kb_config_offering(cfg, "n") : NULL;
+    st = kb_offering_steps(o);
+    cr_assert_eq(st, (const char *const *) (o && o->validation_steps[0] ? (const char *const *) o->validation_steps
+                                                                          : kb_validation_default_steps));
+    cr_assert_str_eq(st[0], "wait_for_boot");
+    cr_assert_str_eq(st[2], "screenshot");
+    cr_assert_null(st[3]);
+  }
+  st = kb_offering_steps(kb_config_offering(cfg, "f"));
+  cr_assert_str_eq(st[0], "fs_check");
+  cr_assert_null(st[1]);
+  kb_config_free(cfg);
 }
