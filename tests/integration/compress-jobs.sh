@@ -15,7 +15,7 @@
 . "$(dirname "$0")/../lib/functions.sh"
 . "$(dirname "$0")/../lib/kboss.sh"
 
-plan 66
+plan 67
 start_libvirt || bail_out "libvirtd"
 kb_conf_init 8
 CATALOG_TOOL=${top_builddir:-$KBT_TOPDIR/_build}/tests/catalog-tool
@@ -175,8 +175,10 @@ for kind in old new; do
 	ok restores_to "$i1" "$kind-i1" "$kind: its compressed incremental restores byte-equal"
 	ok restores_to "$f" "$kind-f" "$kind: its compressed full restores byte-equal"
 done
-# The newest chain (2 MiB compressed full <- compressed incremental <- incremental):
-# quick restore and validation.
+# The newest chain, compressed through (2 MiB full <- 64 KiB incremental <- 64 KiB
+# incremental): quick restore and validation (which waits for pending compression).
+kb kboss-compress run >/dev/null 2>&1
+ok [ "$(kb_backup_field "$i2" compressed)" = true ] "kboss-compress run compresses the last incremental too"
 kb kboss-restore --quick "$i2" > "$KBT_TMPDIR/quick.log" 2>&1 &
 qpid=$!
 for i in $(seq 1 600); do [ "$(vm_state a)" = running ] && break; sleep 0.2; done
@@ -192,7 +194,7 @@ rc=$?
 ok [ $rc = 0 ] "kboss-validate of it passes (exit $rc): $(kb_backup_record "$i2" | grep '^step.wait_for_boot')"
 diag "$out"
 ok [ "$(kb_backup_field "$f" compressed)" = true ] "(its full is still recorded compressed)"
-kb kboss-compress run >/dev/null 2>&1   # the jobs of the last incrementals, before the job tests
+kb kboss-compress run >/dev/null 2>&1   # the old chain's last job, before the job tests
 
 # ---- synthetic backups with real files: limits ----
 img=$KBT_TMPDIR/img8.qcow2
@@ -272,9 +274,10 @@ ok cmp -s "$slowfile" "$KBT_TMPDIR/slow.copy" "the original is intact after the 
 ok no_temps "$slowfile" "the temporary file is removed after the timeout"
 
 # ---- minimum free storage ----
-conf_set minimum.free.storage=1000000000 max.job.retries=1
+conf_set minimum.free.storage=1000 max.job.retries=1
 set -- $(fake full zs)
 fullfile=$2 job=compression-$1
+"$CATALOG_TOOL" set-backup "$1" size 1000000000000   # 1000 x 1 TB is more than any store has
 cp "$fullfile" "$KBT_TMPDIR/full.copy"
 kb kboss-compress run >/dev/null 2>&1
 err=$(job_field "$job" last_error)
