@@ -175,8 +175,10 @@ static int plan_chain(struct bk_job *j, char **ret_error)
       *ret_error = kb_printf("VM %s: cannot read chain %s: %s", v->name, cur, strerror(-r));
       return r;
     }
-    if (r == 0 && !kb_doc_get_bool(j->chain_rec, "chain", "ended", false) &&
-        kb_doc_get_ll(j->chain_rec, "chain", "length", 0) < chain_size(j)) {
+    if (r == 0 && !kb_doc_get(j->chain_rec, "chain", "last_backup"))
+      kb_warn("VM %s: chain %s names no (valid) last backup; starting a new chain", v->name, cur);
+    else if (r == 0 && !kb_doc_get_bool(j->chain_rec, "chain", "ended", false) &&
+             kb_doc_get_ll(j->chain_rec, "chain", "length", 0) < chain_size(j)) {
       const char *store = kb_doc_get(j->chain_rec, "chain", "store");
       const struct kb_store *s = store ? kb_config_store(v->cfg, store) : NULL;
 
