@@ -386,6 +386,10 @@ int cp_compress_backup(const struct kb_config *cfg, const struct kb_catalog *cat
   opts.cancel = &cp_cancel;
   opts.deadline_ms = deadline_ms;
   opts.cluster_bits = cp_cluster_bits(s->cluster_kib);
+  /* libdeflate level 4 for the zlib type: 30 % less CPU than level 6 for
+   * 3 % more bytes, still 11 % fewer than qemu-img writes (numbers in
+   * docs/compression.md, "Why libdeflate for the zlib type"). */
+  opts.zlib_level = 4;
   opts.hash = true;
   for (i = 0; i < n; i++) {
     struct kb_compress_stats st;
