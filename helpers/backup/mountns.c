@@ -22,17 +22,26 @@
 
 #define CMDLINE_MAX (256 * 1024)
 
-/* Does /proc/PID/cmdline hold the arguments "-uuid UUID"? */
-static bool cmdline_has_uuid(const char *pid, const char *uuid)
+/* Is /proc/PID a qemu process (by its executable's name) whose command line
+ * holds the arguments "-uuid UUID"? BUF has CMDLINE_MAX bytes. */
+static bool is_qemu_of(const char *pid, const char *uuid, char *buf)
 {
-  CLEANUP_FREE char *path = kb_printf("/proc/%s/cmdline", pid);
-  CLEANUP_FREE char *buf = malloc(CMDLINE_MAX);
+  char path[64], exe[PATH_MAX];
+  const char *base;
   CLEANUP_CLOSE int fd = -1;
   size_t len = 0, i;
   ssize_t n;
 
-  if (!path || !buf)
+  snprintf(path, sizeof path, "/proc/%s/exe", pid);
+  n = readlink(path, exe, sizeof exe - 1);
+  if (n < 0)
     return false;
+  exe[n] = '\0';
+  base = strrchr(exe, '/');
+  base = base ? base + 1 : exe;
+  if (strncmp(base, "qemu-system-", 12) != 0 && strncmp(base, "qemu-kvm", 8) != 0)
+    return false;
+  snprintf(path, sizeof path, "/proc/%s/cmdline", pid);
   fd = open(path, O_RDONLY | O_CLOEXEC);
   if (fd < 0)
     return false;
@@ -49,16 +58,17 @@ static bool cmdline_has_uuid(const char *pid, const char *uuid)
  * has no API for it; every qemu it starts carries "-uuid UUID". */
 static long find_qemu_pid(const char *uuid)
 {
-  DIR *d = opendir("/proc");
+  CLEANUP_FREE char *buf = malloc(CMDLINE_MAX);
+  DIR *d;
   struct dirent *e;
   long found = -1;
 
-  if (!d)
+  if (!buf || !(d = opendir("/proc")))
     return -1;
   while ((e = readdir(d))) {
     if (!isdigit((unsigned char) e->d_name[0]))
       continue;
-    if (cmdline_has_uuid(e->d_name, uuid)) {
+    if (is_qemu_of(e->d_name, uuid, buf)) {
       found = strtol(e->d_name, NULL, 10);
       break;
     }

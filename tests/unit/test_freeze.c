@@ -137,4 +137,13 @@ Test(freeze, reused_pid_rebooted_host_and_other_host)
   cr_assert_eq(kb_vm_mark_frozen(cat, VM1, rec, "b"), 0);
   cr_assert_eq(kb_doc_set(rec, "freeze", "host", "some-other-host"), 0);
   cr_assert_eq(kb_vm_freeze_owner(rec, NULL), KB_FREEZE_REMOTE);
+  /* A clone with our host name is another machine. */
+  cr_assert_eq(kb_vm_mark_frozen(cat, VM1, rec, "b"), 0);
+  cr_assert_eq(kb_doc_set(rec, "freeze", "machine_id", "0123456789abcdef0123456789abcdef"), 0);
+  cr_assert_eq(kb_vm_freeze_owner(rec, NULL), KB_FREEZE_REMOTE);
+  /* A pid from another pid namespace says nothing here: taken as live. */
+  cr_assert_eq(kb_vm_mark_frozen(cat, VM1, rec, "b"), 0);
+  cr_assert_eq(kb_doc_set(rec, "freeze", "pid_ns", "pid:[1]"), 0);
+  cr_assert_eq(kb_doc_set(rec, "freeze", "start_time", "1"), 0);
+  cr_assert_eq(kb_vm_freeze_owner(rec, NULL), KB_FREEZE_LIVE);
 }
