@@ -13,8 +13,8 @@
 # page cache is dropped before every timed run (sync; drop_caches), so each
 # reads its input from disk.  kboss-compress works on a synthetic catalog
 # entry holding a fresh copy of the image (tests/catalog-tool), with
-# backup.compression.coroutines = BENCH_THREADS and every other setting at
-# its default.  Throughput is the virtual size divided by the wall time.
+# backup.compression.coroutines = BENCH_COROUTINES (8, as qemu-img -m 8)
+# and every other setting at its default.  Throughput is the virtual size divided by the wall time.
 # Every tool runs BENCH_REPS times, the rounds interleaved so that drift in
 # the machine's speed hits all tools alike; the median wall time is
 # reported.  Sizes are bytes allocated on disk (du; the writer leaves the
@@ -38,8 +38,12 @@ W=$(mktemp -d "${BENCH_DIR:-/var/tmp}/kboss-bench.XXXXXX")
 [ "${BENCH_KEEP:-0}" = 1 ] || cleanup_push "rm -rf '$W'"
 cd "$W" || exit 1
 kb_conf_init 8
+# The same parallelism as qemu-img -m 8 (8 compressions in flight in its
+# thread pool): on an idle 2-core machine 2 threads do as well, but when
+# other work competes for the cores each runnable thread gets its share.
+CO=${BENCH_COROUTINES:-8}
 cat >> "$KBOSS_CONF" <<CONF
-backup.compression.coroutines = $T
+backup.compression.coroutines = $CO
 CONF
 kb_offering zs compress=true compression_library=zstd
 kb_offering zl compress=true compression_library=zlib
@@ -129,8 +133,8 @@ done
 cs=$(qemu-img info --output=json kboss-zstd.qcow2 | python3 -c 'import json,sys; print(json.load(sys.stdin)["cluster-size"])')
 
 echo
-echo "kboss-compress benchmark: ${SIZE_MB} MiB virtual, source $(stat -c %s src.qcow2) bytes, threads $T, median of $REPS interleaved rounds, page cache dropped before each run, load $(cut -d' ' -f1-3 /proc/loadavg) (shared machine)"
-echo "qemu-img $(qemu-img --version | head -1 | awk '{print $3}'): convert -c -W -m 8 -O qcow2 -o compression_type=...; kboss-compress BACKUP at default settings (clusters of full backups: $cs bytes) with coroutines = $T"
+echo "kboss-compress benchmark: ${SIZE_MB} MiB virtual, source $(stat -c %s src.qcow2) bytes, $(nproc) cores, median of $REPS interleaved rounds, page cache dropped before each run, load $(cut -d' ' -f1-3 /proc/loadavg) (shared machine)"
+echo "qemu-img $(qemu-img --version | head -1 | awk '{print $3}'): convert -c -W -m 8 -O qcow2 -o compression_type=...; kboss-compress BACKUP at default settings (clusters of full backups: $cs bytes) with coroutines = $CO; zstd -T$T"
 printf '%-12s %8s %9s %8s %15s %15s %7s\n' tool seconds MB/s cpu_s allocated_bytes apparent_bytes ratio
 for r in "${results[@]}"; do
 	set -- $r
