@@ -14,6 +14,7 @@
 #include "log.h"
 #include "util.h"
 #include "store.h"
+#include "watchdog.h"
 
 volatile sig_atomic_t cp_cancel;
 
@@ -84,6 +85,13 @@ int main(int argc, char **argv)
   if (r < 0) {
     fprintf(stderr, "%s: configuration errors:\n%s\n", kb_progname, errors ? errors : strerror(-r));
     return 2;
+  }
+  /* A hung export fails the run within storage.timeout (lib/watchdog.h). */
+  r = kb_watchdog_start(cfg, NULL);
+  if (r < 0) {
+    kb_err("cannot start the export watchdog: %s", strerror(-r));
+    kb_config_free(cfg);
+    return 1;
   }
   r = kb_catalog_open(cfg, &cat);
   if (r < 0) {
