@@ -101,6 +101,11 @@ int bk_offline_copy(struct bk_vm *v, struct bk_offline_disk *d, size_t n, struct
 int bk_offline_checkpoint(struct bk_vm *v, const char *id, const char *cpxml, struct bk_offline_disk *d,
                           size_t n, char **ret_error);
 
+/* A new empty qcow2 v3 at PATH (0600, 64 KiB clusters) of SIZE bytes,
+ * backed by BACKING (qcow2) when not NULL: what `qemu-img create -u -b`
+ * makes, without a process. */
+int bk_qcow2_create(const char *path, unsigned long long size, const char *backing);
+
 /* watch.c: run the rest of kboss-backup under the export watchdog
  * (lib/watchdog.h); 0 in the worker. */
 int bk_watch_start(const struct kb_config *cfg);

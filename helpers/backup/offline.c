@@ -760,3 +760,28 @@ int bk_offline_checkpoint(struct bk_vm *v, const char *id, const char *cpxml, st
   }
   return 0;
 }
+
+int bk_qcow2_create(const char *path, unsigned long long size, const char *backing)
+{
+  struct out o;
+  int r;
+
+  memset(&o, 0, sizeof o);
+  if (backing && strlen(backing) > 1000)
+    return -ENAMETOOLONG;
+  o.size = size;
+  o.l1_size = ((size + OUT_CLUSTER - 1) / OUT_CLUSTER + L2_ENTRIES - 1) / L2_ENTRIES;
+  o.next = 1;
+  o.l2 = calloc(o.l1_size ? o.l1_size : 1, sizeof *o.l2);
+  o.fd = open(path, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0600);
+  if (!o.l2 || o.fd < 0) {
+    r = o.fd < 0 ? -errno : -ENOMEM;
+    out_free(&o);
+    return r;
+  }
+  r = out_finish(&o, backing);
+  out_free(&o);
+  if (r < 0)
+    (void) unlink(path);
+  return r;
+}

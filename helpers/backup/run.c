@@ -429,6 +429,15 @@ static int create_targets(struct bk_job *j, char **ret_error)
         return -ENOMEM;
       continue;
     }
+    if (!getenv("KBOSS_TARGETS_QEMU_IMG")) {
+      /* kboss's writer (offline.c): no qemu-img process per disk. */
+      r = bk_qcow2_create(b->path, b->capacity, b->incremental ? backing : NULL);
+      if (r < 0) {
+        *ret_error = kb_printf("disk %s: cannot create %s: %s", b->d->target, b->path, strerror(-r));
+        return r;
+      }
+      continue;
+    }
     argv[n++] = QEMU_IMG;
     argv[n++] = "create";
     argv[n++] = "-q";
