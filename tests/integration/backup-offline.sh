@@ -8,7 +8,7 @@
 . "$(dirname "$0")/../lib/functions.sh"
 . "$(dirname "$0")/../lib/kboss.sh"
 
-plan 32
+plan 36
 start_libvirt || bail_out "libvirtd"
 kb_conf_init 8
 make_test_vm a || bail_out "cannot define the test VM"
@@ -17,6 +17,7 @@ dom=$(vm_domain a)
 data=$(vm_data_disk a)
 root=$(vm_disk a)
 MiB=$((1024 * 1024))
+kb_path() { local p; for p in "$KB_BINDIR/$1" "$KB_BINDIR"/*/"$1"; do [ -x "$p" ] && { echo "$p"; return; }; done; }
 qlog=/var/log/libvirt/qemu/$dom.log
 qlog_lines() { if [ -f "$qlog" ]; then wc -l < "$qlog"; else echo 0; fi; }
 bitmaps() { qemu-img info --output=json "$1" | python3 -c '
@@ -93,6 +94,21 @@ ok [ $heldrc -eq 0 ] "the offline backup completes ($(cat "$KBT_TMPDIR/held.err"
 b4=$(sed -n 's/^ *"id": *"\([^"]*\)".*/\1/p' "$KBT_TMPDIR/held.json" | head -n1)
 ok [ "$(vm_state a)" = "shut off" ] "the VM is still shut off"
 ok qemu-img compare -q "$(kb_backup_file "$b4" vdb)" "$data" "the held backup equals the data disk"
+
+# kill -9 in the middle of the copy: the disks are free again at once (no
+# lock outlives the process) and the next run cleans up and continues.
+qemu-io -f qcow2 -c "write -P 0xd6 $((20 * MiB)) $MiB" "$data" >/dev/null
+KBOSS_NO_WATCHDOG=1 KBOSS_TEST_HOLD_OFFLINE_MS=20000 "$(kb_path kboss-backup)" "$dom" >/dev/null 2>&1 &
+killme=$!
+sleep 2.5
+kill -9 $killme; wait $killme 2>/dev/null
+ok qemu-io -f qcow2 -c "read 0 512" "$data" "after kill -9 of the offline backup its disks can be opened for writing"
+b6=$(kb_backup a)
+ok [ "$(kb_backup_field "$b6" type)/$(kb_disk_field "$b6" vdb mode)" = incremental/incremental ] \
+	"the next offline backup is incremental again: $b6"
+ok qemu-img compare -q "$(kb_backup_file "$b6" vdb)" "$data" "and equals the data disk"
+ok [ -z "$(grep -l '^state = Running' $(find "$KB_SECONDARY/kboss/vms" -name 'backup.*.ini'))" ] "no record of the killed run is left"
+b4=$b6
 
 # Online after offline: the next backup of the running VM is incremental on it.
 start_vm a && wait_agent a 240 || bail_out "the guest did not answer"
