@@ -58,13 +58,6 @@ void cp_test_log(const char *what, const char *job_id)
     close(fd);
 }
 
-static char *job_lock_path(const struct kb_catalog *cat, const char *job_id)
-{
-  CLEANUP_FREE char *locks = kb_catalog_locks_dir(cat);
-
-  return locks ? kb_printf("%s/job-%s.lock", locks, job_id) : NULL;
-}
-
 /* A failed attempt: scheduled again after the retry interval, or Failed
  * once the attempts are used up. The attempt was already counted. */
 static void record_failure(struct kb_doc *job, const struct cp_settings *s, const char *why)
@@ -161,7 +154,6 @@ enum { AT_DONE = 0, AT_FAILED = 1, AT_SKIPPED = 10, AT_POSTPONED = 11, AT_NO_SLO
  * schedule and the task switch, not the limits). */
 static int attempt(const struct kb_config *cfg, const struct kb_catalog *cat, const char *job_id, bool manual)
 {
-  CLEANUP_FREE char *lock_path = job_lock_path(cat, job_id);
   CLEANUP_FREE char *err = NULL;
   struct kb_lock *job_lock = NULL, *zone_slot = NULL, *host_slot = NULL;
   struct kb_doc *job = NULL;
@@ -173,13 +165,11 @@ static int attempt(const struct kb_config *cfg, const struct kb_catalog *cat, co
   int code = AT_SKIPPED, r;
 
   memset(&ref, 0, sizeof ref);
-  if (!lock_path)
-    return AT_FAILED;
-  r = kb_lock_take(lock_path, "compression job", 0, &job_lock);
+  r = kb_catalog_lock(cat, KB_LOCK_JOB, job_id, "compression job", 0, &job_lock);
   if (r < 0) {
     if (manual) {
       CLEANUP_FREE char *holder = NULL;
-      (void) kb_lock_probe(lock_path, &holder);
+      (void) kb_catalog_lock_probe(cat, KB_LOCK_JOB, job_id, &holder);
       kb_err("job %s is being run elsewhere: %s", job_id, holder ? holder : strerror(-r));
     }
     return r == -EBUSY ? AT_SKIPPED : AT_FAILED;
@@ -385,10 +375,9 @@ int cp_run(const struct kb_config *cfg, const struct kb_catalog *cat)
       continue;
     st = kb_doc_get(job, "job", "state");
     if (is_compression_job(job) && st && KB_STREQ(st, KB_JOB_EXECUTING)) {
-      CLEANUP_FREE char *path = job_lock_path(cat, ids[i]);
-      if (path && kb_lock_probe(path, NULL) == 0) {
+      if (kb_catalog_lock_probe(cat, KB_LOCK_JOB, ids[i], NULL) == 0) {
         struct kb_lock *l = NULL;
-        if (kb_lock_take(path, "compression job recovery", 0, &l) == 0) {
+        if (kb_catalog_lock(cat, KB_LOCK_JOB, ids[i], "compression job recovery", 0, &l) == 0) {
           struct kb_doc *again = NULL;
           if (kb_job_load(cat, ids[i], &again) == 0 && kb_doc_get(again, "job", "state") &&
               KB_STREQ(kb_doc_get(again, "job", "state"), KB_JOB_EXECUTING)) {
@@ -493,7 +482,8 @@ int cp_one(const struct kb_config *cfg, const struct kb_catalog *cat, const char
   memset(&ref, 0, sizeof ref);
   r = kb_backup_find(cat, backup_id, &ref);
   if (r < 0) {
-    kb_err("backup %s: %s", backup_id, r == -ENOENT ? "no such backup" : strerror(-r));
+    CLEANUP_FREE char *msg = kb_msg_backup_find(backup_id, r);
+    kb_err("%s", msg ? msg : strerror(-r));
     return 1;
   }
   if (kb_doc_get_bool(ref.doc, "backup", "compressed", false)) {

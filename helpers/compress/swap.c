@@ -212,8 +212,6 @@ int cp_compress_backup(const struct kb_config *cfg, const struct kb_catalog *cat
                        struct cp_result *ret, char **ret_error)
 {
   const char *library = cp_library(cfg, ref);
-  CLEANUP_FREE char *locks = kb_catalog_locks_dir(cat);
-  CLEANUP_FREE char *lock_path = NULL;
   char **disks = NULL, **orig = NULL, **tmp = NULL;
   struct kb_lock *lock = NULL;
   struct kb_doc *fresh = NULL;
@@ -231,7 +229,7 @@ int cp_compress_backup(const struct kb_config *cfg, const struct kb_catalog *cat
     n++;
   orig = calloc(n + 1, sizeof *orig);
   tmp = calloc(n + 1, sizeof *tmp);
-  if (!orig || !tmp || !locks) {
+  if (!orig || !tmp) {
     r = -ENOMEM;
     goto out;
   }
@@ -287,8 +285,7 @@ int cp_compress_backup(const struct kb_config *cfg, const struct kb_catalog *cat
   }
 
   /* The swap: nobody may be reading the backup through a restore. */
-  lock_path = kb_printf("%s/backup-%s.lock", locks, ref->id);
-  r = lock_path ? kb_lock_take(lock_path, "compression swap", 60 * 1000, &lock) : -ENOMEM;
+  r = kb_catalog_lock(cat, KB_LOCK_BACKUP, ref->id, "compression swap", 60 * 1000, &lock);
   if (r == -EBUSY) {
     *ret_error = kb_printf("backup %s is locked by another operation", ref->id);
     r = CP_POSTPONED;

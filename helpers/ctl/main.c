@@ -40,10 +40,10 @@ static void usage(FILE *f)
   fprintf(f,
           "\n"
           "Options:\n"
-          "  --config FILE  configuration (default $KBOSS_CONF or %s/kboss/kboss.conf)\n"
+          "  --config FILE  configuration (default $KBOSS_CONF or %s)\n"
           "  -v, --verbose  say more\n"
           "  -h, --help     this help\n"
-          "  --version      print the version\n", SYSCONFDIR);
+          "  --version      print the version\n", kb_config_default_path());
 }
 
 struct kb_config *ctl_load_config(void)

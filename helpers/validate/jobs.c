@@ -43,11 +43,9 @@ static void test_log(const char *what, const char *backup)
 
 static struct kb_lock *backup_lock(struct vl_ctx *c, const char *id, const char *purpose)
 {
-  CLEANUP_FREE char *locks = kb_catalog_locks_dir(c->cat);
-  CLEANUP_FREE char *path = locks ? kb_printf("%s/backup-%s.lock", locks, id) : NULL;
   struct kb_lock *l = NULL;
 
-  if (!path || kb_catalog_mkdirs(c->cat, locks) < 0 || kb_lock_take(path, purpose, 0, &l) < 0)
+  if (kb_catalog_lock(c->cat, KB_LOCK_BACKUP, id, purpose, 0, &l) < 0)
     return NULL;
   return l;
 }
@@ -57,8 +55,6 @@ static struct kb_lock *backup_lock(struct vl_ctx *c, const char *id, const char 
 static void end_chain(struct vl_ctx *c, const struct kb_backup_ref *ref, const char *reason)
 {
   struct kb_lock *lock = NULL;
-  struct kb_doc *vm = NULL, *chain = NULL;
-  const char *cur;
   int r;
 
   if (kb_doc_get_bool(ref->doc, "backup", "isolated", false))
@@ -68,23 +64,12 @@ static void end_chain(struct vl_ctx *c, const struct kb_backup_ref *ref, const c
     kb_err("backup %s: cannot lock its VM to end the chain: %s", ref->id, strerror(-r));
     return;
   }
-  if (kb_vm_load(c->cat, ref->vm_uuid, &vm) == 0 && (cur = kb_doc_get(vm, "vm", "current_chain")) &&
-      KB_STREQ(cur, ref->chain)) {
-    if (kb_chain_load(c->cat, ref->vm_uuid, ref->chain, &chain) == 0) {
-      (void) kb_doc_set(chain, "chain", "ended", "true");
-      (void) kb_doc_set_text(chain, "chain", "end_reason", reason);
-      if (kb_chain_save(c->cat, ref->vm_uuid, ref->chain, chain) < 0)
-        kb_err("chain %s: cannot save its record", ref->chain);
-    }
-    (void) kb_doc_set(vm, "vm", "current_chain", NULL);
-    if (kb_vm_save(c->cat, ref->vm_uuid, vm) < 0)
-      kb_err("VM %s: cannot save its record", ref->vm_uuid);
-    else
-      kb_warn("VM %s: chain %s ended (%s); the next backup is full",
-              kb_doc_get(ref->doc, "backup", "vm_name"), ref->chain, reason);
-  }
-  kb_doc_free(chain);
-  kb_doc_free(vm);
+  r = kb_chain_end_if_current(c->cat, ref->vm_uuid, ref->chain, reason);
+  if (r < 0)
+    kb_err("VM %s: cannot end chain %s: %s", ref->vm_uuid, ref->chain, strerror(-r));
+  else if (r == 1)
+    kb_warn("VM %s: chain %s ended (%s); the next backup is full",
+            kb_doc_get(ref->doc, "backup", "vm_name"), ref->chain, reason);
   kb_lock_release(lock);
 }
 
@@ -158,7 +143,7 @@ int vl_validate_backup(struct vl_ctx *c, const char *backup_id, bool from_job, c
   struct vl_step steps[16];
   const struct kb_offering *off;
   const char *const *names;
-  const char *offname, *st;
+  const char *offname;
   CLEANUP_FREE char *meta = NULL, *vm_name = NULL;
   char started[32];
   size_t n = 0, i, failed = 0;
@@ -169,12 +154,11 @@ int vl_validate_backup(struct vl_ctx *c, const char *backup_id, bool from_job, c
   memset(steps, 0, sizeof steps);
   r = kb_backup_find(c->cat, backup_id, &ref);
   if (r < 0) {
-    *ret_error = kb_printf("backup %s: not found: %s", backup_id, strerror(-r));
+    *ret_error = kb_msg_backup_find(backup_id, r);
     return r;
   }
-  st = kb_doc_get(ref.doc, "backup", "state");
-  if (!st || KB_STREQ(st, KB_BACKUP_RUNNING)) {
-    *ret_error = kb_printf("backup %s is not complete (%s)", backup_id, st ? st : "no state");
+  if (!kb_backup_complete(ref.doc)) {
+    *ret_error = kb_msg_backup_incomplete(backup_id, ref.doc);
     r = -EAGAIN;
     goto out;
   }
@@ -199,7 +183,7 @@ int vl_validate_backup(struct vl_ctx *c, const char *backup_id, bool from_job, c
     if (step_needs_vm(names[n]))
       need_vm = true;
   }
-  meta = kb_catalog_backup_dir(c->cat, ref.vm_uuid, ref.chain, ref.id);
+  meta = kb_catalog_screenshot_path(c->cat, ref.vm_uuid, ref.chain, ref.id);
   if (!meta) {
     r = -EINVAL;
     *ret_error = kb_printf("backup %s: bad catalog path", backup_id);
@@ -383,7 +367,7 @@ int vl_hash_check(struct vl_ctx *c, const char *backup_id, char **ret_error)
 
   r = kb_backup_find(c->cat, backup_id, &ref);
   if (r < 0) {
-    *ret_error = kb_printf("backup %s: not found: %s", backup_id, strerror(-r));
+    *ret_error = kb_msg_backup_find(backup_id, r);
     return r;
   }
   lock = backup_lock(c, backup_id, "hash check");
@@ -417,10 +401,8 @@ int vl_hash_check(struct vl_ctx *c, const char *backup_id, char **ret_error)
                            detail ? detail : strerror(-r));
     (void) kb_doc_set(ref.doc, "backup", "hash_check", r == 1 ? "mismatch" : "error");
     (void) kb_doc_set_text(ref.doc, "backup", "hash_error", *ret_error);
-    if (r == 1) {
-      (void) kb_doc_set(ref.doc, "backup", "state", KB_BACKUP_INVALID);
-      (void) kb_doc_set(ref.doc, "backup", "validated", "false");
-    }
+    if (r == 1)
+      (void) kb_backup_mark_invalid(ref.doc);
     (void) kb_backup_save(c->cat, ref.vm_uuid, ref.chain, ref.id, ref.doc);
     if (r == 1 && kb_config_bool(c->cfg, vm_name, "backup.validation.end.chain.on.fail"))
       end_chain(c, &ref, "a backup of the chain failed its hash re-check");
@@ -434,8 +416,6 @@ out:
 /* Run one job under its lock. Returns 0 done, 1 failed, -EAGAIN left for later. */
 static int run_job(struct vl_ctx *c, const char *jid)
 {
-  CLEANUP_FREE char *locks = kb_catalog_locks_dir(c->cat);
-  CLEANUP_FREE char *lpath = locks ? kb_printf("%s/job-%s.lock", locks, jid) : NULL;
   CLEANUP_FREE char *err = NULL, *backup = NULL;
   struct kb_lock *lock = NULL;
   struct kb_doc *job = NULL;
@@ -444,7 +424,7 @@ static int run_job(struct vl_ctx *c, const char *jid)
   int64_t now = kb_now();
   int r;
 
-  if (!lpath || kb_catalog_mkdirs(c->cat, locks) < 0 || kb_lock_take(lpath, "validate", 0, &lock) < 0)
+  if (kb_catalog_lock(c->cat, KB_LOCK_JOB, jid, "validate", 0, &lock) < 0)
     return -EAGAIN;
   r = kb_job_load(c->cat, jid, &job);
   if (r < 0)

@@ -66,7 +66,7 @@ int vl_domain_xml(const char *saved, const char *name, const char *description,
 /* steps.c */
 void vl_step_wait_for_boot(struct vl_ctx *c, const char *vm_name, struct vl_vm *vm, struct vl_step *s);
 void vl_step_execute_command(struct vl_ctx *c, const char *vm_name, struct vl_vm *vm, struct vl_step *s);
-void vl_step_screenshot(struct vl_ctx *c, const char *vm_name, const char *meta_dir, struct vl_vm *vm,
+void vl_step_screenshot(struct vl_ctx *c, const char *vm_name, const char *png_path, struct vl_vm *vm,
                         struct vl_step *s);
 void vl_step_fs_check(char *const *files, struct vl_step *s);
 
