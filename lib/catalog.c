@@ -12,6 +12,7 @@
 
 #include "catalog.h"
 #include "kbconfig.h"
+#include "store.h"
 #include "util.h"
 
 struct kb_catalog {
@@ -134,18 +135,17 @@ int kb_catalog_open_at(const char *secondary_path, const struct kb_store *stores
 {
   static const char *const subdirs[] = { "vms", "jobs", "locks" };
   struct kb_catalog *cat;
-  struct stat st;
   size_t i;
   int r;
 
   if (!secondary_path || secondary_path[0] != '/')
     return -EINVAL;
-  /* The mount point must exist: creating it would put the catalog on the
-   * local disk of a host whose NFS mount failed. */
-  if (stat(secondary_path, &st) < 0)
-    return -errno;
-  if (!S_ISDIR(st.st_mode))
-    return -ENOTDIR;
+  /* A mount point, or marked by kbossctl init-store: creating the catalog
+   * in the empty folder of a failed NFS mount would put host-local locks
+   * and backups on the host's own disk. */
+  r = kb_store_check(secondary_path);
+  if (r < 0)
+    return r;
   cat = calloc(1, sizeof *cat);
   if (!cat)
     return -ENOMEM;

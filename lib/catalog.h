@@ -31,8 +31,10 @@ struct kb_catalog;
 struct kb_store;
 
 /* Open (creating as needed) the catalog under secondary.path. The mount
- * point itself must exist (-ENOENT otherwise: never create the catalog on
- * a host's local disk because an NFS mount failed). */
+ * point itself must exist (-ENOENT otherwise) and be a mount point or
+ * carry the kbossctl init-store marker (-ENOMEDIUM otherwise, nothing
+ * created; see store.h and kb_store_strerror): never create the catalog
+ * on a host's local disk because an NFS mount failed. */
 int kb_catalog_open(const struct kb_config *cfg, struct kb_catalog **ret);
 /* The same without a configuration (kb_catalog_open is a wrapper, in
  * catalog-config.c): SECONDARY_PATH and the data stores, copied. */

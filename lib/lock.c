@@ -608,3 +608,24 @@ bool kb_lock_lost(const struct kb_lock *lock)
   pthread_mutex_unlock(&hb_mutex);
   return lost;
 }
+
+/* --- Processes named in records --- */
+
+const char *kb_boot_id(void)
+{
+  return boot_id();
+}
+
+int kb_proc_start_time(long long pid, unsigned long long *ret)
+{
+  return proc_start_time(pid, ret);
+}
+
+int kb_proc_alive(const char *host, const char *boot, long long pid, unsigned long long start_time)
+{
+  if (!host || !KB_STREQ(host, kb_hostname()))
+    return -EREMOTE;
+  if (!boot || !KB_STREQ(boot, boot_id()))
+    return 0;
+  return pid_alive(pid, start_time) ? 1 : 0;
+}

@@ -1,9 +1,12 @@
 #include <config.h>
 
 #include <errno.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
+#include "lock.h"
 #include "record.h"
 #include "util.h"
 
@@ -363,4 +366,83 @@ int kb_job_list(const struct kb_catalog *cat, char ***ret_ids)
     return *ret_ids ? 0 : -ENOMEM;
   }
   return r;
+}
+
+/* ---- kboss's own guest freeze ---- */
+
+#define FREEZE_SECTION "freeze"
+
+int kb_vm_mark_frozen(const struct kb_catalog *cat, const char *vm_uuid, struct kb_doc *rec,
+                      const char *by)
+{
+  unsigned long long start = 0;
+  char now[32], st[32];
+  int r;
+
+  r = kb_proc_start_time(getpid(), &start);
+  if (r < 0)
+    return r;
+  kb_format_time(kb_now(), now, sizeof now);
+  snprintf(st, sizeof st, "%llu", start);
+  (void) kb_doc_remove_section(rec, FREEZE_SECTION);
+  r = kb_doc_set(rec, FREEZE_SECTION, "host", kb_hostname());
+  if (r == 0) r = kb_doc_set(rec, FREEZE_SECTION, "boot_id", kb_boot_id());
+  if (r == 0) r = kb_doc_set_ll(rec, FREEZE_SECTION, "pid", getpid());
+  if (r == 0) r = kb_doc_set(rec, FREEZE_SECTION, "start_time", st);
+  if (r == 0) r = kb_doc_set(rec, FREEZE_SECTION, "by", by);
+  if (r == 0) r = kb_doc_set(rec, FREEZE_SECTION, "since", now);
+  if (r == 0) r = kb_vm_save(cat, vm_uuid, rec);
+  if (r < 0)
+    (void) kb_doc_remove_section(rec, FREEZE_SECTION);
+  return r;
+}
+
+int kb_vm_clear_frozen(const struct kb_catalog *cat, const char *vm_uuid, struct kb_doc *rec)
+{
+  if (!kb_doc_get(rec, FREEZE_SECTION, "pid"))
+    return 0;
+  (void) kb_doc_remove_section(rec, FREEZE_SECTION);
+  return kb_vm_save(cat, vm_uuid, rec);
+}
+
+int kb_vm_frozen_by(const struct kb_doc *rec, struct kb_freeze *ret)
+{
+  const char *st = kb_doc_get(rec, FREEZE_SECTION, "start_time");
+  struct kb_freeze f;
+
+  memset(&f, 0, sizeof f);
+  f.pid = kb_doc_get_ll(rec, FREEZE_SECTION, "pid", -1);
+  if (f.pid < 0)
+    return -ENOENT;
+  f.host = kb_doc_get(rec, FREEZE_SECTION, "host");
+  f.boot_id = kb_doc_get(rec, FREEZE_SECTION, "boot_id");
+  f.by = kb_doc_get(rec, FREEZE_SECTION, "by");
+  f.since = kb_doc_get(rec, FREEZE_SECTION, "since");
+  if (st)
+    f.start_time = strtoull(st, NULL, 10);
+  *ret = f;
+  return 0;
+}
+
+enum kb_freeze_owner kb_vm_freeze_owner(const struct kb_doc *rec, char **ret_desc)
+{
+  struct kb_freeze f;
+  unsigned long long start = 0;
+  int alive;
+
+  if (ret_desc)
+    *ret_desc = NULL;
+  if (kb_vm_frozen_by(rec, &f) < 0)
+    return KB_FREEZE_NONE;
+  if (ret_desc)
+    *ret_desc = kb_printf("backup %s, pid %lld on %s, since %s", f.by ? f.by : "?", f.pid,
+                          f.host ? f.host : "?", f.since ? f.since : "?");
+  alive = kb_proc_alive(f.host, f.boot_id, f.pid, f.start_time);
+  if (alive == -EREMOTE)
+    return KB_FREEZE_REMOTE;
+  if (alive == 0)
+    return KB_FREEZE_GONE;
+  if (f.pid == getpid() && kb_proc_start_time(f.pid, &start) == 0 && start == f.start_time)
+    return KB_FREEZE_SELF;
+  return KB_FREEZE_LIVE;
 }

@@ -174,4 +174,36 @@ int kb_job_save(const struct kb_catalog *cat, const char *job_id, const struct k
 int kb_job_list(const struct kb_catalog *cat, char ***ret_ids);
 int kb_job_remove(const struct kb_catalog *cat, const char *job_id);
 
+/* --- A guest freeze kboss made (vm.ini [freeze]) ---
+ * Recorded before kboss freezes a guest's filesystems and removed once it
+ * has thawed them, so that a later run tells kboss's own freeze left by a
+ * killed run (thaw it) from another tool's (leave it alone). */
+struct kb_freeze {
+  const char *host, *boot_id;  /* the freezing process (lock.h) */
+  long long pid;
+  unsigned long long start_time;
+  const char *by;              /* what froze: a backup id */
+  const char *since;           /* when */
+};
+/* Record that this process is about to freeze the guest for BY, and save
+ * vm.ini; freeze only once this succeeded. */
+int kb_vm_mark_frozen(const struct kb_catalog *cat, const char *vm_uuid, struct kb_doc *rec,
+                      const char *by);
+/* Remove the record (after the thaw, or when the guest is found thawed or
+ * stopped) and save vm.ini. The record is gone from REC even on error. */
+int kb_vm_clear_frozen(const struct kb_catalog *cat, const char *vm_uuid, struct kb_doc *rec);
+/* The freeze recorded in REC (pointers into REC): 0, or -ENOENT. No I/O. */
+int kb_vm_frozen_by(const struct kb_doc *rec, struct kb_freeze *ret);
+
+enum kb_freeze_owner {
+  KB_FREEZE_NONE,      /* no freeze recorded */
+  KB_FREEZE_SELF,      /* this process made it */
+  KB_FREEZE_LIVE,      /* another process on this host that still runs */
+  KB_FREEZE_GONE,      /* its process is dead (or this host rebooted) */
+  KB_FREEZE_REMOTE,    /* made on another host: the VM lock tells */
+};
+/* Who owns the freeze recorded in REC; with RET_DESC (may be NULL) a
+ * description "backup ID, pid N on HOST, since TIME". */
+enum kb_freeze_owner kb_vm_freeze_owner(const struct kb_doc *rec, char **ret_desc);
+
 #endif

@@ -16,6 +16,7 @@
 #include "log.h"
 #include "record.h"
 #include "util.h"
+#include "store.h"
 
 struct bk_disk {
   const struct kb_disk *d;
@@ -80,7 +81,8 @@ static bool store_available(const struct kb_store *s, bool need_kboss_dir)
   struct stat st;
   CLEANUP_FREE char *k = kb_printf("%s/kboss", s->path);
 
-  if (lstat(s->path, &st) < 0 || !S_ISDIR(st.st_mode))
+  /* A mount point or a folder marked by kbossctl init-store (store.h). */
+  if (kb_store_check(s->path) < 0)
     return false;
   if (need_kboss_dir && (!k || lstat(k, &st) < 0 || !S_ISDIR(st.st_mode)))
     return false;

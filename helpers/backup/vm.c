@@ -9,6 +9,7 @@
 #include "lock.h"
 #include "record.h"
 #include "util.h"
+#include "store.h"
 
 static int fail(char **ret_error, int r, char *msg)
 {
@@ -64,7 +65,7 @@ int bk_vm_open(struct kb_config *cfg, const char *vm, const char *purpose, bool 
   if (r < 0) {
     bk_vm_close(&v);
     return fail(ret_error, r, kb_printf("cannot open the catalog under %s: %s",
-                                        kb_config_str(cfg, NULL, "secondary.path"), strerror(-r)));
+                                        kb_config_str(cfg, NULL, "secondary.path"), kb_store_strerror(r)));
   }
   r = kb_catalog_lock_vm(v.cat, v.uuid, purpose, 0, &v.lock);
   if (r < 0) {

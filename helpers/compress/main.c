@@ -13,6 +13,7 @@
 #include "kbconfig.h"
 #include "log.h"
 #include "util.h"
+#include "store.h"
 
 volatile sig_atomic_t cp_cancel;
 
@@ -85,7 +86,7 @@ int main(int argc, char **argv)
   }
   r = kb_catalog_open(cfg, &cat);
   if (r < 0) {
-    kb_err("cannot open the catalog on secondary storage: %s", strerror(-r));
+    kb_err("cannot open the catalog under %s: %s", kb_config_str(cfg, NULL, "secondary.path"), kb_store_strerror(r));
     kb_config_free(cfg);
     return 1;
   }

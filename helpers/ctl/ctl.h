@@ -38,6 +38,7 @@ int ctl_settings(int argc, char **argv);
 int ctl_offerings(int argc, char **argv);
 int ctl_screenshot(int argc, char **argv);
 int ctl_jobs(int argc, char **argv);
+int ctl_init_store(int argc, char **argv);
 int ctl_backups(int argc, char **argv);
 int ctl_assign(int argc, char **argv);
 int ctl_finish_chain(int argc, char **argv);

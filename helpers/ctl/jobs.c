@@ -15,6 +15,7 @@
 #include "log.h"
 #include "record.h"
 #include "util.h"
+#include "store.h"
 
 static void jobs_usage(FILE *f)
 {
@@ -101,7 +102,7 @@ int ctl_jobs(int argc, char **argv)
     return 2;
   r = kb_catalog_open(cfg, &cat);
   if (r < 0) {
-    kb_err("cannot open the catalog on secondary storage: %s", strerror(-r));
+    kb_err("cannot open the catalog under %s: %s", kb_config_str(cfg, NULL, "secondary.path"), kb_store_strerror(r));
     kb_config_free(cfg);
     return 1;
   }

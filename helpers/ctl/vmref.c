@@ -10,6 +10,7 @@
 #include "log.h"
 #include "record.h"
 #include "util.h"
+#include "store.h"
 
 struct kb_catalog *ctl_open_catalog(const struct kb_config *cfg)
 {
@@ -17,7 +18,7 @@ struct kb_catalog *ctl_open_catalog(const struct kb_config *cfg)
   int r = kb_catalog_open(cfg, &cat);
 
   if (r < 0) {
-    kb_err("cannot open the catalog under %s: %s", kb_config_str(cfg, NULL, "secondary.path"), strerror(-r));
+    kb_err("cannot open the catalog under %s: %s", kb_config_str(cfg, NULL, "secondary.path"), kb_store_strerror(r));
     return NULL;
   }
   return cat;

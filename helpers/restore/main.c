@@ -12,6 +12,7 @@
 #include "log.h"
 #include "restore.h"
 #include "util.h"
+#include "store.h"
 
 volatile sig_atomic_t rs_cancel;
 
@@ -127,7 +128,7 @@ int main(int argc, char **argv)
   r = kb_catalog_open(c.cfg, &c.cat);
   if (r < 0) {
     err = kb_printf("cannot open the catalog under %s: %s", kb_config_str(c.cfg, NULL, "secondary.path"),
-                    strerror(-r));
+                    kb_store_strerror(r));
     goto out;
   }
   if (consolidate) {

@@ -12,6 +12,7 @@
 #include "util.h"
 #include "validate.h"
 #include "virt.h"
+#include "store.h"
 
 volatile sig_atomic_t vl_cancel;
 
@@ -93,7 +94,7 @@ int main(int argc, char **argv)
 
   r = kb_catalog_open(c.cfg, &c.cat);
   if (r < 0) {
-    kb_err("cannot open the catalog: %s", strerror(-r));
+    kb_err("cannot open the catalog under %s: %s", kb_config_str(c.cfg, NULL, "secondary.path"), kb_store_strerror(r));
     kb_config_free(c.cfg);
     return 1;
   }

@@ -48,6 +48,8 @@ ok qemu-img compare -q "$(kb_backup_file "$b3" vdb)" "$ref.3" "backup after the 
 # Two stores, one of them for backups only: new chains go there.
 mkdir -p "$KBT_TMPDIR/main" "$KBT_TMPDIR/bkonly"
 chmod 0755 "$KBT_TMPDIR/main" "$KBT_TMPDIR/bkonly"
+kb kbossctl init-store "$KBT_TMPDIR/main" >/dev/null && kb kbossctl init-store "$KBT_TMPDIR/bkonly" >/dev/null ||
+	bail_out "init-store"
 cat >> "$KBOSS_CONF" <<CONF
 
 [store:main]

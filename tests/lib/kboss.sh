@@ -4,7 +4,8 @@
 #
 #   kb_conf_init [CHAIN_SIZE]     a kboss configuration in $KBT_TMPDIR/kboss,
 #                                 exported as KBOSS_CONF; secondary storage is
-#                                 the folder $KB_SECONDARY
+#                                 the folder $KB_SECONDARY, marked with
+#                                 kbossctl init-store (it is no mount point)
 #   kb_offering NAME [KEY=VALUE...]  write offerings.d/NAME.conf
 #   kb_assign NAME OFFERING       vms.d file for the test VM NAME
 #   kb PROG ARGS...               run a built kboss program
@@ -31,6 +32,8 @@ kb_conf_init() {
 	KB_SECONDARY=$KB_ROOT/secondary
 	mkdir -p "$KB_ROOT/etc/offerings.d" "$KB_ROOT/etc/vms.d" "$KB_SECONDARY" "$KB_ROOT/scratch" || return 1
 	chmod 0755 "$KB_ROOT" "$KB_SECONDARY"
+	# A folder, not a mount point: marked as a store on purpose.
+	kb kbossctl init-store "$KB_SECONDARY" >/dev/null || return 1
 	cat > "$KB_ROOT/etc/kboss.conf" <<CONF
 [global]
 backup.framework.enabled = true

@@ -17,6 +17,7 @@
 #include "catalog.h"
 #include "kbconfig.h"
 #include "record.h"
+#include "store.h"
 #include "util.h"
 
 #define VM1 "6a1f4c2e-9b3d-4e5f-8a7b-1c2d3e4f5a6b"
@@ -40,6 +41,7 @@ static void setup(void)
   stores[0].name = (char *) "fast";
   stores[0].path = storepath;
   stores[0].backups_only = true;
+  cr_assert_eq(kb_store_init(secondary, NULL), 0);
   cr_assert_eq(kb_catalog_open_at(secondary, stores, 1, &cat), 0);
 }
 
@@ -84,6 +86,47 @@ Test(catalog, open_refuses_a_missing_mount_point)
   cr_assert_eq(kb_catalog_open_at(p, NULL, 0, &c), -ENOENT);
   cr_assert_eq(access(p, F_OK), -1, "the mount point was created");
   cr_assert_eq(kb_catalog_open_at("relative/path", NULL, 0, &c), -EINVAL);
+}
+
+/* An empty folder where the export should be mounted: refused, nothing
+ * created in it, until kbossctl init-store marks it. */
+Test(catalog, open_refuses_a_folder_that_is_no_mount_point)
+{
+  struct kb_catalog *c = NULL;
+  char p[256], m[300], k[300];
+  int mounted = -1;
+
+  snprintf(p, sizeof p, "%s/plain", tmpdir);
+  snprintf(m, sizeof m, "%s/" KB_STORE_MARKER, p);
+  snprintf(k, sizeof k, "%s/kboss", p);
+  cr_assert_eq(mkdir(p, 0755), 0);
+  cr_assert_eq(kb_store_check(p), -ENOMEDIUM);
+  cr_assert_eq(kb_catalog_open_at(p, NULL, 0, &c), -ENOMEDIUM);
+  cr_assert_eq(access(k, F_OK), -1, "the catalog was created in a plain folder");
+  cr_assert(strstr(kb_store_strerror(-ENOMEDIUM), "init-store"));
+
+  /* A marker that is a symlink does not count. */
+  cr_assert_eq(symlink("/etc/hostname", m), 0);
+  cr_assert_eq(kb_store_check(p), -ENOMEDIUM);
+  cr_assert_eq(kb_store_init(p, NULL), -EEXIST);
+  cr_assert_eq(unlink(m), 0);
+
+  cr_assert_eq(kb_store_init(p, &mounted), 0);
+  cr_assert_eq(mounted, 0);
+  {
+    struct stat st;
+    cr_assert_eq(lstat(m, &st), 0);
+    cr_assert(S_ISREG(st.st_mode));
+    cr_assert_eq(st.st_mode & 07777, 0600);
+  }
+  cr_assert_eq(kb_store_init(p, NULL), 0, "marking twice is fine");
+  cr_assert_eq(kb_catalog_open_at(p, NULL, 0, &c), 0);
+  cr_assert_eq(access(k, F_OK), 0);
+  kb_catalog_free(c);
+
+  /* The root of a filesystem is a mount point: no marker needed. */
+  cr_assert_eq(kb_store_check("/"), 0);
+  cr_assert_eq(kb_store_check("/proc"), 0);
 }
 
 Test(catalog, paths)
@@ -191,6 +234,7 @@ Test(catalog, symlinks_are_refused)
     struct kb_catalog *c = NULL;
     char *sec2 = kb_printf("%s/secondary2", tmpdir), *root2 = kb_printf("%s/kboss", sec2);
     cr_assert_eq(mkdir(sec2, 0700), 0);
+    cr_assert_eq(kb_store_init(sec2, NULL), 0);
     cr_assert_eq(symlink(target, root2), 0);
     cr_assert_eq(kb_catalog_open_at(sec2, NULL, 0, &c), -ELOOP);
     free(sec2);
