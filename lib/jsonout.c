@@ -31,6 +31,11 @@ json_object *kb_doc_to_json(const struct kb_doc *doc)
   return root;
 }
 
+json_object *kb_json_str(const char *s)
+{
+  return s ? json_object_new_string(s) : NULL;
+}
+
 void kb_json_print(json_object *obj)
 {
   puts(json_object_to_json_string_ext(obj, JSON_C_TO_STRING_PRETTY | JSON_C_TO_STRING_NOSLASHESCAPE));

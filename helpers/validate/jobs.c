@@ -135,19 +135,169 @@ static bool step_needs_vm(const char *name)
   return !KB_STREQ(name, "fs_check");
 }
 
+/* The steps the backup's offering lists (the default ones for an unknown
+ * offering), all Skipped until run. Returns how many; *RET_NEED_VM when
+ * one of them needs the validation VM. */
+static size_t plan_steps(struct vl_ctx *c, const struct kb_backup_ref *ref, struct vl_step *steps,
+                         size_t max, bool *ret_need_vm)
+{
+  const char *offname = kb_doc_get(ref->doc, "backup", "offering");
+  const char *const *names = kb_offering_steps(offname ? kb_config_offering(c->cfg, offname) : NULL);
+  size_t n;
+
+  *ret_need_vm = false;
+  for (n = 0; names[n] && n < max; n++) {
+    steps[n].name = names[n];
+    steps[n].status = VL_SKIPPED;
+    if (step_needs_vm(names[n]))
+      *ret_need_vm = true;
+  }
+  return n;
+}
+
+/* The zone-wide and this host's validation slots, then the backup's lock.
+ * -EAGAIN (with the reason) when any is taken. */
+static int take_slots_and_lock(struct vl_ctx *c, const char *backup_id, const char *vm_name,
+                               struct kb_lock **zslot, struct kb_lock **hslot, struct kb_lock **lock,
+                               char **ret_error)
+{
+  int r = kb_catalog_take_slot(c->cat, "validation", NULL,
+                               kb_config_int(c->cfg, vm_name, "backup.validation.max.concurrent.operations"),
+                               backup_id, zslot);
+  if (r == 0)
+    r = kb_catalog_take_slot(c->cat, "validation", kb_hostname(),
+                             kb_config_int(c->cfg, vm_name, "backup.validation.max.concurrent.operations.per.host"),
+                             backup_id, hslot);
+  if (r < 0) {
+    *ret_error = r == -EBUSY ? kb_printf("backup %s: the limit of concurrent validations is reached", backup_id)
+                             : kb_printf("backup %s: cannot take a validation slot: %s", backup_id, strerror(-r));
+    return r == -EBUSY ? -EAGAIN : r;
+  }
+  *lock = backup_lock(c, backup_id, "validation");
+  if (!*lock) {
+    *ret_error = kb_printf("backup %s is in use (compression, validation or restore)", backup_id);
+    return -EAGAIN;
+  }
+  return 0;
+}
+
+/* The steps that need the VM, in the listed order; the VM is destroyed after. */
+static void run_vm_steps(struct vl_ctx *c, const char *vm_name, const char *png_path, struct vl_vm *vm,
+                         struct vl_step *steps, size_t n)
+{
+  for (size_t i = 0; i < n && !vl_cancel; i++) {
+    int64_t t0 = kb_mono_ms();
+    if (!step_needs_vm(steps[i].name))
+      continue;
+    if (KB_STREQ(steps[i].name, "wait_for_boot"))
+      vl_step_wait_for_boot(c, vm_name, vm, &steps[i]);
+    else if (KB_STREQ(steps[i].name, "execute_command"))
+      vl_step_execute_command(c, vm_name, vm, &steps[i]);
+    else if (KB_STREQ(steps[i].name, "screenshot"))
+      vl_step_screenshot(c, vm_name, png_path, vm, &steps[i]);
+    else {
+      steps[i].status = VL_SKIPPED;
+      steps[i].message = strdup("unknown step");
+    }
+    steps[i].seconds = (kb_mono_ms() - t0) / 1000.0;
+  }
+  if (vm->dom) {
+    (void) virDomainDestroy(vm->dom);
+    virDomainFree(vm->dom);
+    vm->dom = NULL;
+  }
+}
+
+/* The steps on the backup's own files (fs_check), once the VM is gone. */
+static void run_file_steps(struct vl_ctx *c, const struct kb_backup_ref *ref, struct vl_step *steps, size_t n)
+{
+  for (size_t i = 0; i < n && !vl_cancel; i++) {
+    int64_t t0 = kb_mono_ms();
+    char **disks = NULL, **files = NULL;
+    size_t k, nd;
+
+    if (step_needs_vm(steps[i].name))
+      continue;
+    if (kb_backup_disks(ref->doc, &disks) == 0) {
+      for (nd = 0; disks[nd]; nd++)
+        ;
+      files = calloc(nd + 1, sizeof *files);
+      for (k = 0; files && k < nd; k++)
+        files[k] = kb_backup_disk_path(c->cat, ref, disks[k]);
+      if (files)
+        vl_step_fs_check(files, &steps[i]);
+      kb_strv_free(files);
+      kb_strv_free(disks);
+    }
+    steps[i].seconds = (kb_mono_ms() - t0) / 1000.0;
+  }
+}
+
+/* Log and save the results; on failure end the chain if so configured; on
+ * the first success record the hashes. 0 passed, 1 failed, -EINTR, -errno. */
+static int record_outcome(struct vl_ctx *c, struct kb_backup_ref *ref, struct vl_step *steps, size_t n,
+                          const char *started, const char *vm_name, char **ret_error)
+{
+  CLEANUP_FREE char *summary = NULL;
+  size_t i, failed = 0;
+  int r;
+
+  for (i = 0; i < n; i++) {
+    if (steps[i].status == VL_FAILED)
+      failed++;
+    kb_info("backup %s: %s %s %.1fs %s", ref->id, steps[i].name, status_word(steps[i].status),
+            steps[i].seconds, steps[i].message ? steps[i].message : "");
+  }
+  if (vl_cancel) {
+    *ret_error = kb_printf("backup %s: validation interrupted", ref->id);
+    (void) save_results(c, ref, steps, n, "Interrupted", started, "interrupted");
+    return -EINTR;
+  }
+  for (i = 0; i < n; i++)
+    if (steps[i].status == VL_FAILED) {
+      summary = kb_printf("%s failed: %s", steps[i].name, steps[i].message ? steps[i].message : "");
+      break;
+    }
+  r = save_results(c, ref, steps, n, failed ? "Failed" : "Passed", started,
+                   failed ? summary : "every step passed");
+  if (r < 0) {
+    *ret_error = kb_printf("backup %s: cannot save the results: %s", ref->id, strerror(-r));
+    return r;
+  }
+  if (failed) {
+    *ret_error = kb_printf("backup %s: validation failed: %s", ref->id, summary ? summary : "");
+    if (kb_config_bool(c->cfg, vm_name, "backup.validation.end.chain.on.fail"))
+      end_chain(c, ref, "backup validation failed");
+    return 1;
+  }
+  /* First success: record the hashes and schedule their re-checks. */
+  if (!kb_backup_has_hash(ref->doc)) {
+    char *err = NULL;
+    r = kb_backup_hash_record(c->cat, ref, &err);
+    if (r < 0) {
+      *ret_error = err;
+      return r;
+    }
+  }
+  {
+    int64_t due = kb_now() + 3600 * kb_config_int(c->cfg, vm_name, "backup.validation.interval");
+    if (kb_job_queue(c->cat, KB_JOB_HASH, ref, due, NULL) < 0)
+      kb_warn("backup %s: cannot schedule its hash re-check", ref->id);
+  }
+  return 0;
+}
+
 int vl_validate_backup(struct vl_ctx *c, const char *backup_id, bool from_job, char **ret_error)
 {
   struct kb_backup_ref ref = { 0 };
   struct kb_lock *lock = NULL, *zslot = NULL, *hslot = NULL;
   struct vl_vm vm = { 0 };
   struct vl_step steps[16];
-  const struct kb_offering *off;
-  const char *const *names;
-  const char *offname;
-  CLEANUP_FREE char *meta = NULL, *vm_name = NULL;
+  CLEANUP_FREE char *png = NULL, *vm_name = NULL;
+  const char *hold = getenv("KBOSS_TEST_VALIDATE_HOLD_MS");
   char started[32];
-  size_t n = 0, i, failed = 0;
-  bool need_vm = false;
+  size_t n, i;
+  bool need_vm;
   int r;
 
   (void) from_job;
@@ -174,55 +324,28 @@ int vl_validate_backup(struct vl_ctx *c, const char *backup_id, bool from_job, c
     r = -EINVAL;
     goto out;
   }
-  offname = kb_doc_get(ref.doc, "backup", "offering");
-  off = offname ? kb_config_offering(c->cfg, offname) : NULL;
-  names = kb_offering_steps(off);
-  for (n = 0; names[n] && n < KB_ARRAY_SIZE(steps); n++) {
-    steps[n].name = names[n];
-    steps[n].status = VL_SKIPPED;
-    if (step_needs_vm(names[n]))
-      need_vm = true;
-  }
-  meta = kb_catalog_screenshot_path(c->cat, ref.vm_uuid, ref.chain, ref.id);
-  if (!meta) {
+  n = plan_steps(c, &ref, steps, KB_ARRAY_SIZE(steps), &need_vm);
+  png = kb_catalog_screenshot_path(c->cat, ref.vm_uuid, ref.chain, ref.id);
+  if (!png) {
     r = -EINVAL;
     *ret_error = kb_printf("backup %s: bad catalog path", backup_id);
     goto out;
   }
-
-  /* Limits: zone-wide and this host's slots. */
-  r = kb_catalog_take_slot(c->cat, "validation", NULL,
-                           kb_config_int(c->cfg, vm_name, "backup.validation.max.concurrent.operations"),
-                           backup_id, &zslot);
-  if (r == 0)
-    r = kb_catalog_take_slot(c->cat, "validation", kb_hostname(),
-                             kb_config_int(c->cfg, vm_name, "backup.validation.max.concurrent.operations.per.host"),
-                             backup_id, &hslot);
-  if (r < 0) {
-    *ret_error = r == -EBUSY ? kb_printf("backup %s: the limit of concurrent validations is reached", backup_id)
-                             : kb_printf("backup %s: cannot take a validation slot: %s", backup_id, strerror(-r));
-    r = r == -EBUSY ? -EAGAIN : r;
+  r = take_slots_and_lock(c, backup_id, vm_name, &zslot, &hslot, &lock, ret_error);
+  if (r < 0)
     goto out;
-  }
-  lock = backup_lock(c, backup_id, "validation");
-  if (!lock) {
-    *ret_error = kb_printf("backup %s is in use (compression, validation or restore)", backup_id);
-    r = -EAGAIN;
-    goto out;
-  }
 
   /* Tests of the limits: hold the slots for this long instead of running
    * the steps (booting real VMs side by side is too slow for them). */
-  const char *hold = getenv("KBOSS_TEST_VALIDATE_HOLD_MS");
   if (hold && *hold) {
     test_log("start", backup_id);
     usleep((useconds_t) atoi(hold) * 1000);
     test_log("end", backup_id);
     for (i = 0; i < n; i++)
       steps[i].message = strdup("not run (KBOSS_TEST_VALIDATE_HOLD_MS)");
-    need_vm = false;
     kb_format_time(kb_now(), started, sizeof started);
-    goto results;
+    r = record_outcome(c, &ref, steps, n, started, vm_name, ret_error);
+    goto out;
   }
   if (need_vm) {
     char *why;
@@ -245,30 +368,7 @@ int vl_validate_backup(struct vl_ctx *c, const char *backup_id, bool from_job, c
     if (r < 0)
       goto out;
   }
-
-  /* Steps with the VM first (in the listed order), then fs_check on the
-   * backup's own files once the VM is gone. */
-  for (i = 0; i < n && !vl_cancel; i++) {
-    int64_t t0 = kb_mono_ms();
-    if (!step_needs_vm(steps[i].name))
-      continue;
-    if (KB_STREQ(steps[i].name, "wait_for_boot"))
-      vl_step_wait_for_boot(c, vm_name, &vm, &steps[i]);
-    else if (KB_STREQ(steps[i].name, "execute_command"))
-      vl_step_execute_command(c, vm_name, &vm, &steps[i]);
-    else if (KB_STREQ(steps[i].name, "screenshot"))
-      vl_step_screenshot(c, vm_name, meta, &vm, &steps[i]);
-    else {
-      steps[i].status = VL_SKIPPED;
-      steps[i].message = strdup("unknown step");
-    }
-    steps[i].seconds = (kb_mono_ms() - t0) / 1000.0;
-  }
-  if (vm.dom) {
-    (void) virDomainDestroy(vm.dom);
-    virDomainFree(vm.dom);
-    vm.dom = NULL;
-  }
+  run_vm_steps(c, vm_name, png, &vm, steps, n);
   /* libvirtd went away (restarted): it destroyed the autodestroy VM. That
    * says nothing about the backup: not a failed validation, try later. */
   if (need_vm && !vl_cancel && virConnectIsAlive(c->conn) != 1) {
@@ -278,75 +378,8 @@ int vl_validate_backup(struct vl_ctx *c, const char *backup_id, bool from_job, c
     r = -EAGAIN;
     goto out;
   }
-  for (i = 0; i < n && !vl_cancel; i++) {
-    int64_t t0 = kb_mono_ms();
-    if (step_needs_vm(steps[i].name))
-      continue;
-    CLEANUP_FREE char *data = kb_backup_data_dir(c->cat, &ref);
-    char **disks = NULL, **files = NULL;
-    size_t k, nd;
-    if (kb_backup_disks(ref.doc, &disks) == 0) {
-      for (nd = 0; disks[nd]; nd++)
-        ;
-      files = calloc(nd + 1, sizeof *files);
-      for (k = 0; files && k < nd; k++)
-        files[k] = kb_backup_disk_path(c->cat, &ref, disks[k]);
-      if (files)
-        vl_step_fs_check(files, &steps[i]);
-      kb_strv_free(files);
-      kb_strv_free(disks);
-    }
-    steps[i].seconds = (kb_mono_ms() - t0) / 1000.0;
-  }
-results:
-  for (i = 0; i < n; i++) {
-    if (steps[i].status == VL_FAILED)
-      failed++;
-    kb_info("backup %s: %s %s %.1fs %s", backup_id, steps[i].name, status_word(steps[i].status),
-            steps[i].seconds, steps[i].message ? steps[i].message : "");
-  }
-  if (vl_cancel) {
-    *ret_error = kb_printf("backup %s: validation interrupted", backup_id);
-    (void) save_results(c, &ref, steps, n, "Interrupted", started, "interrupted");
-    r = -EINTR;
-    goto out;
-  }
-  {
-    CLEANUP_FREE char *summary = NULL;
-    for (i = 0; i < n; i++)
-      if (steps[i].status == VL_FAILED) {
-        summary = kb_printf("%s failed: %s", steps[i].name, steps[i].message ? steps[i].message : "");
-        break;
-      }
-    r = save_results(c, &ref, steps, n, failed ? "Failed" : "Passed", started,
-                     failed ? summary : "every step passed");
-    if (r < 0) {
-      *ret_error = kb_printf("backup %s: cannot save the results: %s", backup_id, strerror(-r));
-      goto out;
-    }
-    if (failed) {
-      *ret_error = kb_printf("backup %s: validation failed: %s", backup_id, summary ? summary : "");
-      if (kb_config_bool(c->cfg, vm_name, "backup.validation.end.chain.on.fail"))
-        end_chain(c, &ref, "backup validation failed");
-      r = 1;
-      goto out;
-    }
-  }
-  /* First success: record the hashes and schedule their re-checks. */
-  if (!kb_backup_has_hash(ref.doc)) {
-    char *err = NULL;
-    r = kb_backup_hash_record(c->cat, &ref, &err);
-    if (r < 0) {
-      *ret_error = err;
-      goto out;
-    }
-  }
-  {
-    int64_t due = kb_now() + 3600 * kb_config_int(c->cfg, vm_name, "backup.validation.interval");
-    if (kb_job_queue(c->cat, KB_JOB_HASH, &ref, due, NULL) < 0)
-      kb_warn("backup %s: cannot schedule its hash re-check", backup_id);
-  }
-  r = 0;
+  run_file_steps(c, &ref, steps, n);
+  r = record_outcome(c, &ref, steps, n, started, vm_name, ret_error);
 out:
   vl_vm_teardown(&vm);
   kb_lock_release(lock);
