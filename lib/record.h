@@ -24,6 +24,12 @@
 #define KB_BACKUP_READY "Ready"
 #define KB_BACKUP_INVALID "Invalid"
 
+/* A backup's last validation (backup.ini [validation] state). */
+#define KB_VALIDATION_RUNNING "Running"
+#define KB_VALIDATION_PASSED "Passed"
+#define KB_VALIDATION_FAILED "Failed"
+#define KB_VALIDATION_INTERRUPTED "Interrupted"
+
 /* Load/save the records; load returns -ENOENT when absent. */
 int kb_vm_load(const struct kb_catalog *cat, const char *vm_uuid, struct kb_doc **ret);
 int kb_vm_save(const struct kb_catalog *cat, const char *vm_uuid, const struct kb_doc *doc);

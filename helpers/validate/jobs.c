@@ -92,7 +92,7 @@ static int save_results(struct vl_ctx *c, struct kb_backup_ref *ref, struct vl_s
   r = kb_doc_set(ref->doc, "validation", "state", state);
   if (r == 0) r = kb_doc_set(ref->doc, "validation", "host", kb_hostname());
   if (r == 0) r = kb_doc_set(ref->doc, "validation", "started", started);
-  if (r == 0) r = kb_doc_set(ref->doc, "validation", "finished", KB_STREQ(state, "Running") ? NULL : now);
+  if (r == 0) r = kb_doc_set(ref->doc, "validation", "finished", KB_STREQ(state, KB_VALIDATION_RUNNING) ? NULL : now);
   if (r == 0) r = kb_doc_set_text(ref->doc, "validation", "result", summary);
   for (i = 0; i < n && r == 0; i++) {
     CLEANUP_FREE char *key = kb_printf("step.%s", steps[i].name);
@@ -102,7 +102,7 @@ static int save_results(struct vl_ctx *c, struct kb_backup_ref *ref, struct vl_s
       return -ENOMEM;
     r = kb_doc_set_text(ref->doc, "validation", key, val);
   }
-  if (r == 0 && KB_STREQ(state, "Passed")) {
+  if (r == 0 && KB_STREQ(state, KB_VALIDATION_PASSED)) {
     r = kb_doc_set(ref->doc, "backup", "validated", "true");
     if (r == 0) r = kb_doc_set(ref->doc, "backup", "validated_at", now);
   }
@@ -250,7 +250,7 @@ static int record_outcome(struct vl_ctx *c, struct kb_backup_ref *ref, struct vl
   }
   if (vl_cancel) {
     *ret_error = kb_printf("backup %s: validation interrupted", ref->id);
-    (void) save_results(c, ref, steps, n, "Interrupted", started, "interrupted");
+    (void) save_results(c, ref, steps, n, KB_VALIDATION_INTERRUPTED, started, "interrupted");
     return -EINTR;
   }
   for (i = 0; i < n; i++)
@@ -258,7 +258,7 @@ static int record_outcome(struct vl_ctx *c, struct kb_backup_ref *ref, struct vl
       summary = kb_printf("%s failed: %s", steps[i].name, steps[i].message ? steps[i].message : "");
       break;
     }
-  r = save_results(c, ref, steps, n, failed ? "Failed" : "Passed", started,
+  r = save_results(c, ref, steps, n, failed ? KB_VALIDATION_FAILED : KB_VALIDATION_PASSED, started,
                    failed ? summary : "every step passed");
   if (r < 0) {
     *ret_error = kb_printf("backup %s: cannot save the results: %s", ref->id, strerror(-r));
@@ -361,7 +361,7 @@ int vl_validate_backup(struct vl_ctx *c, const char *backup_id, bool from_job, c
     }
   }
   kb_format_time(kb_now(), started, sizeof started);
-  (void) save_results(c, &ref, steps, 0, "Running", started, NULL);
+  (void) save_results(c, &ref, steps, 0, KB_VALIDATION_RUNNING, started, NULL);
   kb_info("backup %s: validating (%zu steps)", backup_id, n);
   if (need_vm) {
     r = vl_vm_start(c, &vm, ret_error);
@@ -374,7 +374,7 @@ int vl_validate_backup(struct vl_ctx *c, const char *backup_id, bool from_job, c
   if (need_vm && !vl_cancel && virConnectIsAlive(c->conn) != 1) {
     *ret_error = kb_printf("backup %s: the connection to libvirtd was lost during the validation "
                            "(libvirtd restarted?); it will be run again", backup_id);
-    (void) save_results(c, &ref, steps, 0, "Interrupted", started, "the connection to libvirtd was lost");
+    (void) save_results(c, &ref, steps, 0, KB_VALIDATION_INTERRUPTED, started, "the connection to libvirtd was lost");
     r = -EAGAIN;
     goto out;
   }
