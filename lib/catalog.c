@@ -568,12 +568,36 @@ static char *slot_prefix(const char *kind, const char *host)
   return host ? kb_printf("%s.host-%s.", kind, host) : kb_printf("%s.zone.", kind);
 }
 
+/* Zone-wide slots live on the export; per-host slots need nothing shared
+ * and live under the host's own run directory (a local tmpfs), where a
+ * dead holder is always a process of this kernel. */
+static char *slot_dir(const struct kb_catalog *cat, const char *host, bool create)
+{
+  char *dir;
+  int r;
+
+  if (!host)
+    return kb_catalog_locks_dir(cat);
+  dir = kb_printf("%s/locks", kb_run_dir());
+  if (!dir) {
+    errno = ENOMEM;
+    return NULL;
+  }
+  if (create && (r = kb_mkdir_p(dir, 0700)) < 0) {
+    free(dir);
+    errno = -r;
+    return NULL;
+  }
+  return dir;
+}
+
 int kb_catalog_take_slot(const struct kb_catalog *cat, const char *kind, const char *host,
                          long long limit, const char *purpose, struct kb_lock **ret)
 {
   CLEANUP_FREE char *locks = NULL;
   CLEANUP_FREE char *prefix = slot_prefix(kind, host);
   long long i;
+  int pass;
 
   if (!prefix)
     return -EINVAL;
@@ -581,18 +605,21 @@ int kb_catalog_take_slot(const struct kb_catalog *cat, const char *kind, const c
     *ret = NULL;
     return 0;
   }
-  locks = kb_catalog_locks_dir(cat);
+  locks = slot_dir(cat, host, true);
   if (!locks)
     return -errno;
-  for (i = 0; i < limit; i++) {
-    CLEANUP_FREE char *path = kb_printf("%s/%s%lld", locks, prefix, i);
-    int r;
-    if (!path)
-      return -ENOMEM;
-    r = kb_lock_take(path, purpose, 0, ret);
-    if (r != -EBUSY)
-      return r;
-  }
+  /* First a plain try of each slot; only when all are held, a silent
+   * holder's slot is watched (up to a lease) before it is broken. */
+  for (pass = 0; pass < 2; pass++)
+    for (i = 0; i < limit; i++) {
+      CLEANUP_FREE char *path = kb_printf("%s/%s%lld", locks, prefix, i);
+      int r;
+      if (!path)
+        return -ENOMEM;
+      r = pass == 0 ? kb_lock_try(path, purpose, ret) : kb_lock_take(path, purpose, 0, ret);
+      if (r != -EBUSY)
+        return r;
+    }
   return -EBUSY;
 }
 
@@ -609,12 +636,17 @@ int kb_catalog_count_slots(const struct kb_catalog *cat, const char *kind, const
 
   if (!prefix)
     return -EINVAL;
-  locks = kb_catalog_locks_dir(cat);
+  locks = slot_dir(cat, host, false);
   if (!locks)
     return -errno;
   fd = open(locks, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
-  if (fd < 0)
+  if (fd < 0) {
+    if (errno == ENOENT && host) {
+      *ret_held = 0;
+      return 0;
+    }
     return -errno;
+  }
   d = fdopendir(fd);
   if (!d) {
     close(fd);

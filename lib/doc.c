@@ -31,6 +31,11 @@ struct section {
 struct kb_doc {
   struct section *sec;
   size_t nsec, cap;
+  /* Where the catalog read it from (lib/meta.c): the base of a
+   * read-modify-write. */
+  char *origin;
+  unsigned long long origin_gen;
+  char *origin_text;
 };
 
 struct kb_doc *kb_doc_new(void)
@@ -59,7 +64,38 @@ void kb_doc_free(struct kb_doc *doc)
   for (i = 0; i < doc->nsec; i++)
     section_clear(&doc->sec[i]);
   free(doc->sec);
+  free(doc->origin);
+  free(doc->origin_text);
   free(doc);
+}
+
+int kb_doc_set_origin(const struct kb_doc *cdoc, const char *where, unsigned long long gen,
+                      const char *text)
+{
+  struct kb_doc *doc = (struct kb_doc *) cdoc;   /* bookkeeping, not content */
+  char *w = where ? strdup(where) : NULL, *t = text ? strdup(text) : NULL;
+
+  if ((where && !w) || (text && !t)) {
+    free(w);
+    free(t);
+    return -ENOMEM;
+  }
+  free(doc->origin);
+  free(doc->origin_text);
+  doc->origin = w;
+  doc->origin_gen = gen;
+  doc->origin_text = t;
+  return 0;
+}
+
+bool kb_doc_get_origin(const struct kb_doc *doc, const char *where, unsigned long long *ret_gen,
+                       const char **ret_text)
+{
+  if (!doc->origin || !where || !KB_STREQ(doc->origin, where) || !doc->origin_text)
+    return false;
+  *ret_gen = doc->origin_gen;
+  *ret_text = doc->origin_text;
+  return true;
 }
 
 static struct section *find_section(const struct kb_doc *doc, const char *name)

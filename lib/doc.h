@@ -39,4 +39,13 @@ const char *kb_doc_section_name(const struct kb_doc *doc, unsigned n);
 bool kb_doc_key_at(const struct kb_doc *doc, const char *section, unsigned n,
                    const char **ret_key, const char **ret_value);
 
+/* For lib/meta.c: the catalog generation a document was read from (WHERE
+ * names the document, GEN its generation, TEXT its content then), so that
+ * a later write of it can tell that somebody else wrote in between and
+ * merge instead of overwriting. Not part of the content. */
+int kb_doc_set_origin(const struct kb_doc *doc, const char *where, unsigned long long gen,
+                      const char *text);
+bool kb_doc_get_origin(const struct kb_doc *doc, const char *where, unsigned long long *ret_gen,
+                       const char **ret_text);
+
 #endif

@@ -232,16 +232,68 @@ int kb_write_file_atomic(const char *path, const void *buf, size_t len, unsigned
 const char *kb_hostname(void)
 {
   static char name[HOST_NAME_MAX + 1];
-  const char *env;
+  const char *env = getenv("KBOSS_HOSTNAME");  /* tests pose as several hosts */
 
+  if (env)
+    return kb_name_ok(env) ? env : "";
   if (name[0])
     return name;
-  env = getenv("KBOSS_HOSTNAME");  /* tests pose as several hosts */
-  if (env && kb_name_ok(env))
-    snprintf(name, sizeof name, "%s", env);
-  else if (gethostname(name, sizeof name - 1) < 0 || !kb_name_ok(name))
-    snprintf(name, sizeof name, "localhost");
+  /* No fallback: a made-up name ("localhost") shared by several hosts would
+   * let them take each other's locks as their own. "" means unknown. */
+  if (gethostname(name, sizeof name - 1) < 0 || !kb_name_ok(name))
+    name[0] = '\0';
   return name;
+}
+
+static bool machine_id_ok(const char *s)
+{
+  size_t i;
+
+  for (i = 0; i < 32; i++)
+    if (!isxdigit((unsigned char) s[i]) || isupper((unsigned char) s[i]))
+      return false;
+  return s[32] == '\0';
+}
+
+const char *kb_machine_id(void)
+{
+  static const char *const files[] = { "/etc/machine-id", "/var/lib/dbus/machine-id" };
+  static char id[33];
+  const char *env = getenv("KBOSS_MACHINE_ID");   /* tests pose as several hosts */
+  size_t i;
+
+  if (env)
+    return machine_id_ok(env) ? env : "";
+  if (id[0])
+    return id;
+  for (i = 0; i < KB_ARRAY_SIZE(files) && !id[0]; i++) {
+    char buf[64];
+    int fd = open(files[i], O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC);
+    ssize_t n;
+    if (fd < 0)
+      continue;
+    n = read(fd, buf, sizeof buf - 1);
+    close(fd);
+    if (n <= 0)
+      continue;
+    buf[n] = '\0';
+    buf[strcspn(buf, "\n")] = '\0';
+    if (machine_id_ok(buf))
+      memcpy(id, buf, sizeof id);
+  }
+  return id;
+}
+
+int kb_host_identity_check(void)
+{
+  return kb_hostname()[0] && kb_machine_id()[0] ? 0 : -ENXIO;
+}
+
+const char *kb_run_dir(void)
+{
+  const char *env = getenv("KBOSS_RUN_DIR");   /* tests */
+
+  return env && env[0] == '/' ? env : "/run/kboss";
 }
 
 int64_t kb_now(void)

@@ -53,8 +53,18 @@ int kb_write_all(int fd, const void *buf, size_t len);
  * catalog has its own generation files (catalog.h). */
 int kb_write_file_atomic(const char *path, const void *buf, size_t len, unsigned mode);
 
-/* This host's name as kboss uses it in slot and lock files. */
+/* This host's name as kboss uses it in slot and lock files; "" when it
+ * cannot be found (never a made-up fallback). KBOSS_HOSTNAME overrides
+ * (tests pose as several hosts). */
 const char *kb_hostname(void);
+/* /etc/machine-id (32 lower-case hex digits), "" when missing or malformed.
+ * KBOSS_MACHINE_ID overrides (tests). */
+const char *kb_machine_id(void);
+/* 0 when both the host name and the machine id are known, else -ENXIO:
+ * locks refuse to run without a stable, unique host identity. */
+int kb_host_identity_check(void);
+/* Host-local runtime state: /run/kboss (KBOSS_RUN_DIR overrides, tests). */
+const char *kb_run_dir(void);
 
 /* Wall clock in seconds / monotonic clock in milliseconds. */
 int64_t kb_now(void);

@@ -40,9 +40,10 @@ ops_fake_lock() {
 	local path=$1 pid=$2 start
 	start=$(sed 's/.*) //' "/proc/$pid/stat" | cut -d' ' -f20)
 	mkdir -p "$(dirname "$path")"
-	printf 'host=%s\npid=%s\nstart_time=%s\nboot_id=%s\npurpose=restore\ntaken_at=%s\ntoken=test%s\n' \
-		"${KBOSS_HOSTNAME:-$(hostname)}" "$pid" "$start" "$(cat /proc/sys/kernel/random/boot_id)" \
-		"$(date -u +%Y-%m-%dT%H:%M:%SZ)" "$pid" > "$path"
+	printf 'host=%s\nmachine_id=%s\nboot_id=%s\npid_ns=%s\npid=%s\nstart_time=%s\npurpose=restore\ntaken_at=%s\ntoken=%032d\nbeat=%020d\n' \
+		"${KBOSS_HOSTNAME:-$(hostname)}" "${KBOSS_MACHINE_ID:-$(cat /etc/machine-id)}" \
+		"$(cat /proc/sys/kernel/random/boot_id)" "$(readlink /proc/self/ns/pid)" "$pid" "$start" \
+		"$(date -u +%Y-%m-%dT%H:%M:%SZ)" "$pid" 0 > "$path"
 	chmod 0600 "$path"
 }
 

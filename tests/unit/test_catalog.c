@@ -24,7 +24,7 @@
 #define VM2 "0b2c3d4e-5f60-4172-8394-a5b6c7d8e9f0"
 
 static char tmpdir[64];
-static char secondary[128], storepath[128];
+static char secondary[128], storepath[128], rundir[128];
 static struct kb_catalog *cat;
 
 static void setup(void)
@@ -37,6 +37,8 @@ static void setup(void)
   snprintf(storepath, sizeof storepath, "%s/store1", tmpdir);
   cr_assert_eq(mkdir(secondary, 0755), 0);
   cr_assert_eq(mkdir(storepath, 0755), 0);
+  snprintf(rundir, sizeof rundir, "%s/run", tmpdir);
+  setenv("KBOSS_RUN_DIR", rundir, 1);
   setenv("KBOSS_LOCK_LEASE", "3", 1);
   stores[0].name = (char *) "fast";
   stores[0].path = storepath;
@@ -352,8 +354,12 @@ Test(catalog, slots_unlimited_host_and_zone)
   p = kb_printf("%s/kboss/locks/backup.zone.1", secondary);
   cr_assert_eq(access(p, F_OK), 0);
   free(p);
-  p = kb_printf("%s/kboss/locks/backup.host-host-a.0", secondary);
+  /* Per-host slots need nothing shared: they live in the host's run dir. */
+  p = kb_printf("%s/locks/backup.host-host-a.0", rundir);
   cr_assert_eq(access(p, F_OK), 0);
+  free(p);
+  p = kb_printf("%s/kboss/locks/backup.host-host-a.0", secondary);
+  cr_assert_eq(access(p, F_OK), -1, "a per-host slot on the export");
   free(p);
   cr_assert_eq(kb_catalog_count_slots(cat, "backup", NULL, &n), 0);
   cr_assert_eq(n, 2);

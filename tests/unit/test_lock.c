@@ -16,6 +16,8 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "catalog.h"
+#include "doc.h"
 #include "lock.h"
 #include "util.h"
 
@@ -279,4 +281,290 @@ Test(lock, lease_from_environment)
   cr_assert_eq(kb_lock_lease_seconds(), 120);
   unsetenv("KBOSS_LOCK_LEASE");
   cr_assert_eq(kb_lock_lease_seconds(), 120);
+}
+
+/* --- Host identity, watching instead of comparing clocks, fencing --- */
+
+Test(lock, no_stable_host_identity_no_lock)
+{
+  struct kb_lock *l = NULL;
+
+  setenv("KBOSS_MACHINE_ID", "", 1);
+  cr_assert_eq(kb_lock_take(lockpath, "x", 0, &l), -ENXIO);
+  setenv("KBOSS_MACHINE_ID", "not-a-machine-id", 1);
+  cr_assert_eq(kb_lock_take(lockpath, "x", 0, &l), -ENXIO);
+  setenv("KBOSS_MACHINE_ID", "0123456789abcdef0123456789abcdef", 1);
+  setenv("KBOSS_HOSTNAME", "bad name", 1);
+  cr_assert_eq(kb_host_identity_check(), -ENXIO);
+  cr_assert_str_eq(kb_hostname(), "", "no made-up host name");
+  cr_assert_eq(kb_lock_take(lockpath, "x", 0, &l), -ENXIO);
+  cr_assert_eq(access(lockpath, F_OK), -1, "nothing created");
+  setenv("KBOSS_HOSTNAME", "host-a", 1);
+  cr_assert_eq(kb_lock_take(lockpath, "x", 0, &l), 0);
+  kb_lock_release(l);
+}
+
+/* A lock naming this host but another boot (a clone, or a reboot) is not
+ * broken at once: it is watched for a whole lease like a foreign one. */
+Test(lock, another_boot_of_this_host_is_watched_not_broken_at_once)
+{
+  struct kb_lock *l = NULL;
+  char *text = kb_printf("host=%s\nmachine_id=%s\nboot_id=00000000-0000-0000-0000-000000000000\n"
+                         "pid_ns=x\npid=1\nstart_time=1\npurpose=clone\ntaken_at=now\n"
+                         "token=0123456789abcdef0123456789abcdef\nbeat=00000000000000000000\n",
+                         kb_hostname(), kb_machine_id());
+  int fd = open(lockpath, O_WRONLY | O_CREAT | O_EXCL, 0600);
+  int64_t t0;
+
+  cr_assert_geq(fd, 0);
+  cr_assert_eq(write(fd, text, strlen(text)), (ssize_t) strlen(text));
+  close(fd);
+  t0 = kb_mono_ms();
+  cr_assert_eq(kb_lock_take(lockpath, "parent", 0, &l), -EBUSY, "broken on one look at its boot id");
+  cr_assert_eq(kb_lock_take(lockpath, "parent", 10000, &l), 0);
+  cr_log_info("taken after %lld ms", (long long) (kb_mono_ms() - t0));
+  cr_assert_geq(kb_mono_ms() - t0, 2000, "broken before a whole lease of watching");
+  kb_lock_release(l);
+  free(text);
+}
+
+/* Fork a holder posing as HOST that beats and, once it holds the lock,
+ * stops itself (SIGSTOP). When continued it tries a catalog write in DIR
+ * and reports on the pipe: 'L' lock lost and write refused, 'W' it wrote. */
+static pid_t paused_holder(const char *path, const char *host, const char *dir, int *ret_fd)
+{
+  int p[2];
+  char c;
+  pid_t pid;
+
+  cr_assert_eq(pipe(p), 0);
+  pid = fork();
+  cr_assert_neq(pid, -1);
+  if (pid == 0) {
+    struct kb_lock *l = NULL;
+    struct kb_doc *doc = kb_doc_new();
+    int r;
+    close(p[0]);
+    setenv("KBOSS_HOSTNAME", host, 1);
+    if (kb_lock_take(path, "paused holder", 0, &l) < 0)
+      _exit(1);
+    kb_doc_set(doc, "vm", "writer", "old holder");
+    if (kb_meta_write(dir, "vm", doc) < 0)
+      _exit(2);
+    (void) !write(p[1], "x", 1);
+    raise(SIGSTOP);
+    r = kb_meta_write(dir, "vm", doc);
+    (void) !write(p[1], r == -ENOLCK && kb_lock_lost(l) ? "L" : "W", 1);
+    kb_lock_release(l);
+    _exit(0);
+  }
+  close(p[1]);
+  cr_assert_eq(read(p[0], &c, 1), 1, "the holder could not take the lock");
+  *ret_fd = p[0];
+  return pid;
+}
+
+Test(lock, holder_paused_past_its_lease_loses_it_and_its_writes_are_refused)
+{
+  struct kb_lock *l = NULL;
+  struct kb_doc *doc = kb_doc_new(), *got = NULL;
+  char c, dir[160];
+  int status, fd;
+  int64_t t0;
+  pid_t pid;
+
+  snprintf(dir, sizeof dir, "%s/vm", tmpdir);
+  cr_assert_eq(mkdir(dir, 0700), 0);
+  pid = paused_holder(lockpath, "host-a", dir, &fd);
+  cr_assert_eq(waitpid(pid, &status, WUNTRACED), pid);
+  cr_assert(WIFSTOPPED(status));
+  setenv("KBOSS_HOSTNAME", "host-b", 1);
+  t0 = kb_mono_ms();
+  cr_assert_eq(kb_lock_take(lockpath, "new holder", 10000, &l), 0);
+  cr_assert_geq(kb_mono_ms() - t0, 2000, "broken before a whole lease of watching");
+  kb_doc_set(doc, "vm", "writer", "new holder");
+  cr_assert_eq(kb_meta_write(dir, "vm", doc), 0);
+
+  kill(pid, SIGCONT);
+  cr_assert_eq(read(fd, &c, 1), 1);
+  cr_assert_eq(c, 'L', "the old holder's write after losing the lock was not refused");
+  cr_assert_eq(wait_child(pid), 0);
+  cr_assert_eq(kb_lock_probe(lockpath, NULL), 1, "the old holder's release removed the new lock");
+  cr_assert_eq(kb_lock_fence(l), 0);
+  cr_assert_eq(kb_meta_read(dir, "vm", &got), 0);
+  cr_assert_str_eq(kb_doc_get(got, "vm", "writer"), "new holder");
+  kb_lock_release(l);
+  kb_doc_free(doc);
+  kb_doc_free(got);
+  close(fd);
+}
+
+/* A holder paused for less than a lease keeps its lock. */
+Test(lock, short_pause_is_not_a_death)
+{
+  struct kb_lock *l = NULL;
+  pid_t pid = child_holder(lockpath, "host-a", true);
+
+  setenv("KBOSS_HOSTNAME", "host-b", 1);
+  kill(pid, SIGSTOP);
+  sleep_ms(1200);
+  kill(pid, SIGCONT);
+  cr_assert_eq(kb_lock_take(lockpath, "b", 3000, &l), -EBUSY, "a live holder's lock was broken");
+  kill(pid, SIGKILL);
+  wait_child(pid);
+}
+
+/* A FIFO planted as this host's clock probe does not hang a taker. */
+Test(lock, planted_fifo_clock_probe_does_not_hang)
+{
+  struct kb_lock *l = NULL;
+  struct timespec old[2];
+  char probe[160];
+  int fd = open(lockpath, O_WRONLY | O_CREAT | O_EXCL, 0600);
+  int64_t t0;
+
+  cr_assert_geq(fd, 0);
+  close(fd);
+  clock_gettime(CLOCK_REALTIME, &old[0]);
+  old[0].tv_sec -= 100;
+  old[1] = old[0];
+  cr_assert_eq(utimensat(AT_FDCWD, lockpath, old, 0), 0);
+  snprintf(probe, sizeof probe, "%s/.clock-%s", tmpdir, kb_hostname());
+  cr_assert_eq(mkfifo(probe, 0600), 0);
+  t0 = kb_mono_ms();
+  (void) kb_lock_take(lockpath, "x", 0, &l);
+  (void) kb_lock_probe(lockpath, NULL);
+  cr_assert_lt(kb_mono_ms() - t0, 5000);
+  kb_lock_release(l);
+}
+
+/* Release never unlinks without the guard: with the guard held, the file
+ * stays (and expires) rather than risk removing a new holder's lock. */
+Test(lock, release_without_the_guard_leaves_the_file)
+{
+  struct kb_lock *l = NULL;
+  char guard[160];
+  pid_t pid;
+
+  snprintf(guard, sizeof guard, "%s.break", lockpath);
+  cr_assert_eq(kb_lock_take(lockpath, "mine", 0, &l), 0);
+  pid = child_holder(guard, NULL, true);   /* a live breaker at work */
+  kb_lock_release(l);
+  cr_assert_eq(access(lockpath, F_OK), 0, "unlinked without the guard");
+  kill(pid, SIGKILL);
+  wait_child(pid);
+}
+
+/* --- Many processes posing as three hosts with clocks 60 s apart, holders
+ * stopping themselves past their lease: never two holders at once. --- */
+
+#define WORKERS 9
+
+static void worker(const char *logpath, int id)
+{
+  static const char *const hosts[] = { "host-a", "host-b", "host-c" };
+  static const char *const skews[] = { "-60", "60", "0" };
+  int64_t end = kb_mono_ms() + 14000;
+  int acq = 0, logfd = open(logpath, O_WRONLY | O_APPEND);
+  char hex[3];
+
+  setenv("KBOSS_HOSTNAME", hosts[id % 3], 1);
+  setenv("KBOSS_TEST_CLOCK_SKEW", skews[id % 3], 1);
+  if (logfd < 0)
+    _exit(10);
+  while (kb_mono_ms() < end) {
+    struct kb_lock *l = NULL;
+    int i;
+    if (kb_lock_take(lockpath, "worker", 3000, &l) < 0)
+      continue;
+    acq++;
+    kb_random_hex(hex, 1);
+    for (i = 0; i < 5; i++) {
+      char line[64];
+      int n;
+      if (kb_lock_fence(l) < 0) {
+        n = snprintf(line, sizeof line, "lost %d.%d\n", id, acq);
+        (void) !write(logfd, line, (size_t) n);
+        break;
+      }
+      n = snprintf(line, sizeof line, "in %d.%d %d\n", id, acq, i);
+      if (write(logfd, line, (size_t) n) != n)
+        _exit(11);
+      sleep_ms(30);
+      /* About one acquisition in four stops itself past the lease. */
+      if (i == 2 && strtoul(hex, NULL, 16) % 4 == 0)
+        raise(SIGSTOP);
+    }
+    kb_lock_release(l);
+    sleep_ms(20);
+  }
+  _exit(0);
+}
+
+Test(lock, three_hosts_skewed_clocks_and_paused_holders_never_overlap, .timeout = 120)
+{
+  char logpath[160], *log = NULL, *line, *save = NULL;
+  char closed[WORKERS * 200][16], cur[16] = "";
+  size_t nclosed = 0, i;
+  int lines = 0, lost = 0, stops = 0, running = WORKERS;
+  pid_t pids[WORKERS];
+  int64_t stopped_at[WORKERS];
+  int w;
+
+  snprintf(logpath, sizeof logpath, "%s/log", tmpdir);
+  close(open(logpath, O_WRONLY | O_CREAT, 0600));
+  for (w = 0; w < WORKERS; w++) {
+    pids[w] = fork();
+    cr_assert_neq(pids[w], -1);
+    if (pids[w] == 0)
+      worker(logpath, w);
+    stopped_at[w] = 0;
+  }
+  /* Continue stopped workers after 2.5 leases (5 s). */
+  while (running > 0) {
+    int status;
+    pid_t pid = waitpid(-1, &status, WUNTRACED | WNOHANG);
+    for (w = 0; w < WORKERS; w++)
+      if (stopped_at[w] && kb_mono_ms() - stopped_at[w] > 5000) {
+        kill(pids[w], SIGCONT);
+        stopped_at[w] = 0;
+      }
+    if (pid <= 0) {
+      sleep_ms(50);
+      continue;
+    }
+    for (w = 0; w < WORKERS && pids[w] != pid; w++)
+      ;
+    cr_assert_lt(w, WORKERS);
+    if (WIFSTOPPED(status)) {
+      stopped_at[w] = kb_mono_ms();
+      stops++;
+    } else {
+      cr_assert(WIFEXITED(status) && WEXITSTATUS(status) == 0, "worker %d failed", w);
+      running--;
+    }
+  }
+  cr_assert_eq(kb_read_file(logpath, &log, NULL), 0);
+  for (line = strtok_r(log, "\n", &save); line; line = strtok_r(NULL, "\n", &save)) {
+    char acq[16];
+    if (sscanf(line, "lost %15s", acq) == 1) {
+      lost++;
+      continue;
+    }
+    cr_assert_eq(sscanf(line, "in %15s", acq), 1, "%s", line);
+    lines++;
+    if (KB_STREQ(acq, cur))
+      continue;
+    for (i = 0; i < nclosed; i++)
+      cr_assert_str_neq(closed[i], acq, "holder %s wrote again after %s had the lock", acq, cur);
+    if (cur[0] && nclosed < KB_ARRAY_SIZE(closed))
+      snprintf(closed[nclosed++], sizeof closed[0], "%s", cur);
+    snprintf(cur, sizeof cur, "%s", acq);
+  }
+  cr_log_info("%d writes by %zu holders, %d stops past the lease, %d writes refused as lost",
+              lines, nclosed + 1, stops, lost);
+  cr_assert_gt(nclosed, 5, "too few handovers to mean anything");
+  cr_assert_gt(stops, 0, "no holder was paused");
+  cr_assert_gt(lost, 0, "no paused holder found its lock lost");
+  free(log);
 }
