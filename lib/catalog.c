@@ -195,65 +195,76 @@ static char *bad_name(void)
   return NULL;
 }
 
-char *kb_catalog_vm_dir(const struct kb_catalog *cat, const char *vm_uuid)
+/* <root>/vms/<uuid>[/SUB], checked. */
+static char *under_vm(const struct kb_catalog *cat, const char *vm_uuid, const char *sub)
 {
   if (!kb_uuid_ok(vm_uuid))
     return bad_name();
-  return checked(cat->secondary, kb_printf("%s/vms/%s", cat->root, vm_uuid));
+  return checked(cat->secondary, sub ? kb_printf("%s/vms/%s/%s", cat->root, vm_uuid, sub)
+                                     : kb_printf("%s/vms/%s", cat->root, vm_uuid));
+}
+
+/* <root>/vms/<uuid>/chains/<chain>/<backup>[/FILE], checked. */
+static char *under_backup(const struct kb_catalog *cat, const char *vm_uuid, const char *chain,
+                          const char *backup, const char *file)
+{
+  CLEANUP_FREE char *sub = NULL;
+
+  if (!kb_name_ok(chain) || !kb_name_ok(backup))
+    return bad_name();
+  sub = file ? kb_printf("chains/%s/%s/%s", chain, backup, file) : kb_printf("chains/%s/%s", chain, backup);
+  return sub ? under_vm(cat, vm_uuid, sub) : NULL;
+}
+
+char *kb_catalog_vm_dir(const struct kb_catalog *cat, const char *vm_uuid)
+{
+  return under_vm(cat, vm_uuid, NULL);
 }
 
 char *kb_catalog_chain_dir(const struct kb_catalog *cat, const char *vm_uuid, const char *chain)
 {
-  if (!kb_uuid_ok(vm_uuid) || !kb_name_ok(chain))
+  CLEANUP_FREE char *sub = kb_name_ok(chain) ? kb_printf("chains/%s", chain) : NULL;
+
+  if (!kb_name_ok(chain))
     return bad_name();
-  return checked(cat->secondary, kb_printf("%s/vms/%s/chains/%s", cat->root, vm_uuid, chain));
+  return sub ? under_vm(cat, vm_uuid, sub) : NULL;
 }
 
 char *kb_catalog_backup_dir(const struct kb_catalog *cat, const char *vm_uuid, const char *chain,
                             const char *backup)
 {
-  if (!kb_uuid_ok(vm_uuid) || !kb_name_ok(chain) || !kb_name_ok(backup))
-    return bad_name();
-  return checked(cat->secondary, kb_printf("%s/vms/%s/chains/%s/%s", cat->root, vm_uuid, chain, backup));
+  return under_backup(cat, vm_uuid, chain, backup, NULL);
 }
 
 char *kb_catalog_checkpoints_dir(const struct kb_catalog *cat, const char *vm_uuid)
 {
-  if (!kb_uuid_ok(vm_uuid))
-    return bad_name();
-  return checked(cat->secondary, kb_printf("%s/vms/%s/checkpoints", cat->root, vm_uuid));
+  return under_vm(cat, vm_uuid, "checkpoints");
 }
 
 char *kb_catalog_checkpoint_path(const struct kb_catalog *cat, const char *vm_uuid, const char *name)
 {
-  if (!kb_uuid_ok(vm_uuid) || !kb_name_ok(name))
+  CLEANUP_FREE char *sub = kb_name_ok(name) ? kb_printf("checkpoints/%s.xml", name) : NULL;
+
+  if (!kb_name_ok(name))
     return bad_name();
-  return checked(cat->secondary, kb_printf("%s/vms/%s/checkpoints/%s.xml", cat->root, vm_uuid, name));
+  return sub ? under_vm(cat, vm_uuid, sub) : NULL;
 }
 
 char *kb_catalog_vm_domain_path(const struct kb_catalog *cat, const char *vm_uuid)
 {
-  if (!kb_uuid_ok(vm_uuid))
-    return bad_name();
-  return checked(cat->secondary, kb_printf("%s/vms/%s/domain.xml", cat->root, vm_uuid));
+  return under_vm(cat, vm_uuid, "domain.xml");
 }
 
 char *kb_catalog_backup_domain_path(const struct kb_catalog *cat, const char *vm_uuid, const char *chain,
                                     const char *backup)
 {
-  if (!kb_uuid_ok(vm_uuid) || !kb_name_ok(chain) || !kb_name_ok(backup))
-    return bad_name();
-  return checked(cat->secondary,
-                 kb_printf("%s/vms/%s/chains/%s/%s/domain.xml", cat->root, vm_uuid, chain, backup));
+  return under_backup(cat, vm_uuid, chain, backup, "domain.xml");
 }
 
 char *kb_catalog_screenshot_path(const struct kb_catalog *cat, const char *vm_uuid, const char *chain,
                                  const char *backup)
 {
-  if (!kb_uuid_ok(vm_uuid) || !kb_name_ok(chain) || !kb_name_ok(backup))
-    return bad_name();
-  return checked(cat->secondary,
-                 kb_printf("%s/vms/%s/chains/%s/%s/screenshot.png", cat->root, vm_uuid, chain, backup));
+  return under_backup(cat, vm_uuid, chain, backup, "screenshot.png");
 }
 
 char *kb_catalog_data_chain_dir(const struct kb_catalog *cat, const char *store, const char *vm_uuid,
