@@ -58,6 +58,9 @@
 /* qemu-img, run by absolute path */
 #define QEMU_IMG "/usr/bin/qemu-img"
 
+/* qemu-nbd, run by absolute path */
+#define QEMU_NBD "/usr/bin/qemu-nbd"
+
 /* Define to 1 if all of the C90 standard headers exist (not just the ones
    required in a freestanding environment). This macro is provided for
    backward compatibility; new code need not use it. */

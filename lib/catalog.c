@@ -329,8 +329,18 @@ static int strcmp_p(const void *a, const void *b)
   return strcmp(*(char *const *) a, *(char *const *) b);
 }
 
+/* Listings cut at KB_CATALOG_LIST_MAX entries (kb_catalog_list_cut). */
+static unsigned list_cut;
+
+unsigned kb_catalog_list_cut(void)
+{
+  return list_cut;
+}
+
 /* Subdirectories of DIR whose names pass OK, sorted. Symlinks and other
- * files are not listed. MISSING_OK: a missing DIR is an empty list. */
+ * files are not listed. MISSING_OK: a missing DIR is an empty list.  A
+ * folder planted with more than KB_CATALOG_LIST_MAX names is listed up to
+ * that many (and the cut counted) rather than exhausting memory. */
 static int list_subdirs(const char *dir, bool (*ok)(const char *), bool missing_ok, char ***ret)
 {
   int fd = open(dir, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
@@ -360,6 +370,10 @@ static int list_subdirs(const char *dir, bool (*ok)(const char *), bool missing_
       continue;
     if (fstatat(dirfd(d), de->d_name, &st, AT_SYMLINK_NOFOLLOW) < 0 || !S_ISDIR(st.st_mode))
       continue;
+    if (n == KB_CATALOG_LIST_MAX) {
+      list_cut++;
+      break;
+    }
     if (n + 2 > cap) {
       size_t c = cap ? cap * 2 : 16;
       char **nv = realloc(v, c * sizeof *nv);

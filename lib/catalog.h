@@ -46,9 +46,18 @@ const char *kb_catalog_root(const struct kb_catalog *cat);   /* <secondary>/kbos
 /* --- Metadata documents (generation files, torn writes never seen) --- */
 
 /* Write DOC as DIR/NAME (NAME like "vm", "backup", "chain", "job-x").
- * Old generations but the previous one are removed. */
+ * Old generations but the previous one are removed. A DOC read from
+ * DIR/NAME by kb_meta_read is a read-modify-write: if another generation
+ * was written since, the caller's changes are applied to it (and DOC
+ * updated to what was written) instead of overwriting it. Every lock the
+ * process holds is checked before and after (-ENOLCK: a lock was lost,
+ * nothing written). An error reading the newest generation fails the
+ * write (nothing removed). -EFBIG above 16 MiB. */
 int kb_meta_write(const char *dir, const char *name, const struct kb_doc *doc);
-/* The newest complete generation; -ENOENT when there is none. */
+/* The newest complete generation; -ENOENT when there is none; the error
+ * (EIO...) when a generation could not be read, never an older one in its
+ * place; -EOVERFLOW when more than 4096 junk generations hide any valid
+ * one. */
 int kb_meta_read(const char *dir, const char *name, struct kb_doc **ret);
 /* Remove every generation of DIR/NAME. */
 int kb_meta_remove(const char *dir, const char *name);
@@ -61,7 +70,9 @@ int kb_meta_write_file(const char *path, const char *content, size_t len);
 int kb_meta_read_file(const char *path, char **ret, size_t *ret_len);
 int kb_meta_remove_file(const char *path);
 /* Names in DIR that have document (kb_meta_list) or file
- * (kb_meta_list_files) generations: sorted, NULL-terminated, kb_strv_free. */
+ * (kb_meta_list_files) generations: sorted, NULL-terminated, kb_strv_free.
+ * 0, or 1 when DIR held more than 131072 generation names and the list is
+ * partial (junk on the export must not make every listing fail). */
 int kb_meta_list(const char *dir, char ***ret_names);
 int kb_meta_list_files(const char *dir, char ***ret_names);
 
@@ -98,7 +109,12 @@ char *kb_catalog_locks_dir(const struct kb_catalog *cat);
 int kb_catalog_mkdirs(const struct kb_catalog *cat, const char *dir);
 
 /* --- Listing --- */
-/* NULL-terminated arrays of names, sorted; free with kb_strv_free. */
+/* NULL-terminated arrays of names, sorted; free with kb_strv_free.  At most
+ * KB_CATALOG_LIST_MAX names per folder: a folder holding more (junk planted
+ * on the export) is listed that far, and kb_catalog_list_cut() counts the
+ * listings of this process that were cut, for the caller to report. */
+#define KB_CATALOG_LIST_MAX 65536
+unsigned kb_catalog_list_cut(void);
 int kb_catalog_list_vms(const struct kb_catalog *cat, char ***ret_uuids);
 int kb_catalog_list_chains(const struct kb_catalog *cat, const char *vm_uuid, char ***ret);
 int kb_catalog_list_backups(const struct kb_catalog *cat, const char *vm_uuid, const char *chain,

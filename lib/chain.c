@@ -8,7 +8,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <signal.h>
 #include <sys/stat.h>
+#include <time.h>
 #include <unistd.h>
 
 #include <json-c/json.h>
@@ -181,8 +183,8 @@ int kb_chain_validate(const char *dir, const char *top, struct kb_chain **ret, c
   }
 
   c = calloc(1, sizeof *c);
-  if (!c || !(c->dir = strndup(dir, dl)) || !(c->files = calloc(KB_CHAIN_MAX_DEPTH, sizeof(char *))) ||
-      !(c->rel = calloc(KB_CHAIN_MAX_DEPTH, sizeof(char *))) ||
+  if (!c || !(c->dir = strndup(dir, dl)) || !(c->files = calloc(KB_CHAIN_MAX_DEPTH + 1, sizeof(char *))) ||
+      !(c->rel = calloc(KB_CHAIN_MAX_DEPTH + 1, sizeof(char *))) ||
       !(c->virtual_sizes = calloc(KB_CHAIN_MAX_DEPTH, sizeof(uint64_t)))) {
     r = -ENOMEM;
     goto out;
@@ -350,4 +352,65 @@ char *kb_chain_qemu_json(const struct kb_chain *c, const char *overlay)
                                                                    JSON_C_TO_STRING_NOSLASHESCAPE));
   json_object_put(node);
   return s;
+}
+
+int kb_chain_nbd_start(const struct kb_chain *c, struct kb_chain_nbd *ret, char **ret_error)
+{
+  CLEANUP_FREE char *spec = kb_chain_qemu_json(c, NULL);
+  CLEANUP_FREE char *pidfile = NULL, *pidtext = NULL;
+  const char *tmp = getenv("TMPDIR");
+  long long pid;
+  int r;
+
+  if (ret_error)
+    *ret_error = NULL;
+  memset(ret, 0, sizeof *ret);
+  ret->dir = kb_printf("%s/kboss-nbd-XXXXXX", tmp && tmp[0] == '/' ? tmp : "/tmp");
+  if (!spec || !ret->dir)
+    goto nomem;
+  if (!mkdtemp(ret->dir)) {
+    r = -errno;
+    free(ret->dir);
+    ret->dir = NULL;
+    return fail(ret_error, r, "cannot make a folder for the NBD socket: %s", strerror(-r));
+  }
+  ret->sock = kb_printf("%s/sock", ret->dir);
+  pidfile = kb_printf("%s/pid", ret->dir);
+  if (!ret->sock || !pidfile)
+    goto nomem;
+  {
+    /* --fork returns once the socket listens. */
+    CLEANUP_FREE char *sockopt = kb_printf("--socket=%s", ret->sock), *pidopt = kb_printf("--pid-file=%s", pidfile);
+    const char *argv[] = { QEMU_NBD, "--read-only", "--persistent", "--shared=4", "--fork", NULL, NULL, spec, NULL };
+
+    if (!sockopt || !pidopt)
+      goto nomem;
+    argv[5] = sockopt;
+    argv[6] = pidopt;
+    r = kb_run(argv, NULL);
+  }
+  if (r != 0 || kb_read_file(pidfile, &pidtext, NULL) < 0 || kb_parse_ll(strtok(pidtext, "\n"), &pid) < 0 ||
+      pid <= 1) {
+    kb_chain_nbd_stop(ret);
+    return fail(ret_error, -EIO, "qemu-nbd could not serve the chain of %s", c->files[0]);
+  }
+  ret->pid = (pid_t) pid;
+  return 0;
+nomem:
+  kb_chain_nbd_stop(ret);
+  return -ENOMEM;
+}
+
+void kb_chain_nbd_stop(struct kb_chain_nbd *s)
+{
+  if (s->pid > 1 && kill(s->pid, SIGTERM) == 0) {
+    struct timespec ts = { 0, 50 * 1000 * 1000 };
+    for (int i = 0; i < 100 && kill(s->pid, 0) == 0; i++)
+      nanosleep(&ts, NULL);
+  }
+  if (s->dir)
+    (void) kb_rm_rf(s->dir);
+  free(s->dir);
+  free(s->sock);
+  memset(s, 0, sizeof *s);
 }

@@ -23,6 +23,7 @@
 
 #include <stddef.h>
 #include <stdint.h>
+#include <sys/types.h>
 
 /* Members of one chain, the top image included. */
 #define KB_CHAIN_MAX_DEPTH 256
@@ -30,7 +31,7 @@
 struct kb_chain {
   char *dir;               /* the chain folder as given */
   size_t n;                /* members, >= 1 */
-  char **files;            /* n absolute paths "<dir>/<rel>", top first, base last */
+  char **files;            /* n absolute paths "<dir>/<rel>", top first, base last, NULL-terminated */
   char **rel;              /* n paths relative to dir ("<backup>/<disk>.qcow2") */
   uint64_t *virtual_sizes; /* n virtual sizes, same order */
   uint64_t virtual_size;   /* of the top image (what a restore writes) */
@@ -53,5 +54,18 @@ void kb_chain_free(struct kb_chain *c);
  *   {"driver":"qcow2","file":{"driver":"file","filename":PATH},"backing":...}
  * and the base has "backing": null.  Returns NULL on ENOMEM. */
 char *kb_chain_qemu_json(const struct kb_chain *c, const char *overlay);
+
+/* libguestfs cannot be handed per-node options: serve the validated chain
+ * read-only over NBD instead (qemu-nbd on the json: description, a Unix
+ * socket in a fresh 0700 folder) and give libguestfs the socket
+ * (protocol "nbd", server "unix:SOCK", format raw). */
+struct kb_chain_nbd {
+  pid_t pid;
+  char *dir;
+  char *sock;
+};
+int kb_chain_nbd_start(const struct kb_chain *c, struct kb_chain_nbd *ret, char **ret_error);
+/* Stop the server and remove its folder; a zeroed struct is fine. */
+void kb_chain_nbd_stop(struct kb_chain_nbd *s);
 
 #endif

@@ -31,6 +31,8 @@ struct section {
 struct kb_doc {
   struct section *sec;
   size_t nsec, cap;
+  unsigned ninvalid;         /* values dropped by kb_doc_parse */
+  char *first_invalid;       /* "section/key" of the first */
   /* Where the catalog read it from (lib/meta.c): the base of a
    * read-modify-write. */
   char *origin;
@@ -61,6 +63,7 @@ void kb_doc_free(struct kb_doc *doc)
 
   if (!doc)
     return;
+  free(doc->first_invalid);
   for (i = 0; i < doc->nsec; i++)
     section_clear(&doc->sec[i]);
   free(doc->sec);
@@ -148,7 +151,10 @@ static bool key_ok(const char *k)
   return true;
 }
 
-static int value_check(const char *key, const char *v)
+/* STRICT (what kboss writes) also refuses control characters; a value
+ * read back keeps them (they are escaped where printed) but must survive
+ * kb_doc_format + kb_doc_parse like any other. */
+static int value_check_mode(const char *key, const char *v, bool strict)
 {
   size_t n = strlen(v);
   const char *p;
@@ -158,7 +164,7 @@ static int value_check(const char *key, const char *v)
   if (n && (isspace((unsigned char) v[0]) || isspace((unsigned char) v[n - 1])))
     return -EINVAL;
   for (p = v; *p; p++) {
-    if (!isprint((unsigned char) *p) && !(*p & 0x80) && *p != '\t')
+    if (strict && !isprint((unsigned char) *p) && !(*p & 0x80) && *p != '\t')
       return -EINVAL;
     /* inih starts an inline comment at ";" after a blank (or at the start
      * of the value, which follows "key = "). */
@@ -168,6 +174,11 @@ static int value_check(const char *key, const char *v)
   if (strlen(key) + 3 + n > KB_DOC_MAX_LINE)
     return -E2BIG;
   return 0;
+}
+
+static int value_check(const char *key, const char *v)
+{
+  return value_check_mode(key, v, true);
 }
 
 static struct section *add_section(struct kb_doc *doc, const char *name)
@@ -233,6 +244,82 @@ struct parse_state {
   int err;
 };
 
+/* ---- what a value read from the catalog may be ----
+ * Catalog documents come from the shared export, where any host may have
+ * written them (docs/security.md).  Values of the fields below have a
+ * shape; one that does not fit is dropped when the document is read, as if
+ * the key were absent, and counted (kb_doc_invalid).  Free text (errors,
+ * results, names of VMs) keeps any byte; it is escaped where printed. */
+enum rule { R_TEXT, R_NAME, R_NAMES, R_UUID, R_UINT, R_BOOL, R_TIME, R_HEX };
+
+static const struct {
+  const char *key;
+  enum rule rule;
+} field_rules[] = {
+  { "id", R_NAME }, { "parent", R_NAME }, { "chain", R_NAME }, { "current_chain", R_NAME },
+  { "last_backup", R_NAME }, { "backup", R_NAME }, { "checkpoint", R_NAME }, { "last_checkpoint", R_NAME },
+  { "since_checkpoint", R_NAME }, { "last_restore", R_NAME }, { "file", R_NAME }, { "backing", R_NAME },
+  { "state", R_NAME }, { "type", R_NAME }, { "mode", R_NAME }, { "format", R_NAME }, { "bus", R_NAME },
+  { "compression_library", R_NAME }, { "host", R_NAME },
+  { "disks", R_NAMES },
+  { "uuid", R_UUID }, { "vm_uuid", R_UUID }, { "in_use_by", R_UUID },
+  { "size", R_UINT }, { "virtual_size", R_UINT }, { "uncompressed_size", R_UINT }, { "length", R_UINT },
+  { "pid", R_UINT }, { "attempts", R_UINT }, { "next_attempt", R_UINT },
+  { "ended", R_BOOL }, { "isolated", R_BOOL }, { "full_disks", R_BOOL }, { "quiesced", R_BOOL },
+  { "vm_was_running", R_BOOL }, { "started_paused", R_BOOL }, { "compressed", R_BOOL }, { "validated", R_BOOL },
+  { "created", R_TIME }, { "started", R_TIME }, { "finished", R_TIME }, { "updated", R_TIME },
+  { "validated_at", R_TIME }, { "compressed_at", R_TIME }, { "last_backup_time", R_TIME }, { "hashed", R_TIME },
+  { "hash_checked", R_TIME }, { "completed", R_TIME },
+  { "hash", R_HEX },
+};
+
+static bool all_of(const char *v, const char *set, size_t max)
+{
+  size_t n = strlen(v);
+  return n > 0 && n <= max && strspn(v, set) == n;
+}
+
+static bool value_fits(const char *key, const char *v)
+{
+  size_t i;
+
+  for (i = 0; i < KB_ARRAY_SIZE(field_rules); i++) {
+    if (!KB_STREQ(field_rules[i].key, key))
+      continue;
+    switch (field_rules[i].rule) {
+    case R_TEXT:
+      return true;
+    case R_NAME:
+      return kb_name_ok(v);
+    case R_NAMES: {
+      CLEANUP_FREE char *copy = strdup(v);
+      char *save = NULL, *t;
+      if (!copy)
+        return false;
+      for (t = strtok_r(copy, ",", &save); t; t = strtok_r(NULL, ",", &save))
+        if (!kb_name_ok(t))
+          return false;
+      return true;
+    }
+    case R_UUID:
+      return kb_uuid_ok(v);
+    case R_UINT: {
+      long long x;
+      return kb_parse_ll(v, &x) == 0 && x >= 0;
+    }
+    case R_BOOL: {
+      bool b;
+      return kb_parse_bool(v, &b) == 0;
+    }
+    case R_TIME:
+      return all_of(v, "0123456789-:TZ.+", 40);
+    case R_HEX:
+      return all_of(v, "0123456789abcdefABCDEF", 128);
+    }
+  }
+  return true;
+}
+
 static int handler(void *user, const char *section, const char *key, const char *value)
 {
   struct parse_state *ps = user;
@@ -240,6 +327,13 @@ static int handler(void *user, const char *section, const char *key, const char 
 
   if (!key_ok(key))
     return 0;   /* inih reports this line */
+  if (!value_fits(key, value) || value_check_mode(key, value, false) < 0) {
+    if (ps->doc->ninvalid++ == 0 && !(ps->doc->first_invalid = kb_printf("%s/%s", section, key))) {
+      ps->err = -ENOMEM;
+      return 0;
+    }
+    return 1;
+  }
   r = put(ps->doc, section, key, value);
   if (r < 0) {
     ps->err = r;
@@ -491,4 +585,11 @@ int kb_doc_set_text(struct kb_doc *doc, const char *section, const char *key, co
   r = kb_doc_set(doc, section, key, buf);
   free(buf);
   return r;
+}
+
+unsigned kb_doc_invalid(const struct kb_doc *doc, const char **ret_first)
+{
+  if (ret_first)
+    *ret_first = doc->first_invalid;
+  return doc->ninvalid;
 }

@@ -16,6 +16,11 @@ void kb_doc_free(struct kb_doc *doc);   /* NULL is fine */
  * the first bad line. */
 int kb_doc_parse(const char *text, struct kb_doc **ret, int *ret_line);
 
+/* Values kb_doc_parse dropped because they do not fit their field's rule
+ * (a backup id that is not a plain name, a size that is not a number...):
+ * how many, and in *RET_FIRST (may be NULL) "section/key" of the first. */
+unsigned kb_doc_invalid(const struct kb_doc *doc, const char **ret_first);
+
 /* Serialise; the caller frees the string. */
 char *kb_doc_format(const struct kb_doc *doc);
 

@@ -39,7 +39,7 @@ static bool have_avx2(void)
 
 int kb_hash_file(const char *path, char ret_hex[KB_HASH_HEX_LEN + 1], uint64_t *ret_bytes)
 {
-  CLEANUP_CLOSE int fd = open(path, O_RDONLY | O_NOFOLLOW | O_CLOEXEC);
+  CLEANUP_CLOSE int fd = open(path, O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC);
   XXH3_state_t *st;
   XXH128_hash_t h;
   XXH128_canonical_t c;

@@ -926,11 +926,19 @@ int kb_proc_start_time(long long pid, unsigned long long *ret)
   return proc_start_time(pid, ret);
 }
 
-int kb_proc_alive(const char *host, const char *boot, long long pid, unsigned long long start_time)
+const char *kb_pid_ns(void)
 {
-  if (!host || !KB_STREQ(host, kb_hostname()))
+  return pid_ns();
+}
+
+int kb_proc_alive(const char *host, const char *machine_id, const char *boot, const char *ns,
+                  long long pid, unsigned long long start_time)
+{
+  if (!host || !KB_STREQ(host, kb_hostname()) || !machine_id || !KB_STREQ(machine_id, kb_machine_id()))
     return -EREMOTE;
   if (!boot || !KB_STREQ(boot, boot_id()))
     return 0;
+  if (!ns || !KB_STREQ(ns, pid_ns()))
+    return 1;   /* its pid means nothing here */
   return pid_alive(pid, start_time) ? 1 : 0;
 }

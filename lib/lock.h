@@ -52,14 +52,18 @@ int kb_lock_fence_all(void);
 int kb_lock_lease_seconds(void);
 
 /* A process as lock holders and catalog records name it across hosts:
- * host (kb_hostname), boot id, pid and the pid's start time, which tells a
- * live process from a later one that reused its pid. */
+ * host name and machine id (util.h), boot id, pid namespace, pid and the
+ * pid's start time, which tells a live process from a later one that
+ * reused its pid. */
 const char *kb_boot_id(void);
+const char *kb_pid_ns(void);
 /* Start time of PID in clock ticks since boot (field 22 of /proc/PID/stat). */
 int kb_proc_start_time(long long pid, unsigned long long *ret);
-/* Is that process alive? 1 alive (or cannot tell), 0 gone (dead, its pid
- * reused, or this host rebooted since), -EREMOTE when HOST is another host:
- * only a lease can tell then. */
-int kb_proc_alive(const char *host, const char *boot_id, long long pid, unsigned long long start_time);
+/* Is that process alive? 1 alive (or cannot tell: another pid namespace),
+ * 0 gone (dead, its pid reused, or this machine rebooted since), -EREMOTE
+ * when it ran on another machine (host name or machine id differ): only a
+ * lease can tell then. */
+int kb_proc_alive(const char *host, const char *machine_id, const char *boot_id, const char *pid_ns,
+                  long long pid, unsigned long long start_time);
 
 #endif

@@ -793,12 +793,18 @@ static int strcmp_p(const void *a, const void *b)
   return strcmp(*(char *const *) a, *(char *const *) b);
 }
 
-/* Names in DIR that have generations of KIND, sorted, distinct. */
+/* Entries (generations of any name) a listing takes in: beyond, the rest
+ * is left out and the listing says so. */
+#define MAX_LIST_ENTRIES 131072
+
+/* Names in DIR that have generations of KIND, sorted, distinct. 1 when
+ * the folder held more than MAX_LIST_ENTRIES and the list is partial. */
 static int list_names(const char *dir, enum kind kind, char ***ret)
 {
   CLEANUP_CLOSE int dfd = -1;
   char **v = NULL;
   size_t n = 0, cap = 0, i, j;
+  bool truncated = false;
   struct dirent *de;
   DIR *d;
 
@@ -829,6 +835,11 @@ static int list_names(const char *dir, enum kind kind, char ***ret)
       free(copy);
       continue;
     }
+    if (n >= MAX_LIST_ENTRIES) {
+      free(copy);
+      truncated = true;
+      break;
+    }
     if (n + 2 > cap) {
       size_t c = cap ? cap * 2 : 16;
       char **nv = realloc(v, c * sizeof *nv);
@@ -853,7 +864,7 @@ static int list_names(const char *dir, enum kind kind, char ***ret)
   }
   v[j] = NULL;
   *ret = v;
-  return 0;
+  return truncated ? 1 : 0;
 oom:
   closedir(d);
   for (i = 0; i < n; i++)

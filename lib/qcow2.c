@@ -118,7 +118,8 @@ static int parse_bitmaps_ext(struct kb_qcow2 *img, const uint8_t *d, uint32_t le
     uint32_t extra;
     uint64_t entry;
 
-    if (dir_size - pos < 24)
+    /* POS may have stepped past the end with the last entry's padding. */
+    if (pos > dir_size || dir_size - pos < 24)
       return img_error(img, -EINVAL, "bitmap directory entry %zu is truncated", i);
     name_size = kb_be16(dir + pos + 18);
     extra = kb_be32(dir + pos + 20);
@@ -373,7 +374,7 @@ int kb_qcow2_open(const char *path, struct kb_qcow2 **ret, char **errmsg)
 
   if (errmsg)
     *errmsg = NULL;
-  fd = open(path, O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
+  fd = open(path, O_RDONLY | O_CLOEXEC | O_NOFOLLOW | O_NONBLOCK);   /* a FIFO must not block us */
   if (fd < 0) {
     int r = -errno;
     if (errmsg)

@@ -386,7 +386,9 @@ int kb_vm_mark_frozen(const struct kb_catalog *cat, const char *vm_uuid, struct 
   snprintf(st, sizeof st, "%llu", start);
   (void) kb_doc_remove_section(rec, FREEZE_SECTION);
   r = kb_doc_set(rec, FREEZE_SECTION, "host", kb_hostname());
+  if (r == 0) r = kb_doc_set(rec, FREEZE_SECTION, "machine_id", kb_machine_id());
   if (r == 0) r = kb_doc_set(rec, FREEZE_SECTION, "boot_id", kb_boot_id());
+  if (r == 0) r = kb_doc_set(rec, FREEZE_SECTION, "pid_ns", kb_pid_ns());
   if (r == 0) r = kb_doc_set_ll(rec, FREEZE_SECTION, "pid", getpid());
   if (r == 0) r = kb_doc_set(rec, FREEZE_SECTION, "start_time", st);
   if (r == 0) r = kb_doc_set(rec, FREEZE_SECTION, "by", by);
@@ -415,7 +417,9 @@ int kb_vm_frozen_by(const struct kb_doc *rec, struct kb_freeze *ret)
   if (f.pid < 0)
     return -ENOENT;
   f.host = kb_doc_get(rec, FREEZE_SECTION, "host");
+  f.machine_id = kb_doc_get(rec, FREEZE_SECTION, "machine_id");
   f.boot_id = kb_doc_get(rec, FREEZE_SECTION, "boot_id");
+  f.pid_ns = kb_doc_get(rec, FREEZE_SECTION, "pid_ns");
   f.by = kb_doc_get(rec, FREEZE_SECTION, "by");
   f.since = kb_doc_get(rec, FREEZE_SECTION, "since");
   if (st)
@@ -437,7 +441,7 @@ enum kb_freeze_owner kb_vm_freeze_owner(const struct kb_doc *rec, char **ret_des
   if (ret_desc)
     *ret_desc = kb_printf("backup %s, pid %lld on %s, since %s", f.by ? f.by : "?", f.pid,
                           f.host ? f.host : "?", f.since ? f.since : "?");
-  alive = kb_proc_alive(f.host, f.boot_id, f.pid, f.start_time);
+  alive = kb_proc_alive(f.host, f.machine_id, f.boot_id, f.pid_ns, f.pid, f.start_time);
   if (alive == -EREMOTE)
     return KB_FREEZE_REMOTE;
   if (alive == 0)

@@ -185,7 +185,7 @@ int kb_job_remove(const struct kb_catalog *cat, const char *job_id);
  * has thawed them, so that a later run tells kboss's own freeze left by a
  * killed run (thaw it) from another tool's (leave it alone). */
 struct kb_freeze {
-  const char *host, *boot_id;  /* the freezing process (lock.h) */
+  const char *host, *machine_id, *boot_id, *pid_ns;  /* the freezing process (lock.h) */
   long long pid;
   unsigned long long start_time;
   const char *by;              /* what froze: a backup id */

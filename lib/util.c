@@ -116,6 +116,9 @@ int kb_read_fd(int fd, char **ret, size_t *ret_len)
     return -errno;
   if (!S_ISREG(st.st_mode))
     return -EINVAL;
+  /* A planted huge (or sparse) file is refused before any allocation. */
+  if (st.st_size < 0 || (uint64_t) st.st_size > KB_READ_MAX)
+    return -EFBIG;
   cap = (size_t) st.st_size + 1;
   buf = malloc(cap);
   if (!buf)
@@ -123,7 +126,12 @@ int kb_read_fd(int fd, char **ret, size_t *ret_len)
   for (;;) {
     ssize_t r;
     if (len + 1 >= cap) {
-      char *n = realloc(buf, cap * 2);
+      char *n;
+      if (cap > KB_READ_MAX) {    /* it grew while we read */
+        free(buf);
+        return -EFBIG;
+      }
+      n = realloc(buf, cap * 2);
       if (!n) {
         free(buf);
         return -ENOMEM;
@@ -152,7 +160,7 @@ int kb_read_fd(int fd, char **ret, size_t *ret_len)
 
 int kb_read_file(const char *path, char **ret, size_t *ret_len)
 {
-  CLEANUP_CLOSE int fd = open(path, O_RDONLY | O_NOFOLLOW | O_CLOEXEC);
+  CLEANUP_CLOSE int fd = open(path, O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC);
 
   if (fd < 0)
     return -errno;

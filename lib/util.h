@@ -34,7 +34,13 @@ char *kb_printf(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
  * anything else in its place (a symlink included) is -ENOTDIR. */
 int kb_mkdir_p(const char *dir, mode_t mode);
 
-/* Read a whole regular file (not through a symlink); NUL-terminated. */
+/* Largest file kb_read_file()/kb_read_fd() read whole: catalog documents,
+ * saved XML, screenshots and config files are far smaller. */
+#define KB_READ_MAX (32u * 1024 * 1024)
+
+/* Read a whole regular file (opened non-blocking, not through a symlink);
+ * NUL-terminated.  -EINVAL for anything but a regular file (a FIFO
+ * included), -EFBIG above KB_READ_MAX. */
 int kb_read_file(const char *path, char **ret, size_t *ret_len);
 
 /* The same from an open descriptor (a regular file). */

@@ -57,4 +57,24 @@ int bk_redefine_checkpoints(struct bk_vm *v, char **ret_error);
  * for the bitmap part. */
 int bk_checkpoint_delete(struct bk_vm *v, const char *name);
 
+/* freeze.c: the guest's filesystem freeze; kboss thaws only its own. */
+enum bk_fs_state { BK_FS_UNKNOWN, BK_FS_THAWED, BK_FS_FROZEN };
+/* The agent's guest-fsfreeze-status (UNKNOWN when the agent does not answer). */
+enum bk_fs_state bk_guest_fs_state(virDomainPtr dom);
+/* Record the freeze as this run's (for BY, a backup id), then freeze.
+ * Refuses (-EBUSY) a guest someone else froze. */
+int bk_freeze(struct bk_vm *v, const char *by, char **ret_error);
+/* Thaw this run's freeze and remove its record; -EIO when the thaw failed
+ * (the record stays, so the next run thaws). */
+int bk_thaw(struct bk_vm *v);
+/* Normalisation: thaw a freeze kboss recorded whose run is gone; report,
+ * and leave, any other freeze. */
+void bk_normalize_freeze(struct bk_vm *v);
+
+/* mountns.c: when qemu could not open the target PATH on a store although
+ * it exists for us, the explanation (qemu's mount namespace does not see
+ * the store's mount) and what to do; NULL when that is not the case. */
+char *bk_explain_unseen_target(struct bk_vm *v, const char *path, const char *store_name,
+                               const char *store_path);
+
 #endif

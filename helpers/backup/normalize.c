@@ -128,11 +128,9 @@ int bk_normalize(struct bk_vm *v, char **ret_error)
   int r;
 
   abort_stale_job(v);
-  /* A killed quiesced backup may have left the guest frozen. */
-  if (virDomainIsActive(v->dom) == 1) {
-    (void) virDomainAgentSetResponseTimeout(v->dom, 5, 0);
-    (void) virDomainFSThaw(v->dom, NULL, 0, 0);
-  }
+  /* A killed quiesced backup may have left the guest frozen; a freeze
+   * kboss did not record is someone else's and stays. */
+  bk_normalize_freeze(v);
   r = kb_catalog_list_chains(v->cat, v->uuid, &chains);
   if (r < 0 && r != -ENOENT) {
     *ret_error = kb_printf("VM %s: cannot list its chains: %s", v->name, strerror(-r));

@@ -175,8 +175,10 @@ static int plan_chain(struct bk_job *j, char **ret_error)
       *ret_error = kb_printf("VM %s: cannot read chain %s: %s", v->name, cur, strerror(-r));
       return r;
     }
-    if (r == 0 && !kb_doc_get_bool(j->chain_rec, "chain", "ended", false) &&
-        kb_doc_get_ll(j->chain_rec, "chain", "length", 0) < chain_size(j)) {
+    if (r == 0 && !kb_doc_get(j->chain_rec, "chain", "last_backup"))
+      kb_warn("VM %s: chain %s names no (valid) last backup; starting a new chain", v->name, cur);
+    else if (r == 0 && !kb_doc_get_bool(j->chain_rec, "chain", "ended", false) &&
+             kb_doc_get_ll(j->chain_rec, "chain", "length", 0) < chain_size(j)) {
       const char *store = kb_doc_get(j->chain_rec, "chain", "store");
       const struct kb_store *s = store ? kb_config_store(v->cfg, store) : NULL;
 
@@ -666,7 +668,7 @@ static void undo(struct bk_job *j, const char *error)
       usleep(100 * 1000);
     }
   }
-  if (j->frozen && virDomainFSThaw(v->dom, NULL, 0, 0) < 0) {
+  if (j->frozen && bk_thaw(v) < 0) {
     kb_err("VM %s: cannot thaw its filesystems: %s", v->name, kb_virt_error());
     clean = false;
   }
@@ -718,11 +720,24 @@ static void print_result(struct bk_job *j, uint64_t total, int64_t ms)
   }
 }
 
+/* Tests: KBOSS_TEST_HOLD_AFTER_FREEZE_MS keeps the guest frozen that long
+ * before the job starts, so that a test can kill the run while frozen. */
+static void test_hold_after_freeze(void)
+{
+  const char *env = getenv("KBOSS_TEST_HOLD_AFTER_FREEZE_MS");
+  long long ms;
+
+  if (!env || kb_parse_ll(env, &ms) < 0 || ms <= 0)
+    return;
+  for (; ms > 0 && !bk_cancel; ms -= 50)
+    usleep(50 * 1000);
+}
+
 int bk_run(struct bk_vm *v, const struct bk_opts *opts, char **ret_error)
 {
   struct bk_job j;
   const char *off_name = kb_config_vm_offering(v->cfg, v->name);
-  CLEANUP_FREE char *cpxml = NULL, *bxml = NULL, *jerr = NULL;
+  CLEANUP_FREE char *cpxml = NULL, *bxml = NULL, *jerr = NULL, *berr = NULL;
   int64_t t0 = kb_mono_ms();
   uint64_t total = 0;
   int r;
@@ -808,27 +823,35 @@ int bk_run(struct bk_vm *v, const struct bk_opts *opts, char **ret_error)
   }
 
   if (opts->quiesce) {
-    /* Do not wait forever for an agent that is not there. */
-    (void) virDomainAgentSetResponseTimeout(v->dom, 10, 0);
-    if (virDomainFSFreeze(v->dom, NULL, 0, 0) < 0) {
-      *ret_error = kb_printf("VM %s: cannot quiesce: the guest agent did not freeze the filesystems (%s)",
-                             v->name, kb_virt_error());
-      r = -EIO;
+    /* Recorded as this run's before the agent freezes: only such a freeze
+     * is ever thawed by kboss. */
+    r = bk_freeze(v, j.id, ret_error);
+    if (r < 0)
       goto fail;
-    }
     j.frozen = true;
+    test_hold_after_freeze();
   }
   j.job_begun = true;   /* from here a checkpoint may exist */
   r = virDomainBackupBegin(v->dom, bxml, cpxml, VIR_DOMAIN_BACKUP_BEGIN_REUSE_EXTERNAL);
+  if (r < 0)
+    berr = strdup(kb_virt_error());   /* before the thaw resets it */
   if (j.frozen) {
     /* Thaw at once: the job has its point in time. */
-    if (virDomainFSThaw(v->dom, NULL, 0, 0) < 0)
+    if (bk_thaw(v) < 0)
       kb_err("VM %s: cannot thaw its filesystems: %s", v->name, kb_virt_error());
     else
       j.frozen = false;
   }
   if (r < 0) {
-    *ret_error = kb_printf("VM %s: the backup job did not start: %s", v->name, kb_virt_error());
+    size_t i;
+    const struct kb_store *s = kb_config_store(v->cfg, j.store);
+    CLEANUP_FREE char *hint = NULL;
+    for (i = 0; i < j.nbd && !hint && s; i++)
+      hint = bk_explain_unseen_target(v, j.bd[i].path, s->name, s->path);
+    if (hint)
+      *ret_error = kb_printf("%s (libvirt: %s)", hint, berr ? berr : "?");
+    else
+      *ret_error = kb_printf("VM %s: the backup job did not start: %s", v->name, berr ? berr : "?");
     r = -EIO;
     goto fail;
   }

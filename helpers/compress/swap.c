@@ -16,6 +16,7 @@
 #include <unistd.h>
 
 #include "bkhash.h"
+#include "chain.h"
 #include "compress.h"
 #include "lock.h"
 #include "log.h"
@@ -161,9 +162,17 @@ out:
 
 static int qemu_img_check(const char *tmp, char **ret_error)
 {
-  const char *argv[] = { QEMU_IMG, "check", "-q", "-f", "qcow2", tmp, NULL };
+  /* This one image alone ("backing": null): qemu-img check would otherwise
+   * open the whole chain its header names. */
+  CLEANUP_FREE char *spec = kb_printf("json:{\"driver\":\"qcow2\",\"file\":{\"driver\":\"file\",\"filename\":\"%s\"},"
+                                      "\"backing\":null}", tmp);
+  const char *argv[] = { QEMU_IMG, "check", "-q", spec, NULL };
   CLEANUP_FREE char *out = NULL;
-  int r = kb_run(argv, &out);
+  int r;
+
+  if (!spec || strpbrk(tmp, "\"\\"))
+    return -EINVAL;
+  r = kb_run(argv, &out);
 
   if (r == 0)
     return 0;
@@ -180,7 +189,7 @@ static int copy_owner(const char *orig, const char *tmp)
 
   if (lstat(orig, &st) < 0)
     return -errno;
-  fd = open(tmp, O_RDONLY | O_NOFOLLOW | O_CLOEXEC);
+  fd = open(tmp, O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC);
   if (fd < 0)
     return -errno;
   if (fchown(fd, st.st_uid, st.st_gid) < 0 && errno != EPERM)
@@ -242,6 +251,20 @@ int cp_compress_backup(const struct kb_config *cfg, const struct kb_catalog *cat
       goto out;
     }
     ret->size_before += file_usage(orig[i]);
+  }
+  /* Only a chain that passes the validator (lib/chain.h) is compressed. */
+  for (i = 0; i < n; i++) {
+    CLEANUP_FREE char *data = kb_backup_data_dir(cat, ref), *why = NULL;
+    struct kb_chain *chain = NULL;
+
+    if (data && strrchr(data, '/'))
+      *strrchr(data, '/') = '\0';
+    r = data ? kb_chain_validate(data, orig[i], &chain, &why) : -ENOMEM;
+    kb_chain_free(chain);
+    if (r < 0) {
+      *ret_error = kb_printf("disk %s: refusing its backing chain: %s", disks[i], why ? why : strerror(-r));
+      goto out;
+    }
   }
   cp_remove_temps(cat, ref);
 

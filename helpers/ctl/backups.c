@@ -139,6 +139,13 @@ int ctl_backups(int argc, char **argv)
         if (kb_backup_load(cat, uuids[i], chains[k], ids[b], &doc) < 0)
           continue;
         st = kb_doc_get(doc, "backup", "state");
+        {
+          const char *first = NULL;
+          unsigned bad = kb_doc_invalid(doc, &first);
+          if (bad)
+            kb_warn("backups: backup %s: %u value%s of its record do not fit their field and were ignored "
+                    "(first: %s); was the export tampered with?", ids[b], bad, bad == 1 ? "" : "s", first);
+        }
         if (st && (KB_STREQ(st, KB_BACKUP_READY) || KB_STREQ(st, KB_BACKUP_INVALID))) {
           if (json)
             json_object_array_add(arr, kb_doc_to_json(doc));
@@ -161,6 +168,9 @@ int ctl_backups(int argc, char **argv)
   }
   if (json)
     kb_json_print(arr);
+  if (kb_catalog_list_cut())
+    kb_warn("backups: a catalog folder holds more than %d entries (junk on the export?); the listing is incomplete",
+            KB_CATALOG_LIST_MAX);
 out:
   kb_strv_free(uuids);
   kb_catalog_free(cat);

@@ -16,6 +16,7 @@
 #include <guestfs.h>
 #include <json-c/json.h>
 
+#include "chain.h"
 #include "ctl.h"
 #include "lock.h"
 #include "log.h"
@@ -34,53 +35,6 @@ static void extract_usage(FILE *f)
           "too. Only for backups whose offering has allow_extract_file = true.\n"
           "\n"
           "  --config FILE  configuration file\n", kb_progname);
-}
-
-/* Every file of the qcow2 backing chain of TOP must be a qcow2 inside
- * DIR (the backup's chain folder on the store). */
-static int check_backing_chain(const char *top, const char *dir, char **ret_error)
-{
-  const char *argv[] = { QEMU_IMG, "info", "-U", "--backing-chain", "--output=json", top, NULL };
-  CLEANUP_FREE char *out = NULL;
-  char realdir[PATH_MAX];
-  json_object *arr;
-  int r = 0;
-
-  if (!realpath(dir, realdir)) {
-    *ret_error = kb_printf("%s: %s", dir, strerror(errno));
-    return -errno;
-  }
-  if (kb_run(argv, &out) != 0 || !out) {
-    *ret_error = kb_printf("qemu-img info %s failed: %s", top, out ? out : "");
-    return -EIO;
-  }
-  /* kb_run mixes stderr in; the JSON starts at the first '['. */
-  arr = json_tokener_parse(strchr(out, '[') ? strchr(out, '[') : out);
-  if (!arr || !json_object_is_type(arr, json_type_array)) {
-    json_object_put(arr);
-    *ret_error = kb_printf("cannot read the backing chain of %s", top);
-    return -EIO;
-  }
-  for (size_t i = 0; i < json_object_array_length(arr) && r == 0; i++) {
-    json_object *img = json_object_array_get_idx(arr, i), *fn = NULL, *fmt = NULL;
-    char real[PATH_MAX];
-    const char *name, *format;
-    size_t dl = strlen(realdir);
-
-    json_object_object_get_ex(img, "filename", &fn);
-    json_object_object_get_ex(img, "format", &fmt);
-    name = fn ? json_object_get_string(fn) : NULL;
-    format = fmt ? json_object_get_string(fmt) : NULL;
-    if (!name || !realpath(name, real) || strncmp(real, realdir, dl) != 0 || real[dl] != '/') {
-      *ret_error = kb_printf("%s: backing file %s leaves the backup's folder %s", top, name ? name : "?", realdir);
-      r = -EPERM;
-    } else if (!format || !KB_STREQ(format, "qcow2")) {
-      *ret_error = kb_printf("%s: %s is %s, not qcow2", top, name, format ? format : "of unknown format");
-      r = -EPERM;
-    }
-  }
-  json_object_put(arr);
-  return r;
 }
 
 static int cmp_len(const void *a, const void *b)
@@ -122,6 +76,8 @@ int ctl_extract(int argc, char **argv)
   struct kb_lock *lock = NULL;
   guestfs_h *g = NULL;
   char **disks = NULL, **roots = NULL;
+  struct kb_chain_nbd *nbd = NULL;
+  size_t ndisks = 0;
   CLEANUP_FREE char *err = NULL, *data = NULL, *chaindir = NULL;
   CLEANUP_FREE char *tmp = NULL;
   const char *id, *path, *dest, *off_name, *st;
@@ -191,18 +147,40 @@ int ctl_extract(int argc, char **argv)
     goto out;
   }
   guestfs_set_error_handler(g, NULL, NULL);   /* errors are reported once, below */
+  for (ndisks = 0; disks[ndisks]; ndisks++)
+    ;
+  nbd = calloc(ndisks, sizeof *nbd);
+  if (!nbd)
+    goto out;
   for (size_t i = 0; disks[i]; i++) {
     CLEANUP_FREE char *file = kb_backup_disk_path(cat, &ref, disks[i]);
+    struct kb_chain *chain = NULL;
+    const char *server[2] = { NULL, NULL };
+    CLEANUP_FREE char *srv = NULL;
+
     if (!file) {
       kb_err("extract: backup %s: disk %s has no file", id, disks[i]);
       goto out;
     }
-    if (check_backing_chain(file, chaindir, &err) < 0) {
-      kb_err("extract: backup %s: %s", id, err);
+    /* Our own reader walks the chain; libguestfs reads exactly that chain,
+     * served by qemu-nbd from its node-by-node description. */
+    if (kb_chain_validate(chaindir, file, &chain, &err) < 0) {
+      kb_err("extract: backup %s: disk %s: refusing its backing chain: %s", id, disks[i], err ? err : "");
       goto out;
     }
-    if (guestfs_add_drive_opts(g, file, GUESTFS_ADD_DRIVE_OPTS_READONLY, 1, GUESTFS_ADD_DRIVE_OPTS_FORMAT,
-                               "qcow2", -1) < 0)
+    free(err);
+    err = NULL;
+    if (kb_chain_nbd_start(chain, &nbd[i], &err) < 0) {
+      kb_chain_free(chain);
+      kb_err("extract: backup %s: disk %s: %s", id, disks[i], err ? err : "cannot serve its chain");
+      goto out;
+    }
+    kb_chain_free(chain);
+    srv = kb_printf("unix:%s", nbd[i].sock);
+    server[0] = srv;
+    if (!srv || guestfs_add_drive_opts(g, "", GUESTFS_ADD_DRIVE_OPTS_READONLY, 1, GUESTFS_ADD_DRIVE_OPTS_FORMAT, "raw",
+                                       GUESTFS_ADD_DRIVE_OPTS_PROTOCOL, "nbd", GUESTFS_ADD_DRIVE_OPTS_SERVER, server,
+                                       -1) < 0)
       goto guestfs_failed;
   }
   if (guestfs_launch(g) < 0)
@@ -250,6 +228,9 @@ out:
     (void) unlink(tmp);
   if (g)
     guestfs_close(g);
+  for (size_t i = 0; nbd && i < ndisks; i++)
+    kb_chain_nbd_stop(&nbd[i]);
+  free(nbd);
   if (roots) {
     for (size_t i = 0; roots[i]; i++)
       free(roots[i]);

@@ -15,6 +15,7 @@
 #include <libxml/tree.h>
 #include <libxml/xpath.h>
 
+#include "chain.h"
 #include "lock.h"
 #include "log.h"
 #include "restore.h"
@@ -103,51 +104,12 @@ void rs_disks_free(struct rs_disk *d, size_t n)
     free(d[i].backup_file);
     free(d[i].dest);
     free(d[i].format);
+    kb_chain_free(d[i].chain);
     if (d[i].tmp)
       (void) unlink(d[i].tmp);
     free(d[i].tmp);
   }
   free(d);
-}
-
-/* Every file of the backing chain of FILE must lie inside DIR (the chain's
- * folder on the store): a backing path that leaves it is never followed. */
-static int check_backing_inside(const char *file, const char *dir, char **ret_error)
-{
-  const char *argv[] = { QEMU_IMG, "info", "-U", "--backing-chain", "--output=json", "-f", "qcow2", file, NULL };
-  CLEANUP_FREE char *out = NULL;
-  char realdir[PATH_MAX];
-  json_object *root;
-  size_t i, n;
-  int r = 0;
-
-  if (!realpath(dir, realdir))
-    return -errno;
-  /* qemu-img opens the chain; first check the names without opening. */
-  if (kb_run(argv, &out) != 0) {
-    *ret_error = kb_printf("%s: qemu-img cannot read the backup's chain: %s", file, out ? out : "");
-    return -EIO;
-  }
-  root = json_tokener_parse(out);
-  if (!root || !json_object_is_type(root, json_type_array)) {
-    json_object_put(root);
-    return -EPROTO;
-  }
-  n = json_object_array_length(root);
-  for (i = 0; i < n && r == 0; i++) {
-    json_object *img = json_object_array_get_idx(root, i), *fn;
-    char real[PATH_MAX];
-    if (!json_object_object_get_ex(img, "filename", &fn))
-      continue;
-    if (!realpath(json_object_get_string(fn), real) || strncmp(real, realdir, strlen(realdir)) != 0 ||
-        real[strlen(realdir)] != '/') {
-      *ret_error = kb_printf("%s: its backing chain leaves the backup's folder (%s); refusing to use it",
-                             file, json_object_get_string(fn));
-      r = -EPERM;
-    }
-  }
-  json_object_put(root);
-  return r;
 }
 
 int rs_plan_disks(struct rs_ctx *c, const struct rs_opts *o, struct rs_disk **ret, size_t *ret_n,
@@ -211,9 +173,15 @@ int rs_plan_disks(struct rs_ctx *c, const struct rs_opts *o, struct rs_disk **re
       r = -ENOMEM;
       goto out;
     }
-    r = check_backing_inside(d[n - 1].backup_file, chain_dir, ret_error);
-    if (r < 0)
+    /* Our own reader walks the chain; qemu gets only what passed. */
+    r = kb_chain_validate(chain_dir, d[n - 1].backup_file, &d[n - 1].chain, ret_error);
+    if (r < 0) {
+      char *why = *ret_error;
+      *ret_error = kb_printf("backup %s: disk %s: refusing its backing chain: %s", c->ref.id, targets[i],
+                             why ? why : strerror(-r));
+      free(why);
       goto out;
+    }
   }
   if (n == 0) {
     *ret_error = o->disk ? kb_printf("backup %s has no disk %s", c->ref.id, o->disk)

@@ -17,9 +17,14 @@
 #include "restore.h"
 #include "util.h"
 
-/* qemu-img convert, its progress shown on a terminal; cancellable. */
+/* qemu-img convert, its progress shown on a terminal; cancellable.  The
+ * source is the validated chain spelled node by node (lib/chain.h), so
+ * qemu-img never follows a backing name from the export; the new file is
+ * created 0600 (umask in the child) and takes the old disk's owner and
+ * mode only when complete. */
 static int convert(const struct rs_disk *d, char **ret_error)
 {
+  CLEANUP_FREE char *source = kb_chain_qemu_json(d->chain, NULL);
   const char *argv[24];
   int n = 0, status;
   pid_t pid;
@@ -32,15 +37,15 @@ static int convert(const struct rs_disk *d, char **ret_error)
   argv[n++] = "-W";        /* out-of-order writes: the target is new */
   argv[n++] = "-m";
   argv[n++] = "8";
-  argv[n++] = "-f";
-  argv[n++] = "qcow2";
   argv[n++] = "-O";
   argv[n++] = d->format;
   if (KB_STREQ(d->format, "qcow2")) {
     argv[n++] = "-o";
     argv[n++] = "cluster_size=65536";
   }
-  argv[n++] = d->backup_file;
+  if (!source)
+    return -ENOMEM;
+  argv[n++] = source;
   argv[n++] = d->tmp;
   argv[n] = NULL;
   pid = fork();
@@ -51,6 +56,7 @@ static int convert(const struct rs_disk *d, char **ret_error)
     dup2(nul, 0);
     if (!tty)
       dup2(nul, 1);
+    umask(077);
     execv(argv[0], (char *const *) argv);
     _exit(127);
   }

@@ -10,30 +10,118 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <fcntl.h>
 #include <libvirt/libvirt-qemu.h>
 #include <libvirt/virterror.h>
+#include <libxml/parser.h>
+#include <libxml/tree.h>
 
 #include "log.h"
+#include "qcow2.h"
 #include "restore.h"
 #include "util.h"
 
-/* Does the image at PATH still have a backing file? 1 yes, 0 no. */
+/* Does the overlay at PATH (primary storage) still have a backing file?
+ * 1 yes, 0 no.  Read with our own reader: no qemu process opens it. */
 static int has_backing(const char *path)
 {
-  const char *argv[] = { QEMU_IMG, "info", "-U", "--output=json", path, NULL };
-  CLEANUP_FREE char *out = NULL;
+  struct kb_qcow2 *img = NULL;
+  int r = kb_qcow2_open(path, &img, NULL);
 
-  if (kb_run(argv, &out) != 0)
-    return -EIO;
-  return strstr(out, "\"backing-filename\"") ? 1 : 0;
+  if (r < 0)
+    return r;
+  r = kb_qcow2_get_info(img)->backing_file ? 1 : 0;
+  kb_qcow2_close(img);
+  return r;
 }
 
-static int consolidate_offline(struct rs_ctx *c, const char *target, const char *path, char **ret_error)
+/* Spell CHAIN under the disk TARGET of the VM's persistent definition as
+ * nested <backingStore> elements ending in an empty one, so libvirt hands
+ * qemu exactly the validated files instead of probing the export's
+ * headers; CHAIN NULL removes them (the disk stands alone again). */
+static int set_disk_chain(struct rs_ctx *c, const char *target, const struct kb_chain *chain, char **ret_error)
 {
-  /* Safe rebase onto nothing copies in everything the backing chain held. */
-  const char *argv[] = { QEMU_IMG, "rebase", "-f", "qcow2", "-b", "", path, NULL };
+  CLEANUP_FREE char *xml = virDomainGetXMLDesc(c->dom, VIR_DOMAIN_XML_INACTIVE | VIR_DOMAIN_XML_SECURE);
+  xmlDocPtr doc = NULL;
+  xmlNodePtr disk = NULL, dev, n, next, parent;
+  xmlChar *out = NULL;
+  virDomainPtr dom;
+  int len, r = -EINVAL;
+  size_t i;
+
+  if (!xml || !(doc = xmlReadMemory(xml, (int) strlen(xml), "domain.xml", NULL, XML_PARSE_NONET | XML_PARSE_NOERROR)))
+    goto out;
+  dev = xmlDocGetRootElement(doc);
+  for (dev = dev ? dev->children : NULL; dev && !xmlStrEqual(dev->name, (const xmlChar *) "devices"); dev = dev->next)
+    ;
+  for (n = dev ? dev->children : NULL; n && !disk; n = n->next) {
+    xmlNodePtr t;
+    if (n->type != XML_ELEMENT_NODE || !xmlStrEqual(n->name, (const xmlChar *) "disk"))
+      continue;
+    for (t = n->children; t; t = t->next)
+      if (t->type == XML_ELEMENT_NODE && xmlStrEqual(t->name, (const xmlChar *) "target")) {
+        xmlChar *d = xmlGetProp(t, (const xmlChar *) "dev");
+        if (d && KB_STREQ((const char *) d, target))
+          disk = n;
+        xmlFree(d);
+      }
+  }
+  if (!disk)
+    goto out;
+  for (n = disk->children; n; n = next) {
+    next = n->next;
+    if (n->type == XML_ELEMENT_NODE && xmlStrEqual(n->name, (const xmlChar *) "backingStore")) {
+      xmlUnlinkNode(n);
+      xmlFreeNode(n);
+    }
+  }
+  r = -ENOMEM;
+  parent = disk;
+  for (i = 0; chain && i < chain->n; i++) {
+    xmlNodePtr bs = xmlNewChild(parent, NULL, (const xmlChar *) "backingStore", NULL), f, src;
+    if (!bs || !xmlNewProp(bs, (const xmlChar *) "type", (const xmlChar *) "file") ||
+        !(f = xmlNewChild(bs, NULL, (const xmlChar *) "format", NULL)) ||
+        !xmlNewProp(f, (const xmlChar *) "type", (const xmlChar *) "qcow2") ||
+        !(src = xmlNewChild(bs, NULL, (const xmlChar *) "source", NULL)) ||
+        !xmlNewProp(src, (const xmlChar *) "file", (const xmlChar *) chain->files[i]))
+      goto out;
+    parent = bs;
+  }
+  if (chain && !xmlNewChild(parent, NULL, (const xmlChar *) "backingStore", NULL))
+    goto out;
+  xmlDocDumpMemory(doc, &out, &len);
+  if (!out)
+    goto out;
+  dom = virDomainDefineXML(c->conn, (const char *) out);
+  if (!dom) {
+    *ret_error = kb_printf("VM %s: disk %s: cannot %s its backing chain in its definition: %s", c->vm_name, target,
+                           chain ? "spell out" : "remove", kb_virt_error());
+    r = -EIO;
+    goto out;
+  }
+  virDomainFree(dom);
+  r = 0;
+out:
+  if (r == -EINVAL)
+    *ret_error = kb_printf("VM %s: cannot find disk %s in its definition", c->vm_name, target);
+  else if (r == -ENOMEM && !*ret_error)
+    *ret_error = strdup("out of memory");
+  xmlFree(out);
+  xmlFreeDoc(doc);
+  return r;
+}
+
+static int consolidate_offline(struct rs_ctx *c, const char *target, const char *path, const struct kb_chain *chain,
+                               char **ret_error)
+{
+  /* Safe rebase onto nothing copies in everything the backing chain held;
+   * the chain is the validated one, spelled node by node. */
+  CLEANUP_FREE char *spec = kb_chain_qemu_json(chain, path);
+  const char *argv[] = { QEMU_IMG, "rebase", "-b", "", spec, NULL };
   CLEANUP_FREE char *out = NULL;
 
+  if (!spec)
+    return -ENOMEM;
   kb_info("VM %s is not running: consolidating disk %s offline", c->vm_name, target);
   if (kb_run(argv, &out) != 0) {
     *ret_error = kb_printf("VM %s: disk %s: offline consolidation failed: %s", c->vm_name, target, out ? out : "");
@@ -42,9 +130,9 @@ static int consolidate_offline(struct rs_ctx *c, const char *target, const char 
   return 0;
 }
 
-static int consolidate_disk(struct rs_ctx *c, const char *target, const char *path, unsigned long bandwidth,
-                            char **ret_error)
+static int consolidate_disk(struct rs_ctx *c, const struct rs_disk *d, unsigned long bandwidth, char **ret_error)
 {
+  const char *target = d->target, *path = d->dest;
   struct kb_progress p;
   bool started = false;
   int r;
@@ -94,7 +182,7 @@ static int consolidate_disk(struct rs_ctx *c, const char *target, const char *pa
     if (r <= 0)
       return r;
     if (virDomainIsActive(c->dom) != 1)
-      return consolidate_offline(c, target, path, ret_error);
+      return consolidate_offline(c, target, path, d->chain, ret_error);
     if (waited == 150) {     /* 30 s */
       *ret_error = kb_printf("VM %s: disk %s: the consolidation job ended but the disk still has a backing file "
                              "(was the job cancelled?); resume it with kboss-restore --consolidate %s",
@@ -143,7 +231,11 @@ int rs_consolidate(struct rs_ctx *c, const struct rs_opts *o, char **ret_error)
 {
   const char *state = kb_doc_get(c->rec, "vm", "state");
   const char *disks = kb_doc_get(c->rec, "consolidation", "disks");
+  const char *bid = kb_doc_get(c->rec, "consolidation", "backup");
   CLEANUP_FREE char *list = disks ? strdup(disks) : NULL;
+  struct rs_opts all = *o;
+  struct rs_disk *d = NULL;
+  size_t n = 0, i;
   char *save = NULL, *tok;
   int64_t t0 = kb_mono_ms();
   int r = 0;
@@ -152,36 +244,70 @@ int rs_consolidate(struct rs_ctx *c, const struct rs_opts *o, char **ret_error)
     *ret_error = kb_printf("VM %s has no consolidation to finish (state %s)", c->vm_name, state ? state : "?");
     return -EINVAL;
   }
-  wait_for_guest(c, o->boot_wait);
-  for (tok = strtok_r(list, ",", &save); tok; tok = strtok_r(NULL, ",", &save)) {
-    CLEANUP_FREE char *key = kb_printf("path.%s", tok);
-    const char *path = key ? kb_doc_get(c->rec, "consolidation", key) : NULL;
-    if (!path || !kb_name_ok(tok)) {
-      *ret_error = kb_printf("VM %s: the consolidation record is damaged (disk %s)", c->vm_name, tok);
+  /* The record lives on the export: it names the backup, never a path.
+   * The disks come from libvirt's definition of the VM, their chains from
+   * the validator. */
+  if (!c->ref.id) {
+    if (!bid || !kb_name_ok(bid) || kb_backup_find(c->cat, bid, &c->ref) < 0) {
+      *ret_error = kb_printf("VM %s: the consolidation record names no usable backup (%s)", c->vm_name,
+                             bid ? bid : "none");
       return -EINVAL;
     }
-    r = consolidate_disk(c, tok, path, o->bandwidth, ret_error);
+  } else if (!bid || !KB_STREQ(bid, c->ref.id)) {
+    *ret_error = kb_printf("VM %s: the consolidation record is damaged (backup)", c->vm_name);
+    return -EINVAL;
+  }
+  wait_for_guest(c, o->boot_wait);
+  for (tok = strtok_r(list, ",", &save); tok; tok = strtok_r(NULL, ",", &save)) {
+    CLEANUP_FREE char *key = kb_name_ok(tok) ? kb_printf("path.%s", tok) : NULL;
+    const char *path = key ? kb_doc_get(c->rec, "consolidation", key) : NULL;
+    struct rs_disk *di = NULL;
+
+    rs_disks_free(d, n);
+    d = NULL;
+    n = 0;
+    all.disk = tok;
+    if (path) {
+      r = rs_plan_disks(c, &all, &d, &n, ret_error);
+      if (r < 0)
+        goto out;
+    }
+    for (i = 0; i < n; i++)
+      if (KB_STREQ(d[i].target, tok))
+        di = &d[i];
+    if (!path || !di) {
+      *ret_error = kb_printf("VM %s: the consolidation record is damaged (disk %s)", c->vm_name, tok);
+      r = -EINVAL;
+      goto out;
+    }
+    if (!KB_STREQ(path, di->dest)) {
+      *ret_error = kb_printf("VM %s: disk %s: the consolidation record names %s, but the VM's disk is %s; refusing",
+                             c->vm_name, tok, path, di->dest);
+      r = -EPERM;
+      goto out;
+    }
+    r = consolidate_disk(c, di, o->bandwidth, ret_error);
+    if (r == 0)
+      r = set_disk_chain(c, tok, NULL, ret_error);
     if (r < 0) {
       (void) kb_doc_set_text(c->rec, "vm", "last_error", *ret_error);
       (void) kb_vm_save(c->cat, c->uuid, c->rec);
-      return r;
+      goto out;
     }
   }
-  {
-    const char *bid = kb_doc_get(c->rec, "consolidation", "backup");
-    if (bid && kb_backup_find(c->cat, bid, &c->ref) == 0)
-      (void) rs_mark_in_use(c, c->uuid, false);
-  }
+  (void) rs_mark_in_use(c, c->uuid, false);
   (void) kb_doc_remove_section(c->rec, "consolidation");
   r = rs_set_state(c, KB_VM_READY, NULL);
   if (r < 0) {
     *ret_error = kb_printf("VM %s: consolidated, but its record could not be updated: %s", c->vm_name,
                            strerror(-r));
-    return r;
+    goto out;
   }
   printf("VM %s: consolidation finished in %.1f s; its disks no longer depend on the backup\n", c->vm_name,
          (kb_mono_ms() - t0) / 1000.0);
-  return 0;
+out:
+  rs_disks_free(d, n);
+  return r;
 }
 
 int rs_quick_restore(struct rs_ctx *c, const struct rs_opts *o, char **ret_error)
@@ -217,16 +343,35 @@ int rs_quick_restore(struct rs_ctx *c, const struct rs_opts *o, char **ret_error
     CLEANUP_FREE char *size = NULL;
     struct kb_doc *bk = c->ref.doc;
     CLEANUP_FREE char *sec = kb_printf("disk:%s", d[i].target);
-    const char *argv[16];
-    int k = 0;
+    long long recorded = kb_doc_get_ll(bk, sec, "virtual_size", -1);
+    const char *argv[20];
+    int k = 0, fd;
 
-    size = kb_printf("%lld", kb_doc_get_ll(bk, sec, "virtual_size", 0));
+    /* The size is the validated top image's; a record that disagrees or an
+     * empty image is refused rather than giving the VM a 0-byte disk. */
+    if (d[i].chain->virtual_size == 0 ||
+        (recorded >= 0 && (unsigned long long) recorded != d[i].chain->virtual_size)) {
+      *ret_error = kb_printf("backup %s: disk %s: its size is unknown or disagrees with its record "
+                             "(image %llu bytes, record %lld); refusing to quick-restore it",
+                             c->ref.id, d[i].target, (unsigned long long) d[i].chain->virtual_size, recorded);
+      r = -EINVAL;
+      goto fail;
+    }
+    size = kb_printf("%llu", (unsigned long long) d[i].chain->virtual_size);
     d[i].tmp = kb_printf("%s.kboss-quick.tmp", d[i].dest);
     if (!d[i].tmp || !size) {
       r = -ENOMEM;
       goto fail;
     }
     (void) unlink(d[i].tmp);
+    /* Created 0600 here; qemu-img create keeps the mode of a file it truncates. */
+    fd = open(d[i].tmp, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0600);
+    if (fd < 0) {
+      r = -errno;
+      *ret_error = kb_printf("disk %s: cannot create the overlay %s: %s", d[i].target, d[i].tmp, strerror(-r));
+      goto fail;
+    }
+    close(fd);
     argv[k++] = QEMU_IMG;
     argv[k++] = "create";
     argv[k++] = "-q";
@@ -234,11 +379,13 @@ int rs_quick_restore(struct rs_ctx *c, const struct rs_opts *o, char **ret_error
     argv[k++] = "qcow2";
     argv[k++] = "-o";
     argv[k++] = "cluster_size=65536";
+    argv[k++] = "-u";               /* do not open the chain: the size is known */
     argv[k++] = "-b";
     argv[k++] = d[i].backup_file;   /* absolute: the overlay lives on primary storage */
     argv[k++] = "-F";
     argv[k++] = "qcow2";
     argv[k++] = d[i].tmp;
+    argv[k++] = size;
     argv[k] = NULL;
     if (kb_run(argv, &out) != 0) {
       *ret_error = kb_printf("disk %s: cannot create the overlay %s: %s", d[i].target, d[i].tmp, out ? out : "");
@@ -288,6 +435,9 @@ int rs_quick_restore(struct rs_ctx *c, const struct rs_opts *o, char **ret_error
     }
     free(d[i].tmp);
     d[i].tmp = NULL;
+    r = set_disk_chain(c, d[i].target, d[i].chain, ret_error);
+    if (r < 0)
+      goto out;
   }
   if (virDomainCreate(c->dom) < 0) {
     *ret_error = kb_printf("VM %s: overlays are in place but the VM did not start: %s; "

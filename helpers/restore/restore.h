@@ -8,6 +8,7 @@
 #include <libvirt/libvirt.h>
 
 #include "catalog.h"
+#include "chain.h"
 #include "kbconfig.h"
 #include "record.h"
 #include "virt.h"
@@ -41,6 +42,7 @@ struct rs_disk {
   char *dest;            /* the VM's disk on primary storage */
   char *format;          /* of dest: qcow2 or raw */
   char *tmp;             /* written beside dest, then moved over it */
+  struct kb_chain *chain; /* backup_file's validated chain (lib/chain.h) */
 };
 
 /* normal.c */

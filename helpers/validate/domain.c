@@ -16,6 +16,7 @@
 #include <libxml/parser.h>
 #include <libxml/tree.h>
 
+#include "chain.h"
 #include "lock.h"
 #include "log.h"
 #include "util.h"
@@ -253,48 +254,6 @@ static int open_to_qemu(const char *dir)
   return 0;
 }
 
-/* Every file of the backing chain of PATH lies inside DIR. */
-static int chain_inside(const char *path, const char *dir, char **ret_error)
-{
-  const char *argv[] = { QEMU_IMG, "info", "-U", "--backing-chain", "--output=json", path, NULL };
-  CLEANUP_FREE char *out = NULL;
-  char realdir[PATH_MAX];
-  struct json_object *arr;
-  size_t i, n, dl;
-  int r;
-
-  if (!realpath(dir, realdir)) {
-    *ret_error = kb_printf("%s: %m", dir);
-    return -errno;
-  }
-  dl = strlen(realdir);
-  r = kb_run(argv, &out);
-  if (r != 0) {
-    *ret_error = kb_printf("qemu-img info %s failed: %s", path, out ? out : "");
-    return -EIO;
-  }
-  arr = json_tokener_parse(out);
-  if (!arr || !json_object_is_type(arr, json_type_array)) {
-    json_object_put(arr);
-    *ret_error = kb_printf("qemu-img info %s: unexpected output", path);
-    return -EIO;
-  }
-  n = json_object_array_length(arr);
-  for (i = 0; i < n; i++) {
-    struct json_object *e = json_object_array_get_idx(arr, i), *f;
-    const char *fn;
-    char real[PATH_MAX];
-    if (!json_object_object_get_ex(e, "filename", &f) || !(fn = json_object_get_string(f)) ||
-        !realpath(fn, real) || strncmp(real, realdir, dl) != 0 || real[dl] != '/') {
-      *ret_error = kb_printf("%s: its backing chain leaves the chain folder %s", path, realdir);
-      json_object_put(arr);
-      return -EPERM;
-    }
-  }
-  json_object_put(arr);
-  return 0;
-}
-
 int vl_vm_prepare(struct vl_ctx *c, const struct kb_backup_ref *ref, struct vl_vm *vm, char **ret_error)
 {
   const char *scratch = kb_config_str(c->cfg, NULL, "scratch.path");
@@ -331,7 +290,8 @@ int vl_vm_prepare(struct vl_ctx *c, const struct kb_backup_ref *ref, struct vl_v
   vm->targets = disks;
   vm->overlays = calloc(n + 1, sizeof *vm->overlays);
   vm->files = calloc(n + 1, sizeof *vm->files);
-  if (!vm->overlays || !vm->files)
+  vm->chains = calloc(n + 1, sizeof *vm->chains);
+  if (!vm->overlays || !vm->files || !vm->chains)
     return -ENOMEM;
 
   /* scratch.path 0700 (then opened to qemu's group), the VM's folder inside. */
@@ -347,8 +307,8 @@ int vl_vm_prepare(struct vl_ctx *c, const struct kb_backup_ref *ref, struct vl_v
     return r;
   }
   for (i = 0; i < n; i++) {
-    const char *argv[] = { QEMU_IMG, "create", "-q", "-f", "qcow2", "-F", "qcow2", "-b", NULL, NULL, NULL };
-    CLEANUP_FREE char *out = NULL;
+    const char *argv[] = { QEMU_IMG, "create", "-q", "-f", "qcow2", "-F", "qcow2", "-u", "-b", NULL, NULL, NULL, NULL };
+    CLEANUP_FREE char *out = NULL, *size = NULL;
     int fd;
 
     vm->files[i] = kb_backup_disk_path(c->cat, ref, disks[i]);
@@ -357,9 +317,19 @@ int vl_vm_prepare(struct vl_ctx *c, const struct kb_backup_ref *ref, struct vl_v
       *ret_error = kb_printf("backup %s: no valid file for disk %s", ref->id, disks[i]);
       return -EINVAL;
     }
-    r = chain_inside(vm->files[i], chaindir, ret_error);
-    if (r < 0)
+    /* Our own reader walks the chain; qemu (through the domain XML's
+     * <backingStore> elements) and libguestfs get only what passed. */
+    r = kb_chain_validate(chaindir, vm->files[i], &vm->chains[i], ret_error);
+    if (r < 0) {
+      char *why = *ret_error;
+      *ret_error = kb_printf("backup %s: disk %s: refusing its backing chain: %s", ref->id, disks[i],
+                             why ? why : strerror(-r));
+      free(why);
       return r;
+    }
+    size = kb_printf("%llu", (unsigned long long) vm->chains[i]->virtual_size);
+    if (!size)
+      return -ENOMEM;
     /* Created 0600 first so it is never readable by others. */
     fd = open(vm->overlays[i], O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0600);
     if (fd < 0) {
@@ -367,8 +337,9 @@ int vl_vm_prepare(struct vl_ctx *c, const struct kb_backup_ref *ref, struct vl_v
       return -errno;
     }
     close(fd);
-    argv[8] = vm->files[i];
-    argv[9] = vm->overlays[i];
+    argv[9] = vm->files[i];
+    argv[10] = vm->overlays[i];
+    argv[11] = size;        /* -u: qemu-img does not open the chain */
     r = kb_run(argv, &out);
     if (r != 0) {
       *ret_error = kb_printf("qemu-img create %s failed: %s", vm->overlays[i], out ? out : "");
@@ -409,6 +380,9 @@ void vl_vm_teardown(struct vl_vm *vm)
   free(vm->scratch);
   kb_strv_free(vm->overlays);
   kb_strv_free(vm->files);
+  for (size_t i = 0; vm->chains && vm->chains[i]; i++)
+    kb_chain_free(vm->chains[i]);
+  free(vm->chains);
   kb_strv_free(vm->targets);
   free(vm->xml);
   memset(vm, 0, sizeof *vm);

@@ -216,16 +216,21 @@ static void run_file_steps(struct vl_ctx *c, const struct kb_backup_ref *ref, st
     char **disks = NULL, **files = NULL;
     size_t k, nd;
 
+    CLEANUP_FREE char *data = NULL;
+
     if (step_needs_vm(steps[i].name))
       continue;
+    data = kb_backup_data_dir(c->cat, ref);
     if (kb_backup_disks(ref->doc, &disks) == 0) {
       for (nd = 0; disks[nd]; nd++)
         ;
       files = calloc(nd + 1, sizeof *files);
       for (k = 0; files && k < nd; k++)
         files[k] = kb_backup_disk_path(c->cat, ref, disks[k]);
-      if (files)
-        vl_step_fs_check(files, &steps[i]);
+      if (files && data && strrchr(data, '/')) {
+        *strrchr(data, '/') = '\0';       /* the chain folder */
+        vl_step_fs_check(data, files, &steps[i]);
+      }
       kb_strv_free(files);
       kb_strv_free(disks);
     }
@@ -391,6 +396,31 @@ out:
   return r;
 }
 
+/* Every disk's chain passes the validator (lib/chain.h): 0, -EPERM with
+ * *RET_DETAIL naming the file and the rule, or another -errno. */
+static int chains_ok(struct vl_ctx *c, const struct kb_backup_ref *ref, char **ret_detail)
+{
+  CLEANUP_FREE char *data = kb_backup_data_dir(c->cat, ref);
+  char **disks = NULL;
+  int r;
+
+  if (!data || !strrchr(data, '/'))
+    return -ENOMEM;
+  *strrchr(data, '/') = '\0';
+  r = kb_backup_disks(ref->doc, &disks);
+  for (size_t i = 0; r == 0 && disks[i]; i++) {
+    CLEANUP_FREE char *file = kb_backup_disk_path(c->cat, ref, disks[i]), *why = NULL;
+    struct kb_chain *chain = NULL;
+
+    r = file ? kb_chain_validate(data, file, &chain, &why) : -EINVAL;
+    kb_chain_free(chain);
+    if (r < 0)
+      *ret_detail = kb_printf("disk %s: its backing chain: %s", disks[i], why ? why : strerror(-r));
+  }
+  kb_strv_free(disks);
+  return r;
+}
+
 int vl_hash_check(struct vl_ctx *c, const char *backup_id, char **ret_error)
 {
   struct kb_backup_ref ref = { 0 };
@@ -419,7 +449,12 @@ int vl_hash_check(struct vl_ctx *c, const char *backup_id, char **ret_error)
     r = -ENOENT;
     goto out;
   }
-  r = kb_backup_hash_verify(c->cat, &ref, &detail);
+  /* A chain that breaks a rule was tampered with, whatever its hashes say. */
+  r = chains_ok(c, &ref, &detail);
+  if (r == -EPERM)
+    r = 1;
+  else if (r == 0)
+    r = kb_backup_hash_verify(c->cat, &ref, &detail);
   {
     char now[32];
     kb_format_time(kb_now(), now, sizeof now);

@@ -336,12 +336,13 @@ static int check_fs(guestfs_h *g, const char *dev, const char *type, char **ret_
   return 0;
 }
 
-void vl_step_fs_check(char *const *files, struct vl_step *s)
+void vl_step_fs_check(const char *chaindir, char *const *files, struct vl_step *s)
 {
   guestfs_h *g = guestfs_create();
   char **roots = NULL, **fss = NULL;
-  size_t i, checked = 0, mounted = 0;
+  size_t i, checked = 0, mounted = 0, nfiles;
   CLEANUP_FREE char *msg = NULL;
+  struct kb_chain_nbd *nbd = NULL;
   bool failed = false;
 
   if (!g) {
@@ -349,12 +350,39 @@ void vl_step_fs_check(char *const *files, struct vl_step *s)
     return;
   }
   guestfs_set_error_handler(g, NULL, NULL);
-  for (i = 0; files[i]; i++)
-    if (guestfs_add_drive_opts(g, files[i], GUESTFS_ADD_DRIVE_OPTS_READONLY, 1,
-                               GUESTFS_ADD_DRIVE_OPTS_FORMAT, "qcow2", -1) < 0) {
+  for (nfiles = 0; files[nfiles]; nfiles++)
+    ;
+  nbd = calloc(nfiles + 1, sizeof *nbd);
+  if (!nbd) {
+    step_set(s, VL_FAILED, strdup("out of memory"));
+    goto out;
+  }
+  for (i = 0; files[i]; i++) {
+    struct kb_chain *chain = NULL;
+    CLEANUP_FREE char *err = NULL, *srv = NULL;
+    const char *server[2] = { NULL, NULL };
+
+    if (kb_chain_validate(chaindir, files[i], &chain, &err) < 0) {
+      step_set(s, VL_FAILED, kb_printf("refusing the backing chain: %s", err ? err : files[i]));
+      goto out;
+    }
+    free(err);
+    err = NULL;
+    if (kb_chain_nbd_start(chain, &nbd[i], &err) < 0) {
+      kb_chain_free(chain);
+      step_set(s, VL_FAILED, kb_printf("%s", err ? err : "cannot serve the backing chain"));
+      goto out;
+    }
+    kb_chain_free(chain);
+    srv = kb_printf("unix:%s", nbd[i].sock);
+    server[0] = srv;
+    if (!srv || guestfs_add_drive_opts(g, "", GUESTFS_ADD_DRIVE_OPTS_READONLY, 1, GUESTFS_ADD_DRIVE_OPTS_FORMAT, "raw",
+                                       GUESTFS_ADD_DRIVE_OPTS_PROTOCOL, "nbd", GUESTFS_ADD_DRIVE_OPTS_SERVER, server,
+                                       -1) < 0) {
       step_set(s, VL_FAILED, kb_printf("libguestfs: %s", guestfs_last_error(g)));
       goto out;
     }
+  }
   if (guestfs_launch(g) < 0) {
     step_set(s, VL_FAILED, kb_printf("libguestfs launch: %s", guestfs_last_error(g)));
     goto out;
@@ -429,4 +457,7 @@ out:
     free(fss);
   }
   guestfs_close(g);
+  for (i = 0; nbd && i < nfiles; i++)
+    kb_chain_nbd_stop(&nbd[i]);
+  free(nbd);
 }

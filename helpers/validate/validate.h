@@ -9,6 +9,7 @@
 #include <libvirt/libvirt.h>
 
 #include "catalog.h"
+#include "chain.h"
 #include "kbconfig.h"
 #include "record.h"
 
@@ -39,6 +40,7 @@ struct vl_vm {
   char *scratch;            /* overlay folder */
   char **overlays;          /* NULL-terminated */
   char **files;             /* the backup's files under them, same order */
+  struct kb_chain **chains; /* their validated chains (lib/chain.h), same order */
   char **targets;           /* vda ... */
   unsigned vcpus;
   unsigned long long mem_kib;
@@ -68,7 +70,9 @@ void vl_step_wait_for_boot(struct vl_ctx *c, const char *vm_name, struct vl_vm *
 void vl_step_execute_command(struct vl_ctx *c, const char *vm_name, struct vl_vm *vm, struct vl_step *s);
 void vl_step_screenshot(struct vl_ctx *c, const char *vm_name, const char *png_path, struct vl_vm *vm,
                         struct vl_step *s);
-void vl_step_fs_check(char *const *files, struct vl_step *s);
+/* FILES are tops of chains in CHAINDIR: each is validated (lib/chain.h)
+ * and libguestfs reads exactly that chain, served by qemu-nbd. */
+void vl_step_fs_check(const char *chaindir, char *const *files, struct vl_step *s);
 
 /* jobs.c */
 /* Validate one backup now. 0 passed, 1 failed (the steps say why),

@@ -659,3 +659,33 @@ Test(catalog, common_errors_are_worded_once)
   cr_assert_str_eq(m, "VM web1 is busy: another kboss operation holds it (holder unknown)");
   free(m);
 }
+
+/* issue 12: a folder planted with more names than KB_CATALOG_LIST_MAX is
+ * listed up to the limit and the cut is counted, instead of the listing
+ * failing (or exhausting memory). */
+Test(catalog, listing_is_bounded_and_the_cut_reported)
+{
+  char **v = NULL, *dir;
+  unsigned before = kb_catalog_list_cut();
+  size_t n;
+
+  make_backup(VM1, "c1", "b1");
+  {
+    char *cd = kb_catalog_chain_dir(cat, VM1, "c1");
+    cr_assert_not_null(cd);
+    dir = kb_dirname(cd);
+    free(cd);
+  }
+  for (int i = 0; i < KB_CATALOG_LIST_MAX + 10; i++) {
+    char *p = kb_printf("%s/j%06d", dir, i);
+    cr_assert_eq(mkdir(p, 0700), 0, "%s: %m", p);
+    free(p);
+  }
+  cr_assert_eq(kb_catalog_list_chains(cat, VM1, &v), 0);
+  for (n = 0; v[n]; n++)
+    ;
+  cr_assert_eq(n, KB_CATALOG_LIST_MAX);
+  cr_assert_eq(kb_catalog_list_cut(), before + 1);
+  kb_strv_free(v);
+  free(dir);
+}

@@ -299,3 +299,32 @@ Test(chain, missing_member_is_an_error_naming_it)
   cr_assert(strstr(err, "b9/vda.qcow2"), "%s", err);
   free(err);
 }
+
+/* What qemu opens is what was checked: headers rewritten after the check
+ * (the incremental's backing name redirected to a file outside the folder,
+ * the base given a backing file of its own) change nothing for qemu-img
+ * handed kb_chain_qemu_json(). */
+Test(chain, headers_rewritten_after_the_check_are_not_followed)
+{
+  struct kb_chain *c = NULL;
+  char *err = NULL, *json;
+
+  sh("qemu-io -f qcow2 -c 'write -P 0x11 0 64k' b1/vda.qcow2");
+  incremental("b2", "../b1/vda.qcow2", "qcow2");
+  sh("qemu-img create -q -f qcow2 %s/outside.qcow2 4M && qemu-io -f qcow2 -c 'write -P 0x77 0 64k' %s/outside.qcow2",
+     root, root);
+  cr_assert_eq(kb_chain_validate(dir, "b2/vda.qcow2", &c, &err), 0, "%s", err ? err : "");
+  json = kb_chain_qemu_json(c, NULL);
+  /* The attacker's move, after the check. */
+  sh("qemu-img rebase -q -u -f qcow2 -b ../../outside.qcow2 -F qcow2 b2/vda.qcow2");
+  sh("qemu-img rebase -q -u -f qcow2 -b /nonexistent.qcow2 -F qcow2 b1/vda.qcow2");
+  sh("qemu-img convert -O raw '%s' out.raw", json);
+  /* The base's bytes came out, not the outside file's. */
+  sh("[ \"$(head -c 65536 out.raw | tr -d '\\021' | wc -c)\" = 0 ]");
+  /* Following the headers would have read the outside file. */
+  sh("qemu-img rebase -q -u -f qcow2 -b vda.qcow2 -F qcow2 b1/vda.qcow2 || true");
+  sh("rm b1/vda.qcow2 && qemu-img create -q -f qcow2 b1/vda.qcow2 4M && qemu-img convert -O raw b2/vda.qcow2 h.raw "
+     "&& [ \"$(head -c 65536 h.raw | tr -d '\\167' | wc -c)\" = 0 ]");
+  free(json);
+  kb_chain_free(c);
+}

@@ -427,3 +427,85 @@ Test(doc, sigkill_mid_write_leaves_old_or_new, .timeout = 120)
   cr_assert_geq(torn, 1, "no kill landed mid-write: the test proved nothing");
   cr_assert_geq(last, 5);
 }
+
+/* issue 12: values read from the export that do not fit their field are
+ * dropped (as if absent) and counted; free text keeps its bytes. */
+Test(doc, values_checked_when_read)
+{
+  struct kb_doc *doc = NULL;
+  const char *first = NULL;
+  static const char text[] =
+    "[backup]\n"
+    "id = 20261201T000000Z-abcdef\n"
+    "parent = ../../etc\n"
+    "vm_uuid = not-a-uuid\n"
+    "size = 12x\n"
+    "virtual_size = 1048576\n"
+    "compressed = maybe\n"
+    "created = 2026-12-01T00:00:00Z\n"
+    "hash = 0123456789abcdefZZ\n"
+    "vm_name = \x1b[31mred\n"
+    "[consolidation]\n"
+    "disks = vda,../x\n";
+
+  cr_assert_eq(kb_doc_parse(text, &doc, NULL), 0);
+  cr_assert_str_eq(kb_doc_get(doc, "backup", "id"), "20261201T000000Z-abcdef");
+  cr_assert_null(kb_doc_get(doc, "backup", "parent"));
+  cr_assert_null(kb_doc_get(doc, "backup", "vm_uuid"));
+  cr_assert_eq(kb_doc_get_ll(doc, "backup", "size", -7), -7);
+  cr_assert_eq(kb_doc_get_ll(doc, "backup", "virtual_size", 0), 1048576);
+  cr_assert_null(kb_doc_get(doc, "backup", "compressed"));
+  cr_assert_str_eq(kb_doc_get(doc, "backup", "created"), "2026-12-01T00:00:00Z");
+  cr_assert_null(kb_doc_get(doc, "backup", "hash"));
+  cr_assert_str_eq(kb_doc_get(doc, "backup", "vm_name"), "\x1b[31mred");
+  cr_assert_null(kb_doc_get(doc, "consolidation", "disks"));
+  cr_assert_eq(kb_doc_invalid(doc, &first), 6);
+  cr_assert_str_eq(first, "backup/parent");
+  kb_doc_free(doc);
+}
+
+/* issue 12: a planted FIFO is an error at once, a huge (sparse) file is
+ * refused before anything is allocated for it. */
+Test(doc, read_file_refuses_fifo_and_huge_files)
+{
+  char *p = kb_printf("%s/fifo", tmpdir), *q = kb_printf("%s/huge", tmpdir), *text = NULL;
+  int fd;
+
+  cr_assert_eq(mkfifo(p, 0600), 0);
+  cr_assert_eq(kb_read_file(p, &text, NULL), -EINVAL);
+  fd = open(q, O_WRONLY | O_CREAT | O_EXCL, 0600);
+  cr_assert_geq(fd, 0);
+  cr_assert_eq(ftruncate(fd, (off_t) 8 << 40), 0, "sparse 8 TiB file: %m");
+  close(fd);
+  cr_assert_eq(kb_read_file(q, &text, NULL), -EFBIG);
+  cr_assert_null(text);
+  free(p);
+  free(q);
+}
+
+/* issue 12: a sparse huge newest generation does not hide the document:
+ * the reader takes the older one that verifies. */
+Test(doc, huge_newest_generation_does_not_hide_the_document)
+{
+  struct kb_doc *doc = kb_doc_new(), *back = NULL;
+  char *name, *path;
+  int fd;
+
+  cr_assert_eq(kb_doc_set(doc, "backup", "id", "b1"), 0);
+  cr_assert_eq(kb_meta_write(tmpdir, "backup", doc), 0);
+  kb_doc_free(doc);
+  name = newest_gen(tmpdir, "backup.");
+  cr_assert_not_null(name);
+  /* backup.NNN.ini with a larger number, 8 TiB of holes. */
+  cr_assert_eq(strlen(name), strlen("backup.000000001.ini"), "%s", name);
+  path = kb_printf("%s/backup.900000000.ini", tmpdir);
+  fd = open(path, O_WRONLY | O_CREAT | O_EXCL, 0600);
+  cr_assert_geq(fd, 0, "%s: %m", path);
+  cr_assert_eq(ftruncate(fd, (off_t) 8 << 40), 0);
+  close(fd);
+  cr_assert_eq(kb_meta_read(tmpdir, "backup", &back), 0);
+  cr_assert_str_eq(kb_doc_get(back, "backup", "id"), "b1");
+  kb_doc_free(back);
+  free(name);
+  free(path);
+}

@@ -16,6 +16,7 @@
 #include "kbconfig.h"
 #include "lock.h"
 #include "record.h"
+#include "store.h"
 #include "util.h"
 
 #define VM1 "6a1f4c2e-9b3d-4e5f-8a7b-1c2d3e4f5a6b"
@@ -32,6 +33,7 @@ static void setup(void)
   cr_assert_not_null(mkdtemp(tmpdir));
   snprintf(secondary, sizeof secondary, "%s/secondary", tmpdir);
   cr_assert_eq(mkdir(secondary, 0755), 0);
+  cr_assert_eq(kb_store_init(secondary, NULL), 0);   /* a folder, not a mount point */
   cr_assert_eq(kb_catalog_open_at(secondary, NULL, 0, &cat), 0);
   rec = kb_doc_new();
   cr_assert_not_null(rec);
@@ -135,4 +137,13 @@ Test(freeze, reused_pid_rebooted_host_and_other_host)
   cr_assert_eq(kb_vm_mark_frozen(cat, VM1, rec, "b"), 0);
   cr_assert_eq(kb_doc_set(rec, "freeze", "host", "some-other-host"), 0);
   cr_assert_eq(kb_vm_freeze_owner(rec, NULL), KB_FREEZE_REMOTE);
+  /* A clone with our host name is another machine. */
+  cr_assert_eq(kb_vm_mark_frozen(cat, VM1, rec, "b"), 0);
+  cr_assert_eq(kb_doc_set(rec, "freeze", "machine_id", "0123456789abcdef0123456789abcdef"), 0);
+  cr_assert_eq(kb_vm_freeze_owner(rec, NULL), KB_FREEZE_REMOTE);
+  /* A pid from another pid namespace says nothing here: taken as live. */
+  cr_assert_eq(kb_vm_mark_frozen(cat, VM1, rec, "b"), 0);
+  cr_assert_eq(kb_doc_set(rec, "freeze", "pid_ns", "pid:[1]"), 0);
+  cr_assert_eq(kb_doc_set(rec, "freeze", "start_time", "1"), 0);
+  cr_assert_eq(kb_vm_freeze_owner(rec, NULL), KB_FREEZE_LIVE);
 }

@@ -287,3 +287,26 @@ Test(qcow2, decompress_rejects_short_output)
   cr_assert_eq(kb_qcow2_decompress(KB_QCOW2_ZSTD, junk, sizeof junk, out, sizeof out), -EIO);
   cr_assert_eq(kb_qcow2_decompress(KB_QCOW2_ZLIB, junk, sizeof junk, out, sizeof out), -EIO);
 }
+
+/* issue 12: two entries in a 49-byte directory.  The first entry fills it
+ * (24 + 25-byte name), its padding carries the position past the end; the
+ * second must be refused, not read from beyond the directory (this read
+ * out of bounds under ASan before the fix). */
+Test(qcow2, bitmap_directory_position_past_the_end)
+{
+  size_t len;
+  uint8_t *b = make_image(&len);
+  uint8_t *d = b + 2 * CS;
+
+  kb_put_be64(b + 88, QCOW2_AUTOCLEAR_BITMAPS);
+  kb_put_be32(b + 112, QCOW2_EXT_BITMAPS);
+  kb_put_be32(b + 116, 24);
+  kb_put_be32(b + 120, 2);
+  kb_put_be64(b + 128, 49);
+  kb_put_be64(b + 136, 2 * CS);
+  memset(d, 0, 4096);
+  kb_put_be16(d + 18, 25);
+  memset(d + 24, 'a', 25);
+  expect_refused(b, len, -EINVAL, "bitmap directory entry 1 is truncated");
+  free(b);
+}
