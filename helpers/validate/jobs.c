@@ -211,26 +211,24 @@ static void run_vm_steps(struct vl_ctx *c, const char *vm_name, const char *png_
 /* The steps on the backup's own files (fs_check), once the VM is gone. */
 static void run_file_steps(struct vl_ctx *c, const struct kb_backup_ref *ref, struct vl_step *steps, size_t n)
 {
+  const char *store = kb_doc_get(ref->doc, "backup", "store");
+  CLEANUP_FREE char *chaindir = store ? kb_catalog_data_chain_dir(c->cat, store, ref->vm_uuid, ref->chain) : NULL;
+
   for (size_t i = 0; i < n && !vl_cancel; i++) {
     int64_t t0 = kb_mono_ms();
     char **disks = NULL, **files = NULL;
     size_t k, nd;
 
-    CLEANUP_FREE char *data = NULL;
-
     if (step_needs_vm(steps[i].name))
       continue;
-    data = kb_backup_data_dir(c->cat, ref);
     if (kb_backup_disks(ref->doc, &disks) == 0) {
       for (nd = 0; disks[nd]; nd++)
         ;
       files = calloc(nd + 1, sizeof *files);
       for (k = 0; files && k < nd; k++)
         files[k] = kb_backup_disk_path(c->cat, ref, disks[k]);
-      if (files && data && strrchr(data, '/')) {
-        *strrchr(data, '/') = '\0';       /* the chain folder */
-        vl_step_fs_check(data, files, &steps[i]);
-      }
+      if (files && chaindir)
+        vl_step_fs_check(chaindir, files, &steps[i]);
       kb_strv_free(files);
       kb_strv_free(disks);
     }
