@@ -162,15 +162,15 @@ int ctl_delete(int argc, char **argv)
       kb_err("delete: backup %s: cannot remove its files (%s)", cv.ids[i], data ? data : "?");
       goto out;
     }
-    printf("deleted backup %s\n", cv.ids[i]);
+    kb_print_escaped("deleted backup %s\n", cv.ids[i]);
   }
 
   /* The chain and the VM record. */
   r = kb_chain_forget(cat, uuid, chain, &cv, del, &res);
   if (res.chain_removed)
-    printf("chain %s is empty and was removed\n", chain);
+    kb_print_escaped("chain %s is empty and was removed\n", chain);
   if (res.chain_ended)
-    printf("chain %s ended: its newest backup was deleted; the next backup of the VM is full\n", chain);
+    kb_print_escaped("chain %s ended: its newest backup was deleted; the next backup of the VM is full\n", chain);
   if (r < 0) {
     kb_err("delete: VM %s: cannot update its records: %s", uuid, strerror(-r));
     goto out;
