@@ -46,6 +46,8 @@ const struct kb_setting_def kb_setting_defs[] = {
     "Compression threads per job." },
   { "backup.compression.rate.limit", KB_TYPE_INT, KB_SCOPE_CLUSTER, "0", -1, 1048576,
     "Compression rate limit in MB/s; below 1 means no limit." },
+  { "backup.compression.cluster.size", KB_TYPE_INT, KB_SCOPE_ZONE, "2048", 64, 2048,
+    "Cluster size in KiB of a compressed full backup (a power of two; incrementals keep theirs)." },
 
   /* Validation. */
   { "backup.validation.task.enabled", KB_TYPE_BOOL, KB_SCOPE_ACCOUNT, "true", ANY,
@@ -81,6 +83,9 @@ const struct kb_setting_def kb_setting_defs[] = {
     "VM settings that non-admin users may not change (comma-separated)." },
   { "secondary.path", KB_TYPE_PATH, KB_SCOPE_GLOBAL, "/mnt/secondary", ANY,
     "Where secondary storage is mounted; the store \"default\" when no [store:NAME] exists." },
+  { "storage.timeout", KB_TYPE_INT, KB_SCOPE_GLOBAL, "60", 5, 3600,
+    "Seconds any kboss program waits on secondary storage before it gives up with "
+    "\"secondary storage not responding\" (the VM is left as it was)." },
   { "scratch.path", KB_TYPE_PATH, KB_SCOPE_GLOBAL, "/var/lib/kboss/scratch", ANY,
     "Local folder for temporary files (validation overlays, partial downloads)." },
   { "libvirt.uri", KB_TYPE_STRING, KB_SCOPE_GLOBAL, "qemu:///system", ANY,

@@ -112,6 +112,12 @@ int main(int argc, char **argv)
     return 2;
   }
   kb_catch_signals(&bk_cancel);
+  r = bk_watch_start(cfg);
+  if (r < 0) {
+    kb_err("cannot start the export watchdog: %s", strerror(-r));
+    kb_config_free(cfg);
+    return 1;
+  }
 
   r = bk_vm_open(cfg, argv[optind],
                  finish ? "finish-chain" : normalize ? "normalize" : redefine ? "redefine-checkpoints" : "backup",

@@ -13,10 +13,12 @@
 
 #include "backup.h"
 #include "jsonout.h"
+#include "domxml.h"
 #include "log.h"
 #include "record.h"
 #include "util.h"
 #include "store.h"
+#include "watchdog.h"
 
 struct bk_disk {
   const struct kb_disk *d;
@@ -285,19 +287,19 @@ static bool ensure_checkpoint(struct bk_job *j, char ***ret_cp_disks)
   if (!cp) {
     CLEANUP_FREE char *dir = kb_catalog_vm_dir(v->cat, v->uuid);
     CLEANUP_FREE char *path = dir ? kb_printf("%s/checkpoints/%s.xml", dir, j->since) : NULL;
-    CLEANUP_FREE char *saved = NULL;
+    CLEANUP_FREE char *saved = NULL, *redef = NULL;
 
     if (!path || kb_meta_read_file(path, &saved, NULL) < 0) {
       kb_warn("VM %s: checkpoint %s is unknown to libvirt and not saved in the catalog", v->name, j->since);
       return false;
     }
-    /* Its parent checkpoint was pruned long ago: redefine it alone. */
-    {
-      char *p = strstr(saved, "<parent>"), *e = p ? strstr(p, "</parent>") : NULL;
-      if (p && e)
-        memmove(p, e + strlen("</parent>"), strlen(e + strlen("</parent>")) + 1);
+    /* Its parent checkpoint was pruned long ago: redefine it alone, from
+     * the checked values of the saved XML (it comes from the export). */
+    if (kb_checkpoint_redefine_xml(saved, j->since, &redef) < 0) {
+      kb_warn("VM %s: the saved XML of checkpoint %s is not usable", v->name, j->since);
+      return false;
     }
-    cp = virDomainCheckpointCreateXML(v->dom, saved, VIR_DOMAIN_CHECKPOINT_CREATE_REDEFINE);
+    cp = virDomainCheckpointCreateXML(v->dom, redef, VIR_DOMAIN_CHECKPOINT_CREATE_REDEFINE);
     if (!cp) {
       kb_warn("VM %s: cannot redefine checkpoint %s: %s", v->name, j->since, kb_virt_error());
       return false;
@@ -443,65 +445,50 @@ static int create_targets(struct bk_job *j, char **ret_error)
   return 0;
 }
 
+/* Checkpoint and backup-job XML: built with libxml2 (lib/domxml.c), so
+ * no name can add elements. */
 static char *checkpoint_xml(struct bk_job *j)
 {
-  size_t i, cap = 4096 + j->disks.n * 128, len;
-  char *x = malloc(cap);
+  char **targets = calloc(j->disks.n + 1, sizeof *targets);
+  bool *bm = calloc(j->disks.n + 1, sizeof *bm);
+  char *xml = NULL;
+  size_t i, k;
 
-  if (!x)
-    return NULL;
-  len = snprintf(x, cap, "<domaincheckpoint><name>%s</name><description>kboss backup %s</description><disks>",
-                 j->id, j->id);
-  for (i = 0; i < j->disks.n; i++) {
-    const struct kb_disk *d = &j->disks.v[i];
-    bool bm = false;
-    size_t k;
-    for (k = 0; k < j->nbd; k++)
-      if (j->bd[k].d == d && j->bd[k].bitmap)
-        bm = true;
-    len += snprintf(x + len, cap - len, "<disk name='%s' checkpoint='%s'/>", d->target, bm ? "bitmap" : "no");
+  if (targets && bm) {
+    for (i = 0; i < j->disks.n; i++) {
+      targets[i] = j->disks.v[i].target;
+      for (k = 0; k < j->nbd; k++)
+        if (j->bd[k].d == &j->disks.v[i] && j->bd[k].bitmap)
+          bm[i] = true;
+    }
+    if (kb_checkpoint_xml(j->id, targets, bm, j->disks.n, &xml) < 0)
+      xml = NULL;
   }
-  snprintf(x + len, cap - len, "</disks></domaincheckpoint>");
-  return x;
+  free(targets);
+  free(bm);
+  return xml;
 }
 
 static char *backup_xml(struct bk_job *j)
 {
-  size_t i, cap = 4096, len;
-  char *x;
+  struct kb_backupxml_disk *disks = calloc(j->disks.n + 1, sizeof *disks);
+  char *xml = NULL;
+  size_t i, k;
 
-  for (i = 0; i < j->nbd; i++)
-    cap += strlen(j->bd[i].path) + 256;
-  cap += j->disks.n * 64;
-  x = malloc(cap);
-  if (!x)
+  if (!disks)
     return NULL;
-  len = snprintf(x, cap, "<domainbackup mode='push'>");
-  if (j->since)
-    len += snprintf(x + len, cap - len, "<incremental>%s</incremental>", j->since);
-  len += snprintf(x + len, cap - len, "<disks>");
   for (i = 0; i < j->disks.n; i++) {
-    const struct kb_disk *d = &j->disks.v[i];
-    struct bk_disk *b = NULL;
-    size_t k;
+    disks[i].target = j->disks.v[i].target;
     for (k = 0; k < j->nbd; k++)
-      if (j->bd[k].d == d)
-        b = &j->bd[k];
-    if (!b) {
-      len += snprintf(x + len, cap - len, "<disk name='%s' backup='no'/>", d->target);
-      continue;
-    }
-    if (b->incremental)
-      len += snprintf(x + len, cap - len,
-                      "<disk name='%s' backup='yes' type='file' backupmode='incremental' incremental='%s'>",
-                      d->target, j->since);
-    else
-      len += snprintf(x + len, cap - len, "<disk name='%s' backup='yes' type='file' backupmode='full'>",
-                      d->target);
-    len += snprintf(x + len, cap - len, "<target file='%s'/><driver type='qcow2'/></disk>", b->path);
+      if (j->bd[k].d == &j->disks.v[i]) {
+        disks[i].file = j->bd[k].path;
+        disks[i].incremental = j->bd[k].incremental;
+      }
   }
-  snprintf(x + len, cap - len, "</disks></domainbackup>");
-  return x;
+  if (kb_backup_job_xml(j->since, disks, j->disks.n, &xml) < 0)
+    xml = NULL;
+  free(disks);
+  return xml;
 }
 
 /* ---- records ---- */
@@ -804,6 +791,7 @@ int bk_run(struct bk_vm *v, const struct bk_opts *opts, char **ret_error)
       goto fail_early;
     }
     j.started_paused = true;
+    kb_watchdog_note("started-paused", "1");
   }
   j.live_xml = virDomainGetXMLDesc(v->dom, 0);
   if (!j.live_xml) {
@@ -865,6 +853,9 @@ int bk_run(struct bk_vm *v, const struct bk_opts *opts, char **ret_error)
     test_hold_after_freeze();
   }
   j.job_begun = true;   /* from here a checkpoint may exist */
+  kb_watchdog_note("job", "1");
+  if (!opts->isolated)
+    kb_watchdog_note("checkpoint", j.id);
   r = virDomainBackupBegin(v->dom, bxml, cpxml, VIR_DOMAIN_BACKUP_BEGIN_REUSE_EXTERNAL);
   if (r < 0)
     berr = strdup(kb_virt_error());   /* before the thaw resets it */
@@ -891,6 +882,8 @@ int bk_run(struct bk_vm *v, const struct bk_opts *opts, char **ret_error)
   kb_progress_start(&j.progress, "backup", 0);
   r = kb_virt_wait_job(v->dom, &bk_cancel, on_progress, &j, &jerr);
   kb_progress_end(&j.progress);
+  if (r == 0)
+    kb_watchdog_note("job", NULL);
   if (r < 0) {
     *ret_error = r == -EINTR ? kb_printf("VM %s: backup interrupted", v->name)
                              : kb_printf("VM %s: the backup job failed: %s", v->name, jerr ? jerr : "?");
@@ -911,6 +904,7 @@ int bk_run(struct bk_vm *v, const struct bk_opts *opts, char **ret_error)
     *ret_error = kb_printf("VM %s: cannot record the backup: %s", v->name, strerror(-r));
     goto fail;
   }
+  kb_watchdog_note("checkpoint", NULL);   /* recorded: it stays */
   if (!opts->isolated)
     prune_checkpoints(&j);
   if (j.started_paused && virDomainDestroyFlags(v->dom, VIR_DOMAIN_DESTROY_GRACEFUL) < 0 &&

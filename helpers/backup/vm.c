@@ -9,7 +9,9 @@
 #include "lock.h"
 #include "record.h"
 #include "util.h"
+#include "localstate.h"
 #include "store.h"
+#include "watchdog.h"
 
 static int fail(char **ret_error, int r, char *msg)
 {
@@ -61,6 +63,7 @@ int bk_vm_open(struct kb_config *cfg, const char *vm, const char *purpose, bool 
     bk_vm_close(&v);
     return fail(ret_error, -EIO, kb_printf("VM %s: %s", vm, kb_virt_error()));
   }
+  kb_watchdog_note("vm", v.uuid);
   r = kb_catalog_open(cfg, &v.cat);
   if (r < 0) {
     bk_vm_close(&v);
@@ -80,6 +83,9 @@ int bk_vm_open(struct kb_config *cfg, const char *vm, const char *purpose, bool 
                                           holder ? holder : "holder unknown"));
     return fail(ret_error, r, kb_printf("VM %s: cannot take its lock: %s", vm, strerror(-r)));
   }
+  /* Local facts for the qemu hook, which must not read the export. */
+  (void) kb_local_mark_vm(v.uuid);
+  (void) kb_virt_mark_domain(v.dom);
   r = kb_vm_load(v.cat, v.uuid, &v.rec);
   if (r == -ENOENT) {
     v.rec = kb_doc_new();

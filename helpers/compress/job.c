@@ -35,6 +35,7 @@ void cp_settings_load(const struct kb_config *cfg, const char *vm, struct cp_set
   s->min_free = kb_config_real(cfg, vm, "backup.compression.minimum.free.storage");
   s->coroutines = kb_config_int(cfg, vm, "backup.compression.coroutines");
   s->rate_mb = kb_config_int(cfg, vm, "backup.compression.rate.limit");
+  s->cluster_kib = kb_config_int(cfg, vm, "backup.compression.cluster.size");
   if (s->max_retries < 1)
     s->max_retries = 1;
 }
@@ -97,8 +98,10 @@ static void final_failure(struct kb_doc *job, const char *why)
   (void) kb_doc_set(job, "job", "pid", NULL);
 }
 
-/* JOB is Executing and we hold its lock: its runner died. */
-static void recover_stale(const struct kb_config *cfg, const struct kb_catalog *cat, const char *job_id,
+/* JOB is Executing and we hold its lock: its runner died. Returns true
+ * when that counts as a failed attempt, false when the runner had got as
+ * far as the swap (finished here if it was left pending): the job is Done. */
+static bool recover_stale(const struct kb_config *cfg, const struct kb_catalog *cat, const char *job_id,
                           struct kb_doc *job)
 {
   struct kb_backup_ref ref;
@@ -108,14 +111,44 @@ static void recover_stale(const struct kb_config *cfg, const struct kb_catalog *
                                      kb_doc_get(job, "job", "pid") ? kb_doc_get(job, "job", "pid") : "?");
 
   cp_settings_load(cfg, kb_doc_get(job, "job", "vm_name"), &s);
+  bool finished = false, pending_left = false;
+
   memset(&ref, 0, sizeof ref);
   if (kb_doc_get(job, "job", "backup") && kb_backup_find(cat, kb_doc_get(job, "job", "backup"), &ref) == 0) {
-    cp_remove_temps(cat, &ref);
+    /* A swap it left pending is finished first (it needs the temporary
+     * files that are then removed). */
+    struct kb_backup_ref again;
+    if (cp_swap_pending(ref.doc)) {
+      CLEANUP_FREE char *err = NULL;
+      if (cp_finish_swap(cat, &ref, &err) < 0)
+        kb_warn("job %s: %s", job_id, err ? err : "cannot finish the interrupted swap");
+    }
+    memset(&again, 0, sizeof again);
+    pending_left = cp_swap_pending(ref.doc);
+    if (kb_backup_find(cat, ref.id, &again) == 0) {
+      pending_left = cp_swap_pending(again.doc);
+      finished = !pending_left && kb_doc_get_bool(again.doc, "backup", "compressed", false);
+      kb_backup_ref_clear(&again);
+    }
+    if (!pending_left)
+      cp_remove_temps(cat, &ref);
     kb_backup_ref_clear(&ref);
+  }
+  if (finished) {
+    char now[32];
+    kb_format_time(kb_now(), now, sizeof now);
+    (void) kb_doc_set(job, "job", "state", KB_JOB_DONE);
+    (void) kb_doc_set(job, "job", "last_error", NULL);
+    (void) kb_doc_set(job, "job", "next_attempt", NULL);
+    (void) kb_doc_set(job, "job", "finished", now);
+    (void) kb_doc_set(job, "job", "pid", NULL);
+    kb_warn("job %s: %s after the backup was compressed; the job is done", job_id, why);
+    return false;
   }
   record_failure(job, &s, why);
   kb_warn("job %s: %s; %s", job_id, why,
           KB_STREQ(kb_doc_get(job, "job", "state"), KB_JOB_FAILED) ? "no attempts left" : "scheduled again");
+  return true;
 }
 
 static int find_in_use(const struct kb_doc *b, char **ret_error)
@@ -215,6 +248,23 @@ static int attempt(const struct kb_config *cfg, const struct kb_catalog *cat, co
     code = AT_FAILED;
     goto save;
   }
+  if (cp_swap_pending(ref.doc)) {
+    /* Left by a run that was killed and whose recovery could not finish
+     * it then (e.g. the backup was locked): finish it now. */
+    r = cp_finish_swap(cat, &ref, &err);
+    if (r < 0) {
+      code = AT_POSTPONED;
+      goto postpone;
+    }
+    kb_backup_ref_clear(&ref);
+    r = kb_backup_find(cat, kb_doc_get(job, "job", "backup"), &ref);
+    if (r < 0) {
+      err = kb_printf("backup %s no longer exists", kb_doc_get(job, "job", "backup"));
+      final_failure(job, err);
+      code = AT_FAILED;
+      goto save;
+    }
+  }
   if (kb_doc_get_bool(ref.doc, "backup", "compressed", false)) {
     (void) kb_doc_set(job, "job", "state", KB_JOB_DONE);
     (void) kb_doc_set(job, "job", "last_error", NULL);
@@ -277,11 +327,13 @@ static int attempt(const struct kb_config *cfg, const struct kb_catalog *cat, co
     goto out;
   }
 
+  cp_test_point("executing");
   cp_test_log("start", job_id);
   kb_info("job %s: compressing backup %s of VM %s (%s)", job_id, ref.id, vm_name ? vm_name : "?",
           cp_library(cfg, &ref));
   r = cp_compress_backup(cfg, cat, &ref, &s, job_lock, kb_mono_ms() + s.timeout_s * 1000, &res, &err);
   cp_test_log("end", job_id);
+  cp_test_point("returned");
   kb_lock_release(host_slot);
   kb_lock_release(zone_slot);
   host_slot = zone_slot = NULL;
@@ -392,10 +444,10 @@ int cp_run(const struct kb_config *cfg, const struct kb_catalog *cat)
           struct kb_doc *again = NULL;
           if (kb_job_load(cat, ids[i], &again) == 0 && kb_doc_get(again, "job", "state") &&
               KB_STREQ(kb_doc_get(again, "job", "state"), KB_JOB_EXECUTING)) {
-            recover_stale(cfg, cat, ids[i], again);
+            if (recover_stale(cfg, cat, ids[i], again))
+              failures++;
             if (kb_job_save(cat, ids[i], again) < 0)
               kb_err("job %s: cannot save it", ids[i]);
-            failures++;
           }
           kb_doc_free(again);
           kb_lock_release(l);

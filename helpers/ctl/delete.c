@@ -221,7 +221,7 @@ int ctl_delete(int argc, char **argv)
       goto out;
     }
     remove_jobs(cat, cv.ids[i]);
-    printf("deleted backup %s\n", cv.ids[i]);
+    kb_print_escaped("deleted backup %s\n", cv.ids[i]);
   }
 
   /* The chain and the VM record. */
@@ -258,7 +258,7 @@ int ctl_delete(int argc, char **argv)
         (void) kb_rm_rf(chain_data);
       if (cd)
         (void) kb_rm_rf(cd);
-      printf("chain %s is empty and was removed\n", chain);
+      kb_print_escaped("chain %s is empty and was removed\n", chain);
     } else if (chrec) {
       const char *newest = NULL;
       for (i = 0; i < cv.n; i++)
@@ -282,7 +282,7 @@ int ctl_delete(int argc, char **argv)
     if (current && (head_gone || cp_gone)) {
       (void) kb_doc_set(vmrec, "vm", "current_chain", NULL);
       if (remaining > 0)
-        printf("chain %s ended: its newest backup was deleted; the next backup of the VM is full\n", chain);
+        kb_print_escaped("chain %s ended: its newest backup was deleted; the next backup of the VM is full\n", chain);
     }
     if (cp_gone) {
       CLEANUP_FREE char *vmdir = kb_catalog_vm_dir(cat, uuid);

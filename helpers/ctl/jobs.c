@@ -117,7 +117,7 @@ int ctl_jobs(int argc, char **argv)
   if (json)
     arr = json_object_new_array();
   else
-    printf("%-48s %-11s %-10s %-20s %-16s %8s %-20s %s\n", "ID", "TYPE", "STATE", "VM", "HOST",
+    kb_print_escaped("%-48s %-11s %-10s %-20s %-16s %8s %-20s %s\n", "ID", "TYPE", "STATE", "VM", "HOST",
            "ATTEMPTS", "NEXT ATTEMPT", "LAST ERROR");
   for (char **id = ids; *id; id++) {
     struct kb_doc *doc = NULL;
@@ -159,7 +159,7 @@ int ctl_jobs(int argc, char **argv)
       char state[16];
       snprintf(state, sizeof state, "%s%s", st ? st : "?", stale ? "*" : "");
       const char *pp = kb_doc_get(doc, "job", "postponed");
-      printf("%-48s %-11s %-10s %-20s %-16s %8lld %-20s %s%s\n", *id,
+      kb_print_escaped("%-48s %-11s %-10s %-20s %-16s %8lld %-20s %s%s\n", *id,
              kb_doc_get(doc, "job", "type") ? kb_doc_get(doc, "job", "type") : "?", state,
              kb_doc_get(doc, "job", "vm_name") ? kb_doc_get(doc, "job", "vm_name") : "-",
              kb_doc_get(doc, "job", "host") ? kb_doc_get(doc, "job", "host") : "-",

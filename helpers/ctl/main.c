@@ -65,12 +65,17 @@ struct kb_config *ctl_load_config(void)
   return cfg;
 }
 
-void ctl_json_str(FILE *f, const char *s)
+void ctl_json_str(FILE *f, const char *str)
 {
-  if (!s) {
+  CLEANUP_FREE char *esc = NULL;
+  const char *s;
+
+  if (!str) {
     fputs("null", f);
     return;
   }
+  esc = kb_escape_text(str, true);
+  s = esc ? esc : "";
   fputc('"', f);
   for (; *s; s++) {
     unsigned char c = *s;

@@ -13,6 +13,7 @@
 #include "validate.h"
 #include "virt.h"
 #include "store.h"
+#include "watchdog.h"
 
 volatile sig_atomic_t vl_cancel;
 
@@ -91,6 +92,15 @@ int main(int argc, char **argv)
   /* A libvirtd that goes away must give an error, not kill us silently
    * in the middle of a write to its socket. */
   signal(SIGPIPE, SIG_IGN);
+  /* A hung export fails the run within storage.timeout (lib/watchdog.h);
+   * the validation VM is started with AUTODESTROY, so libvirt removes it
+   * when the killed worker's connection closes. */
+  r = kb_watchdog_start(c.cfg, NULL);
+  if (r < 0) {
+    kb_err("cannot start the export watchdog: %s", strerror(-r));
+    kb_config_free(c.cfg);
+    return 1;
+  }
 
   r = kb_catalog_open(c.cfg, &c.cat);
   if (r < 0) {
