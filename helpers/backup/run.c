@@ -293,8 +293,7 @@ static bool ensure_checkpoint(struct bk_job *j, char ***ret_cp_disks)
 
   cp = virDomainCheckpointLookupByName(v->dom, j->since, 0);
   if (!cp) {
-    CLEANUP_FREE char *dir = kb_catalog_vm_dir(v->cat, v->uuid);
-    CLEANUP_FREE char *path = dir ? kb_printf("%s/checkpoints/%s.xml", dir, j->since) : NULL;
+    CLEANUP_FREE char *path = kb_catalog_checkpoint_path(v->cat, v->uuid, j->since);
     CLEANUP_FREE char *saved = NULL, *redef = NULL;
 
     if (!path || kb_meta_read_file(path, &saved, NULL) < 0) {
@@ -596,26 +595,8 @@ static int finish_records(struct bk_job *j, uint64_t *ret_total)
   j->recorded = true;
 
   /* The chain, then the VM: after this the backup is the chain's newest. */
-  {
-    long long len = kb_doc_get_ll(j->chain_rec, "chain", "length", 0) + 1;
-    bool ended = j->opts->isolated || len >= chain_size(j);
-    r = kb_doc_set_ll(j->chain_rec, "chain", "length", len);
-    if (r == 0) r = kb_doc_set(j->chain_rec, "chain", "last_backup", j->id);
-    if (r == 0 && ended) {
-      r = kb_doc_set(j->chain_rec, "chain", "ended", "true");
-      if (r == 0)
-        r = kb_doc_set(j->chain_rec, "chain", "end_reason",
-                       j->opts->isolated ? "isolated backup" : "chain size reached");
-    }
-    if (r == 0)
-      r = kb_chain_save(v->cat, v->uuid, j->chain, j->chain_rec);
-  }
-  if (r == 0 && !j->opts->isolated) {
-    r = kb_doc_set(v->rec, "vm", "current_chain", j->chain);
-    if (r == 0) r = kb_doc_set(v->rec, "vm", "last_checkpoint", j->id);
-  }
-  if (r == 0) r = kb_doc_set(v->rec, "vm", "last_backup", j->id);
-  if (r == 0) r = kb_doc_set(v->rec, "vm", "last_backup_time", now);
+  r = kb_chain_add_backup(v->cat, v->uuid, j->chain, j->chain_rec, v->rec, j->id, j->opts->isolated,
+                          chain_size(j));
   if (r == 0) r = bk_vm_set_state(v, KB_VM_READY, NULL);
   *ret_total = total;
   return r;
@@ -624,24 +605,21 @@ static int finish_records(struct bk_job *j, uint64_t *ret_total)
 static int save_xml_files(struct bk_job *j)
 {
   struct bk_vm *v = j->v;
-  CLEANUP_FREE char *vmdir = kb_catalog_vm_dir(v->cat, v->uuid);
-  CLEANUP_FREE char *p1 = NULL, *p2 = NULL, *p3 = NULL, *cpdir = NULL;
+  CLEANUP_FREE char *p1 = kb_catalog_vm_domain_path(v->cat, v->uuid);
+  CLEANUP_FREE char *p2 = kb_catalog_backup_domain_path(v->cat, v->uuid, j->chain, j->id);
+  CLEANUP_FREE char *p3 = NULL, *cpdir = NULL;
   int r;
 
-  if (!vmdir)
-    return -EINVAL;
-  p1 = kb_printf("%s/domain.xml", vmdir);
-  p2 = kb_printf("%s/domain.xml", j->meta_dir);
   if (!p1 || !p2)
-    return -ENOMEM;
+    return -EINVAL;
   r = kb_meta_write_file(p1, j->inactive_xml, strlen(j->inactive_xml));
   if (r == 0)
     r = kb_meta_write_file(p2, j->inactive_xml, strlen(j->inactive_xml));
   if (r < 0 || j->opts->isolated)
     return r;
-  cpdir = kb_printf("%s/checkpoints", vmdir);
+  cpdir = kb_catalog_checkpoints_dir(v->cat, v->uuid);
   if (!cpdir)
-    return -ENOMEM;
+    return -EINVAL;
   r = kb_mkdir_p(cpdir, 0700);
   if (r < 0)
     return r;
@@ -652,9 +630,9 @@ static int save_xml_files(struct bk_job *j)
       virDomainCheckpointFree(cp);
     if (!xml)
       return -EIO;
-    p3 = kb_printf("%s/%s.xml", cpdir, j->id);
+    p3 = kb_catalog_checkpoint_path(v->cat, v->uuid, j->id);
     if (!p3)
-      return -ENOMEM;
+      return -EINVAL;
     return kb_meta_write_file(p3, xml, strlen(xml));
   }
 }
@@ -666,16 +644,14 @@ static void prune_checkpoints(struct bk_job *j)
   struct bk_vm *v = j->v;
   virDomainCheckpointPtr *cps = NULL;
   const char *keep = kb_doc_get(v->rec, "vm", "last_checkpoint");
-  CLEANUP_FREE char *vmdir = kb_catalog_vm_dir(v->cat, v->uuid);
   int i, n;
 
   n = virDomainListAllCheckpoints(v->dom, &cps, 0);
   for (i = 0; i < n; i++) {
     const char *name = virDomainCheckpointGetName(cps[i]);
-    if (name && (!keep || !KB_STREQ(name, keep)) && kb_name_ok(name) &&
-        strstr(name, "Z-") && strlen(name) == 23) {
+    if (name && (!keep || !KB_STREQ(name, keep)) && kb_backup_id_ok(name)) {
       CLEANUP_FREE char *n2 = strdup(name);
-      CLEANUP_FREE char *xml = vmdir && n2 ? kb_printf("%s/checkpoints/%s.xml", vmdir, n2) : NULL;
+      CLEANUP_FREE char *xml = n2 ? kb_catalog_checkpoint_path(v->cat, v->uuid, n2) : NULL;
       virDomainCheckpointFree(cps[i]);
       cps[i] = NULL;
       if (n2 && bk_checkpoint_delete(v, n2) == 0 && xml)
@@ -715,17 +691,8 @@ static void undo(struct bk_job *j, const char *error)
     clean = false;
   if (j->meta_dir && kb_rm_rf(j->meta_dir) < 0)
     clean = false;
-  if (j->new_chain && j->chain) {
-    CLEANUP_FREE char *cd = kb_catalog_chain_dir(v->cat, v->uuid, j->chain);
-    const struct kb_store *s = j->store ? kb_config_store(v->cfg, j->store) : NULL;
-    if (cd)
-      (void) kb_rm_rf(cd);
-    if (s) {
-      CLEANUP_FREE char *dd = kb_printf("%s/kboss/vms/%s/chains/%s", s->path, v->uuid, j->chain);
-      if (dd)
-        (void) kb_rm_rf(dd);
-    }
-  }
+  if (j->new_chain && j->chain)
+    (void) kb_chain_remove(v->cat, v->uuid, j->chain, j->store, NULL);
   if (j->started_paused && virDomainIsActive(v->dom) == 1 && virDomainDestroy(v->dom) < 0) {
     kb_err("VM %s: cannot stop it again: %s", v->name, kb_virt_error());
     clean = false;
