@@ -19,6 +19,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -721,6 +722,46 @@ static int qemu_img_bitmap(const char *op, const char *path, const char *name, c
   return kb_run(argv, ret_out) == 0 ? 0 : -EIO;
 }
 
+/* `qemu-img bitmap OP` on every disk D[i] with WANT[i] at once (one
+ * process per disk, started together: most of their time is start-up);
+ * OK[i] tells which succeeded. */
+static void qemu_img_bitmap_all(const char *op, struct bk_offline_disk *d, const char *const *names,
+                                size_t n, bool *ok)
+{
+  pid_t *pids = calloc(n + 1, sizeof *pids);
+  size_t i;
+
+  for (i = 0; i < n; i++) {
+    ok[i] = true;
+    if (!names[i])
+      continue;
+    ok[i] = false;
+    if (!pids)
+      continue;
+    pids[i] = fork();
+    if (pids[i] == 0) {
+      const char *argv[] = { QEMU_IMG, "bitmap", op, "-f", "qcow2", d[i].source, names[i], NULL };
+      int nul = open("/dev/null", O_RDWR);
+      if (nul >= 0) {
+        dup2(nul, 0);
+        dup2(nul, 1);
+        dup2(nul, 2);
+      }
+      execv(argv[0], (char *const *) argv);
+      _exit(127);
+    }
+  }
+  for (i = 0; pids && i < n; i++) {
+    int status;
+    if (!names[i] || pids[i] <= 0)
+      continue;
+    while (waitpid(pids[i], &status, 0) < 0 && errno == EINTR)
+      ;
+    ok[i] = WIFEXITED(status) && WEXITSTATUS(status) == 0;
+  }
+  free(pids);
+}
+
 int bk_offline_checkpoint(struct bk_vm *v, const char *id, const char *cpxml, struct bk_offline_disk *d,
                           size_t n, char **ret_error)
 {
@@ -728,36 +769,62 @@ int bk_offline_checkpoint(struct bk_vm *v, const char *id, const char *cpxml, st
   virDomainCheckpointPtr cp;
   size_t i;
 
-  /* Unusable old bitmaps go first (no use to any later backup). */
-  for (i = 0; i < n; i++) {
-    CLEANUP_FREE char *out = NULL;
-    if (d[i].drop && qemu_img_bitmap("--remove", d[i].source, d[i].drop, &out) < 0)
-      kb_warn("VM %s: disk %s: cannot remove its unusable bitmap %s: %s", v->name, d[i].target, d[i].drop,
-              out ? out : "");
-  }
-  if (!cpxml)
-    return 0;      /* isolated: no checkpoint */
-  if (!xml)
+  const char **names = calloc(n + 1, sizeof *names);
+  bool *ok = calloc(n + 1, sizeof *ok);
+
+  if (!names || !ok) {
+    free(names);
+    free(ok);
     return -ENOMEM;
+  }
+  /* Unusable old bitmaps go first (no use to any later backup). */
+  for (i = 0; i < n; i++)
+    names[i] = d[i].drop;
+  qemu_img_bitmap_all("--remove", d, names, n, ok);
+  for (i = 0; i < n; i++)
+    if (!ok[i])
+      kb_warn("VM %s: disk %s: cannot remove its unusable bitmap %s", v->name, d[i].target, d[i].drop);
+  if (!cpxml || !xml) {
+    free(names);
+    free(ok);
+    return cpxml ? -ENOMEM : 0;      /* isolated: no checkpoint */
+  }
   /* libvirt cannot create a checkpoint of a stopped domain, but takes a
    * redefinition; the bitmaps follow (a kill -9 between leaves a
    * checkpoint that normalisation removes, with any bitmap). */
   cp = virDomainCheckpointCreateXML(v->dom, xml, VIR_DOMAIN_CHECKPOINT_CREATE_REDEFINE);
   if (!cp) {
     *ret_error = kb_printf("VM %s: cannot define checkpoint %s: %s", v->name, id, kb_virt_error());
+    free(names);
+    free(ok);
     return -EIO;
   }
   virDomainCheckpointFree(cp);
+  for (i = 0; i < n; i++)
+    names[i] = d[i].bitmap ? id : NULL;
+  qemu_img_bitmap_all("--add", d, names, n, ok);
   for (i = 0; i < n; i++) {
     CLEANUP_FREE char *out = NULL;
-    if (!d[i].bitmap)
+    if (ok[i])
       continue;
+    /* Again, alone, for qemu-img's message. */
     if (qemu_img_bitmap("--add", d[i].source, id, &out) < 0) {
       *ret_error = kb_printf("VM %s: disk %s: cannot add bitmap %s: %s", v->name, d[i].target, id,
                              out && *out ? out : "qemu-img bitmap failed");
+      free(names);
+      free(ok);
       return -EIO;
     }
   }
+  /* The previous checkpoint's bitmaps go now, all at once (its libvirt
+   * metadata goes with the pruning after the records): should the
+   * records fail, that checkpoint has no bitmaps and the next backup is
+   * a full copy, never a wrong incremental. */
+  for (i = 0; i < n; i++)
+    names[i] = d[i].since && d[i].bitmap && !d[i].drop ? d[i].since : NULL;
+  qemu_img_bitmap_all("--remove", d, names, n, ok);
+  free(names);
+  free(ok);
   return 0;
 }
 
