@@ -541,6 +541,7 @@ static int copy_dirty(const struct bk_offline_disk *d, struct kb_progress *pr, u
     r = dirty_map(ch.img[0], d->since, d->capacity, &map, &count, ret_why);
   if (r < 0)
     goto out;
+  pr->total = *done + count * OUT_CLUSTER;
   o.size = d->capacity;
   o.l1_size = (ncl + L2_ENTRIES - 1) / L2_ENTRIES;
   o.next = 1;
