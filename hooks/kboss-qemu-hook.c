@@ -6,12 +6,22 @@
  * never calls into libvirt (that would deadlock), prints nothing on stdout
  * (for migrate and restore, stdout would replace the domain XML), uses
  * absolute paths only (PATH is scrubbed), returns at once and exits 0
- * except where refusing is the point. Work that takes time or needs
- * libvirt goes to a detached helper (double fork + setsid) that runs after
- * libvirt has finished with the domain.
+ * except where refusing is the point.
+ *
+ * It never touches secondary storage: a hung NFS export must not block the
+ * start of any VM. Whether a domain concerns kboss, and whether it is being
+ * restored, it decides from local facts (localstate.h): kboss's element in
+ * the domain's <metadata>, the VM's file in the local state folder and its
+ * restoring marker in the run folder.
+ * Domains that are none of kboss's business get nothing at all (no
+ * configuration, no catalog). Whatever needs the catalog runs detached
+ * (double fork + setsid), after libvirt has finished with the domain:
+ * the hook re-runs itself as  kboss-qemu-hook --deferred EVENT DOMAIN UUID,
+ * which reads the catalog (bounded by storage.timeout) and starts the
+ * helper that applies.
  *
  * Reactions:
- *   prepare begin      VM being restored (Restoring, live lock holder): exit 1
+ *   prepare begin      VM being restored (live local marker): exit 1
  *   started / reconnect  checkpoint libvirt forgot: kboss-backup --redefine-checkpoints
  *   stopped end        Consolidating, no live holder: kboss-restore --consolidate
  *                      BackingUp/BackupError, no live holder: kboss-backup --normalize
@@ -38,16 +48,19 @@
 
 #include "catalog.h"
 #include "kbconfig.h"
+#include "localstate.h"
 #include "lock.h"
 #include "log.h"
 #include "record.h"
+#include "store.h"
 #include "util.h"
 
 #ifndef SBINDIR
 #define SBINDIR "/usr/local/sbin"
 #endif
-#ifndef LOCALSTATEDIR
-#define LOCALSTATEDIR "/var"
+/* The default log under $(localstatedir), set by hooks/Makefile.am. */
+#ifndef HOOK_LOG
+#error "HOOK_LOG must be defined by the build"
 #endif
 
 #define VALIDATION_PREFIX "kboss-val-"
@@ -59,7 +72,7 @@ static const char *domain_name;
 static const char *log_path(void)
 {
   const char *p = getenv("KBOSS_HOOK_LOG");
-  return p && *p == '/' ? p : LOCALSTATEDIR "/log/kboss/hook.log";
+  return p && *p == '/' ? p : HOOK_LOG;
 }
 
 static int open_log(void)
@@ -112,7 +125,7 @@ static const char *sbindir(void)
  * hook only waits for the first child, which exits at once. */
 static int spawn_detached(const char *prog, const char *const args[])
 {
-  CLEANUP_FREE char *path = kb_printf("%s/%s", sbindir(), prog);
+  CLEANUP_FREE char *path = prog[0] == '/' ? strdup(prog) : kb_printf("%s/%s", sbindir(), prog);
   const char *argv[16];
   size_t n = 0;
   pid_t pid;
@@ -257,7 +270,6 @@ static void vm_view_clear(struct vm_view *v)
 static int vm_view_load(const char *uuid, struct vm_view *v)
 {
   CLEANUP_FREE char *errors = NULL;
-  CLEANUP_FREE char *locks = NULL, *lock = NULL;
   int r;
 
   memset(v, 0, sizeof *v);
@@ -266,17 +278,18 @@ static int vm_view_load(const char *uuid, struct vm_view *v)
     note("cannot load the kboss configuration: %s", errors ? errors : strerror(-r));
     return r;
   }
+  /* Detached, but a hung export must not pile these up: SIGALRM ends us. */
+  alarm((unsigned) kb_config_int(v->cfg, NULL, "storage.timeout"));
   r = kb_catalog_open(v->cfg, &v->cat);
   if (r < 0) {
-    note("cannot open the catalog: %s", strerror(-r));
+    note("cannot open the catalog under %s: %s", kb_config_str(v->cfg, NULL, "secondary.path"),
+         kb_store_strerror(r));
     return r;
   }
   r = kb_vm_load(v->cat, uuid, &v->rec);
   if (r < 0)
     return r;     /* -ENOENT: not a kboss VM; nothing to do */
-  locks = kb_catalog_locks_dir(v->cat);
-  lock = locks ? kb_printf("%s/vm-%s.lock", locks, uuid) : NULL;
-  v->holder_live = lock ? kb_lock_probe(lock, &v->holder) : -ENOMEM;
+  v->holder_live = kb_catalog_lock_probe(v->cat, KB_LOCK_VM, uuid, &v->holder);
   if (v->holder_live < 0 && v->holder_live != -ENOENT)
     note("cannot probe the VM lock: %s", strerror(-v->holder_live));
   if (v->holder_live < 0)
@@ -292,21 +305,19 @@ static bool state_is(const struct vm_view *v, const char *s)
 
 static int on_prepare(const char *uuid)
 {
-  struct vm_view v;
-  int rc = 0;
+  long pid = 0;
 
-  if (vm_view_load(uuid, &v) == 0 && state_is(&v, KB_VM_RESTORING) && v.holder_live == 1) {
+  if (kb_local_restoring(uuid, &pid) == 1) {
     /* stderr is what libvirt reports as the reason the start failed. */
-    fprintf(stderr, "kboss: VM %s is being restored (%s); it may start when the restore has finished\n",
-            domain_name, v.holder ? v.holder : "holder unknown");
-    note("refused to start: the VM is being restored (%s)", v.holder ? v.holder : "?");
-    rc = 1;
+    fprintf(stderr, "kboss: VM %s is being restored (kboss-restore, pid %ld); it may start when the "
+            "restore has finished\n", domain_name, pid);
+    note("refused to start: the VM is being restored (pid %ld)", pid);
+    return 1;
   }
-  vm_view_clear(&v);
-  return rc;
+  return 0;
 }
 
-static void on_started(const char *uuid)
+static void deferred_started(const char *uuid)
 {
   struct vm_view v;
 
@@ -323,7 +334,7 @@ static void on_started(const char *uuid)
   vm_view_clear(&v);
 }
 
-static void on_stopped(const char *uuid)
+static void deferred_stopped(const char *uuid)
 {
   struct vm_view v;
 
@@ -356,21 +367,53 @@ static void on_release(void)
   }
 }
 
+/* Hand EVENT of the kboss domain UUID to a detached copy of ourselves. */
+static void defer(const char *event, const char *uuid)
+{
+  char self[4096];
+  ssize_t n = readlink("/proc/self/exe", self, sizeof self - 1);
+  const char *args[] = { "--deferred", event, domain_name, uuid, NULL };
+
+  if (n <= 0) {
+    note("cannot find the hook's own program: %s", strerror(errno));
+    return;
+  }
+  self[n] = '\0';
+  (void) spawn_detached(self, args);
+}
+
+/* kboss-qemu-hook --deferred EVENT DOMAIN UUID: what used to be done inside
+ * the hook, now detached from libvirtd. */
+static int run_deferred(const char *event, const char *name, const char *uuid)
+{
+  if (!kb_name_ok(name) || !kb_uuid_ok(uuid))
+    return 2;
+  domain_name = name;
+  if (KB_STREQ(event, "started"))
+    deferred_started(uuid);
+  else if (KB_STREQ(event, "stopped"))
+    deferred_stopped(uuid);
+  else
+    return 2;
+  return 0;
+}
+
 static void usage(FILE *f)
 {
   fprintf(f,
           "Usage: %s DOMAIN OPERATION SUB-OPERATION [EXTRA]   (domain XML on stdin)\n"
           "\n"
           "libvirt's qemu hook for kboss; install it as %s/libvirt/hooks/qemu.d/kboss.\n"
-          "It prints nothing on stdout, never calls libvirt, returns at once and hands\n"
-          "longer work to detached kboss helpers from %s. It exits 1 only in\n"
-          "\"prepare begin\" of a VM that kboss is restoring.\n"
+          "It prints nothing on stdout, never calls libvirt, never touches secondary\n"
+          "storage, returns at once and hands longer work to detached kboss helpers\n"
+          "from %s. It exits 1 only in \"prepare begin\" of a VM that kboss is\n"
+          "restoring on this host.\n"
           "\n"
           "Environment (not passed by libvirt; for a wrapper script):\n"
-          "  KBOSS_CONF      configuration (default %s/kboss/kboss.conf)\n"
+          "  KBOSS_CONF      configuration (default %s)\n"
           "  KBOSS_SBINDIR   where the kboss helpers are (default %s)\n"
-          "  KBOSS_HOOK_LOG  log of notes and helper output (default %s/log/kboss/hook.log)\n",
-          kb_progname, SYSCONFDIR, SBINDIR, SYSCONFDIR, SBINDIR, LOCALSTATEDIR);
+          "  KBOSS_HOOK_LOG  log of notes and helper output (default %s)\n",
+          kb_progname, SYSCONFDIR, SBINDIR, kb_config_default_path(), SBINDIR, HOOK_LOG);
 }
 
 int main(int argc, char **argv)
@@ -389,6 +432,8 @@ int main(int argc, char **argv)
     printf("%s %s\n", kb_progname, PACKAGE_VERSION);
     return 0;
   }
+  if (argc == 5 && KB_STREQ(argv[1], "--deferred"))
+    return run_deferred(argv[2], argv[3], argv[4]);
   /* From here on nothing may reach stdout: for migrate and restore,
    * libvirt would take it as the new domain XML. */
   fflush(stdout);
@@ -410,16 +455,22 @@ int main(int argc, char **argv)
   if (KB_STREQ(op, "migrate") || KB_STREQ(op, "restore"))
     return 0;
 
+  if (KB_STREQ(op, "release") && KB_STREQ(sub, "end")) {
+    on_release();
+    return 0;
+  }
   uuid = domain_uuid(xml);
   if (!uuid)
+    return 0;
+  /* Local facts only: a domain kboss never touched on this host, and
+   * whose definition does not carry kboss's element, is left alone. */
+  if (!kb_xml_has_kboss_metadata(xml) && !kb_local_vm_known(uuid) && kb_local_restoring(uuid, NULL) != 1)
     return 0;
   if (KB_STREQ(op, "prepare") && KB_STREQ(sub, "begin"))
     return on_prepare(uuid);
   if ((KB_STREQ(op, "started") || KB_STREQ(op, "reconnect")) && KB_STREQ(sub, "begin"))
-    on_started(uuid);
+    defer("started", uuid);
   else if (KB_STREQ(op, "stopped") && KB_STREQ(sub, "end"))
-    on_stopped(uuid);
-  else if (KB_STREQ(op, "release") && KB_STREQ(sub, "end"))
-    on_release();
+    defer("stopped", uuid);
   return 0;
 }

@@ -25,8 +25,9 @@
 #include <stdint.h>
 #include <sys/types.h>
 
-/* Members of one chain, the top image included. */
-#define KB_CHAIN_MAX_DEPTH 256
+/* Members of one chain, the top image included: the largest
+ * backup.chain.size (lib/settings.c), so no chain kboss wrote is refused. */
+#define KB_CHAIN_MAX_DEPTH 1000
 
 struct kb_chain {
   char *dir;               /* the chain folder as given */

@@ -465,6 +465,19 @@ static bool holder_is_local(const struct holder *h)
          !KB_STREQ(h->boot_id, "unknown") && !KB_STREQ(h->pid_ns, "unknown");
 }
 
+/* A zombie (dead, not yet reaped: an orphan whose reaper does not reap,
+ * as in some containers) answers kill(0) but holds nothing any more. */
+static bool proc_is_zombie(long long pid)
+{
+  char path[64], buf[1024];
+  const char *p;
+
+  snprintf(path, sizeof path, "/proc/%lld/stat", pid);
+  if (read_small(path, buf, sizeof buf) < 0 || !(p = strrchr(buf, ')')))
+    return false;
+  return p[1] == ' ' && (p[2] == 'Z' || p[2] == 'X');
+}
+
 static bool pid_alive(long long pid, unsigned long long start_time)
 {
   unsigned long long now_start;
@@ -472,6 +485,8 @@ static bool pid_alive(long long pid, unsigned long long start_time)
   if (pid <= 0 || pid > INT_MAX)
     return false;
   if (kill((pid_t) pid, 0) < 0 && errno == ESRCH)
+    return false;
+  if (proc_is_zombie(pid))
     return false;
   if (proc_start_time(pid, &now_start) == 0 && now_start != start_time)
     return false;   /* the pid was reused */

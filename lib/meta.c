@@ -121,10 +121,10 @@ static int gen_cmp_desc(const void *a, const void *b)
 }
 
 /* One readdir: the generations of NAME in DFD, highest first, at most
- * MAX_GENS of them (the highest). EXTRA, when not NULL, is a generation
- * known to exist although the listing may not show it yet (NFS caches). */
+ * MAX_GENS of them (the highest). EXTRA: NEXTRA generations known to exist
+ * although the listing may not show them yet (NFS caches); 0 is none. */
 static int list_gens(int dfd, const char *name, enum kind kind, const struct gen *extra,
-                     struct gens *ret)
+                     size_t nextra, struct gens *ret)
 {
   int fd = dup(dfd);
   struct gens g = { NULL, 0, 0, false };
@@ -144,8 +144,12 @@ static int list_gens(int dfd, const char *name, enum kind kind, const struct gen
     closedir(d);
     return -ENOMEM;
   }
-  if (extra)
-    g.v[g.n++] = *extra;
+  for (i = 0; i < nextra; i++)
+    if (extra[i].gen) {
+      g.v[g.n++] = extra[i];
+      if (extra[i].gen > g.max)
+        g.max = extra[i].gen;
+    }
   rewinddir(d);
   errno = 0;
   while ((de = readdir(d))) {
@@ -175,8 +179,6 @@ static int list_gens(int dfd, const char *name, enum kind kind, const struct gen
     if (j == 0 || g.v[j - 1].gen != g.v[i].gen || g.v[j - 1].hash != g.v[i].hash)
       g.v[j++] = g.v[i];
   g.n = j;
-  if (extra && extra->gen > g.max)
-    g.max = extra->gen;
   *ret = g;
   return 0;
 }
@@ -346,7 +348,7 @@ static int write_chunked(int fd, const char *buf, size_t len)
  * being read. A generation that vanishes between the listing and the open
  * was pruned by a writer: list again. EXTRA: see list_gens. */
 static int read_newest_at(int dfd, const char *name, enum kind kind, const struct gen *extra,
-                          char **ret, size_t *ret_len, unsigned long long *ret_gen)
+                          size_t nextra, char **ret, size_t *ret_len, unsigned long long *ret_gen)
 {
   int attempt;
 
@@ -354,7 +356,7 @@ static int read_newest_at(int dfd, const char *name, enum kind kind, const struc
     struct gens gl;
     bool relist = false;
     size_t i;
-    int r = list_gens(dfd, name, kind, attempt == 0 ? extra : NULL, &gl);
+    int r = list_gens(dfd, name, kind, extra, attempt == 0 ? nextra : 0, &gl);
 
     if (r < 0)
       return r;
@@ -387,6 +389,7 @@ static int read_newest_at(int dfd, const char *name, enum kind kind, const struc
  * or not, so no NFS client can hold cached pages of an older file under
  * the same name.
  *
+ * KNOWN: a generation known to exist that the listing may not show yet.
  * BASE (a read-modify-write): the generation the content was made from.
  * If the newest complete generation is another one, or the create meets
  * an existing file (a listing that did not show a newer generation yet),
@@ -398,8 +401,8 @@ static int read_newest_at(int dfd, const char *name, enum kind kind, const struc
  * a write made under a lock that was lost is refused with -ENOLCK; and
  * after: a write that raced with the loss is removed again. */
 static int write_gen(int dfd, const char *name, enum kind kind, const char *buf, size_t len,
-                     uint64_t hash, const unsigned long long *base, unsigned long long *ret_seen,
-                     unsigned long long *ret_gen)
+                     uint64_t hash, const unsigned long long *base, const struct gen *known,
+                     unsigned long long *ret_seen, unsigned long long *ret_gen)
 {
   struct gens gl;
   size_t i;
@@ -414,7 +417,7 @@ static int write_gen(int dfd, const char *name, enum kind kind, const char *buf,
   r = kb_lock_fence_all();
   if (r < 0)
     return r;
-  r = list_gens(dfd, name, kind, NULL, &gl);
+  r = list_gens(dfd, name, kind, known, known ? 1 : 0, &gl);
   if (r < 0)
     return r;
   prune = calloc(gl.n ? gl.n : 1, sizeof *prune);
@@ -585,6 +588,7 @@ int kb_meta_write(const char *dir, const char *name, const struct kb_doc *doc)
   CLEANUP_FREE char *base_text = NULL;
   struct kb_doc *cur = (struct kb_doc *) doc;   /* updated only after a merge */
   unsigned long long base = 0, newgen = 0;
+  struct gen known = { 0, 0 };
   const char *otext;
   bool rmw;
   int attempt, r = -ESTALE;
@@ -604,7 +608,7 @@ int kb_meta_write(const char *dir, const char *name, const struct kb_doc *doc)
     CLEANUP_FREE char *body = NULL;
     CLEANUP_FREE char *all = doc_text(cur, &body);
     unsigned long long seen = 0;
-    struct gen extra;
+    struct gen extra[2];
     struct kb_doc *b = NULL, *t = NULL;
     char *ttext = NULL;
     size_t tlen;
@@ -612,16 +616,18 @@ int kb_meta_write(const char *dir, const char *name, const struct kb_doc *doc)
 
     if (!all)
       return -ENOMEM;
-    r = write_gen(dfd, name, DOC, all, strlen(all), 0, rmw ? &base : NULL, &seen, &newgen);
+    r = write_gen(dfd, name, DOC, all, strlen(all), 0, rmw ? &base : NULL, known.gen ? &known : NULL,
+                  &seen, &newgen);
     if (r == 0)
       return kb_doc_set_origin(doc, where, newgen, body);
     if (r != -ESTALE)
       return r;
     /* Somebody else wrote since we read: read theirs again and carry our
      * changes over (the read-modify-write, run again on the newest). */
-    extra.gen = seen;
-    extra.hash = 0;
-    r = read_newest_at(dfd, name, DOC, seen ? &extra : NULL, &ttext, &tlen, &seen);
+    extra[0].gen = seen;
+    extra[1] = known;
+    extra[0].hash = 0;
+    r = read_newest_at(dfd, name, DOC, extra, 2, &ttext, &tlen, &seen);
     if (r == -ENOENT) {
       seen = 0;
       t = kb_doc_new();
@@ -643,8 +649,11 @@ int kb_meta_write(const char *dir, const char *name, const struct kb_doc *doc)
     if (!base_text)
       return -ENOMEM;
     base = seen;
+    /* A stale listing may go on hiding what we just read: count it in. */
+    if (seen > known.gen)
+      known.gen = seen;
   }
-  return r;
+  return -ESTALE;
 }
 
 /* The newest generation that verifies, or an error: see read_newest_at. */
@@ -656,7 +665,7 @@ static int read_newest(const char *dir, const char *name, enum kind kind, char *
   dfd = open_dir(dir);
   if (dfd < 0)
     return dfd;
-  return read_newest_at(dfd, name, kind, NULL, ret, ret_len, ret_gen);
+  return read_newest_at(dfd, name, kind, NULL, 0, ret, ret_len, ret_gen);
 }
 
 int kb_meta_read(const char *dir, const char *name, struct kb_doc **ret)
@@ -703,7 +712,7 @@ static int remove_all(const char *dir, const char *name, enum kind kind)
   r = kb_lock_fence_all();
   if (r < 0)
     return r;
-  r = list_gens(dfd, name, kind, NULL, &gl);
+  r = list_gens(dfd, name, kind, NULL, 0, &gl);
   if (r < 0)
     return r;
   for (i = 0; i < gl.n; i++) {
@@ -755,7 +764,7 @@ int kb_meta_write_file(const char *path, const char *content, size_t len)
   dfd = open_dir(dir);
   if (dfd < 0)
     return dfd;
-  return write_gen(dfd, base, FILE_, content, len, XXH64(content, len, 0), NULL, NULL, NULL);
+  return write_gen(dfd, base, FILE_, content, len, XXH64(content, len, 0), NULL, NULL, NULL, NULL);
 }
 
 int kb_meta_read_file(const char *path, char **ret, size_t *ret_len)
@@ -793,12 +802,18 @@ static int strcmp_p(const void *a, const void *b)
   return strcmp(*(char *const *) a, *(char *const *) b);
 }
 
-/* Names in DIR that have generations of KIND, sorted, distinct. */
+/* Entries (generations of any name) a listing takes in: beyond, the rest
+ * is left out and the listing says so. */
+#define MAX_LIST_ENTRIES 131072
+
+/* Names in DIR that have generations of KIND, sorted, distinct. 1 when
+ * the folder held more than MAX_LIST_ENTRIES and the list is partial. */
 static int list_names(const char *dir, enum kind kind, char ***ret)
 {
   CLEANUP_CLOSE int dfd = -1;
   char **v = NULL;
   size_t n = 0, cap = 0, i, j;
+  bool truncated = false;
   struct dirent *de;
   DIR *d;
 
@@ -829,6 +844,11 @@ static int list_names(const char *dir, enum kind kind, char ***ret)
       free(copy);
       continue;
     }
+    if (n >= MAX_LIST_ENTRIES) {
+      free(copy);
+      truncated = true;
+      break;
+    }
     if (n + 2 > cap) {
       size_t c = cap ? cap * 2 : 16;
       char **nv = realloc(v, c * sizeof *nv);
@@ -853,7 +873,7 @@ static int list_names(const char *dir, enum kind kind, char ***ret)
   }
   v[j] = NULL;
   *ret = v;
-  return 0;
+  return truncated ? 1 : 0;
 oom:
   closedir(d);
   for (i = 0; i < n; i++)

@@ -13,6 +13,7 @@
 #include <libxml/tree.h>
 #include <libxml/xpath.h>
 
+#include "localstate.h"
 #include "util.h"
 #include "virt.h"
 
@@ -448,4 +449,34 @@ gid_t kb_qemu_gid(void)
   else
     cached = (gid_t) -1;
   return cached;
+}
+
+/* kboss's <metadata> element (localstate.h): here, with the other libvirt
+ * calls, so that the hook, which only reads local facts, needs no libvirt. */
+static bool has_element(virDomainPtr dom, unsigned where)
+{
+  char *have = virDomainGetMetadata(dom, VIR_DOMAIN_METADATA_ELEMENT, KB_DOMAIN_NS, where);
+  bool found = have != NULL;
+
+  free(have);
+  return found;
+}
+
+int kb_virt_mark_domain(virDomainPtr dom)
+{
+  int active = virDomainIsActive(dom), persistent = virDomainIsPersistent(dom);
+  unsigned flags = 0;
+
+  if (active < 0 || persistent < 0)
+    return -EIO;
+  if (persistent && !has_element(dom, VIR_DOMAIN_AFFECT_CONFIG))
+    flags |= VIR_DOMAIN_AFFECT_CONFIG;
+  if (active && !has_element(dom, VIR_DOMAIN_AFFECT_LIVE))
+    flags |= VIR_DOMAIN_AFFECT_LIVE;
+  if (!flags)
+    return 0;
+  if (virDomainSetMetadata(dom, VIR_DOMAIN_METADATA_ELEMENT, "<vm/>", KB_DOMAIN_NS_PREFIX, KB_DOMAIN_NS,
+                           flags) < 0)
+    return -EIO;
+  return 0;
 }

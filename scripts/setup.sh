@@ -12,12 +12,26 @@ KB_PACKAGES="
   libvirt-daemon-system libvirt-clients libvirt-daemon-driver-qemu
   qemu-system-x86 qemu-utils seabios ipxe-qemu
   libguestfs-tools linux-image-amd64 busybox-static qemu-guest-agent extlinux syslinux-common
-  xxhash zstd virtnbdbackup clang procps time
+  xxhash zstd virtnbdbackup clang procps time bindfs fuse3
+  debhelper dpkg-dev lintian git
 "
 
 kb_log() { printf '\n== %s\n' "$*" >&2; }
 
+# Locks refuse to run without a host identity (host name + machine id,
+# docs/storage.md); bare containers may come without /etc/machine-id.
+kb_ensure_machine_id() {
+  grep -qE '^[0-9a-f]{32}$' /etc/machine-id 2>/dev/null && return 0
+  [ "$(id -u)" -eq 0 ] || { echo "/etc/machine-id is missing: kboss needs one" >&2; return 1; }
+  kb_log "writing /etc/machine-id"
+  if command -v systemd-machine-id-setup >/dev/null; then
+    systemd-machine-id-setup >/dev/null 2>&1 && return 0
+  fi
+  tr -d '-' < /proc/sys/kernel/random/uuid > /etc/machine-id
+}
+
 kb_install_packages() {
+  kb_ensure_machine_id || return 1
   local missing=() p
   for p in $KB_PACKAGES; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")

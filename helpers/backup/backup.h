@@ -78,4 +78,8 @@ void bk_normalize_freeze(struct bk_vm *v);
 char *bk_explain_unseen_target(struct bk_vm *v, const char *path, const char *store_name,
                                const char *store_path);
 
+/* watch.c: run the rest of kboss-backup under the export watchdog
+ * (lib/watchdog.h); 0 in the worker. */
+int bk_watch_start(const struct kb_config *cfg);
+
 #endif

@@ -16,6 +16,7 @@
 #include "log.h"
 #include "record.h"
 #include "util.h"
+#include "watchdog.h"
 
 /* Seconds to wait for the guest agent. */
 #define AGENT_TIMEOUT 10
@@ -72,6 +73,7 @@ int bk_freeze(struct bk_vm *v, const char *by, char **ret_error)
                            strerror(-r));
     return r;
   }
+  kb_watchdog_note("frozen", by);   /* the export watchdog thaws it if we hang */
   if (virDomainFSFreeze(v->dom, NULL, 0, 0) >= 0)   /* the number frozen */
     return 0;
   code = virGetLastErrorCode();
@@ -98,6 +100,7 @@ int bk_thaw(struct bk_vm *v)
 
   if (virDomainFSThaw(v->dom, NULL, 0, 0) < 0)
     return -EIO;
+  kb_watchdog_note("frozen", NULL);
   r = kb_vm_clear_frozen(v->cat, v->uuid, v->rec);
   if (r < 0)
     kb_warn("VM %s: thawed, but cannot remove the freeze record: %s", v->name, strerror(-r));

@@ -121,7 +121,7 @@ int ctl_backups(int argc, char **argv)
   if (json)
     arr = json_object_new_array();
   else
-    printf("%-23s %-16s %-23s %-23s %-11s %-8s %-7s %-20s %-10s %-28s %-10s %s\n", "ID", "VM", "CHAIN",
+    kb_print_escaped("%-23s %-16s %-23s %-23s %-11s %-8s %-7s %-20s %-10s %-28s %-10s %s\n", "ID", "VM", "CHAIN",
            "PARENT", "TYPE", "ISOLATED", "STATE", "CREATED", "SIZE", "DISKS", "COMPRESSED", "VALIDATED");
   for (size_t i = 0; uuids && uuids[i]; i++) {
     char **chains = NULL;
@@ -139,6 +139,13 @@ int ctl_backups(int argc, char **argv)
         if (kb_backup_load(cat, uuids[i], chains[k], ids[b], &doc) < 0)
           continue;
         st = kb_doc_get(doc, "backup", "state");
+        {
+          const char *first = NULL;
+          unsigned bad = kb_doc_invalid(doc, &first);
+          if (bad)
+            kb_warn("backups: backup %s: %u value%s of its record do not fit their field and were ignored "
+                    "(first: %s); was the export tampered with?", ids[b], bad, bad == 1 ? "" : "s", first);
+        }
         if (st && (KB_STREQ(st, KB_BACKUP_READY) || KB_STREQ(st, KB_BACKUP_INVALID))) {
           if (json)
             json_object_array_add(arr, kb_doc_to_json(doc));
@@ -146,7 +153,7 @@ int ctl_backups(int argc, char **argv)
             char size[32], disks[256];
             kb_format_size((uint64_t) kb_doc_get_ll(doc, "backup", "size", 0), size, sizeof size);
             disk_sizes(doc, disks, sizeof disks);
-            printf("%-23s %-16s %-23s %-23s %-11s %-8s %-7s %-20s %-10s %-28s %-10s %s\n", ids[b],
+            kb_print_escaped("%-23s %-16s %-23s %-23s %-11s %-8s %-7s %-20s %-10s %-28s %-10s %s\n", ids[b],
                    or_dash(kb_doc_get(doc, "backup", "vm_name")), chains[k],
                    or_dash(kb_doc_get(doc, "backup", "parent")), or_dash(kb_doc_get(doc, "backup", "type")),
                    yes_no(doc, "isolated"), st, or_dash(kb_doc_get(doc, "backup", "created")), size,
@@ -161,6 +168,9 @@ int ctl_backups(int argc, char **argv)
   }
   if (json)
     kb_json_print(arr);
+  if (kb_catalog_list_cut())
+    kb_warn("backups: a catalog folder holds more than %d entries (junk on the export?); the listing is incomplete",
+            KB_CATALOG_LIST_MAX);
 out:
   kb_strv_free(uuids);
   kb_catalog_free(cat);

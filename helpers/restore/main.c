@@ -7,14 +7,44 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
+#include "localstate.h"
 #include "lock.h"
 #include "log.h"
 #include "restore.h"
 #include "util.h"
 #include "store.h"
+#include "watchdog.h"
 
 volatile sig_atomic_t rs_cancel;
+
+/* After the export watchdog killed a hung worker (lib/watchdog.h): the
+ * partial disks it wrote beside the VM's (primary storage) go, and so does
+ * its restoring marker. The VM's own disks were not replaced yet. */
+static char *rs_recover(void)
+{
+  const char *uuid = kb_watchdog_get("restoring");
+  const char *tmp;
+  size_t n = 0;
+
+  for (size_t i = 0; (tmp = kb_watchdog_get_prefixed("tmp.", i)); i++)
+    if (tmp[0] == '/' && unlink(tmp) == 0)
+      n++;
+  if (uuid && kb_uuid_ok(uuid))
+    kb_local_restoring_clear(uuid);
+  if (kb_watchdog_get("quick"))
+    return kb_printf("VM %s runs on overlays of the backup; kboss-restore --consolidate %s finishes the "
+                     "consolidation when the export answers", kb_watchdog_get("quick"), kb_watchdog_get("quick"));
+  if (kb_watchdog_get("swapped"))
+    return kb_printf("VM %s has its restored disks; its catalog record was not updated (its next backup is "
+                     "full anyway: run kbossctl finish-chain %s when the export answers)",
+                     kb_watchdog_get("swapped"), kb_watchdog_get("swapped"));
+  if (kb_watchdog_get("swapping"))
+    return strdup("it stopped while moving restored disks into place: check the VM's disks, then restore again");
+  return kb_printf("the VM's disks were not replaced (%zu partial file%s removed); restore again when the "
+                   "export answers", n, n == 1 ? "" : "s");
+}
 
 static void usage(FILE *f)
 {
@@ -29,8 +59,9 @@ static void usage(FILE *f)
           "were. The VM's chain ends: its next backup is full.\n"
           "\n"
           "  -d, --disk DISK     restore only this disk (vda, ...)\n"
-          "  -a, --as NAME       define a new VM NAME from the backup's saved definition\n"
-          "                      (new UUID and MAC addresses) and restore into it\n"
+          "  -a, --as NAME       define a new VM NAME from checked values of the backup's\n"
+          "                      saved definition (new UUID and MAC addresses, the rest\n"
+          "                      dropped with a notice) and restore into it\n"
           "  -Q, --quick         quick restore: the VM starts at once on overlays backed\n"
           "                      by the backup, and its disks are consolidated while it\n"
           "                      runs (the backup's offering must allow quick restore)\n"
@@ -39,10 +70,10 @@ static void usage(FILE *f)
           "      --boot-wait S   start consolidating once the guest agent answers, at\n"
           "                      most S seconds after the start (default 120; 0: at once)\n"
           "      --json          print the result as JSON\n"
-          "  -c, --config FILE   configuration (default $KBOSS_CONF or %s/kboss/kboss.conf)\n"
+          "  -c, --config FILE   configuration (default $KBOSS_CONF or %s)\n"
           "  -v, --verbose       more messages;  --quiet: errors only\n"
           "  -h, --help          this help;  -V, --version: the version\n",
-          kb_progname, kb_progname, SYSCONFDIR);
+          kb_progname, kb_progname, kb_config_default_path());
 }
 
 int main(int argc, char **argv)
@@ -124,6 +155,12 @@ int main(int argc, char **argv)
     return 2;
   }
   kb_catch_signals(&rs_cancel);
+  r = kb_watchdog_start(c.cfg, rs_recover);
+  if (r < 0) {
+    kb_err("cannot start the export watchdog: %s", strerror(-r));
+    kb_config_free(c.cfg);
+    return 1;
+  }
 
   r = kb_catalog_open(c.cfg, &c.cat);
   if (r < 0) {
@@ -139,16 +176,13 @@ int main(int argc, char **argv)
   }
   r = kb_backup_find(c.cat, argv[optind], &c.ref);
   if (r < 0) {
-    err = kb_printf("backup %s: %s", argv[optind], r == -ENOENT ? "no such backup in the catalog" : strerror(-r));
+    err = kb_msg_backup_find(argv[optind], r);
     goto out;
   }
-  {
-    const char *st = kb_doc_get(c.ref.doc, "backup", "state");
-    if (!st || KB_STREQ(st, "Running")) {
-      err = kb_printf("backup %s is not complete", c.ref.id);
-      r = -EINVAL;
-      goto out;
-    }
+  if (!kb_backup_complete(c.ref.doc)) {
+    err = kb_msg_backup_incomplete(c.ref.id, c.ref.doc);
+    r = -EINVAL;
+    goto out;
   }
   if (o.as) {
     r = kb_virt_connect(kb_config_str(c.cfg, NULL, "libvirt.uri"), &c.conn);
@@ -190,6 +224,8 @@ int main(int argc, char **argv)
 out:
   if (r < 0)
     kb_err("%s", err ? err : strerror(-r));
+  if (c.uuid[0])
+    kb_local_restoring_end(c.uuid);
   kb_lock_release(c.lock);
   kb_backup_ref_clear(&c.ref);
   kb_doc_free(c.rec);

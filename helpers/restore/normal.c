@@ -16,6 +16,7 @@
 #include "log.h"
 #include "restore.h"
 #include "util.h"
+#include "watchdog.h"
 
 /* qemu-img convert, its progress shown on a terminal; cancellable.  The
  * source is the validated chain spelled node by node (lib/chain.h), so
@@ -95,6 +96,11 @@ int rs_restore(struct rs_ctx *c, const struct rs_opts *o, char **ret_error)
   /* Every disk is written completely before the first is swapped in. */
   for (i = 0; i < n; i++) {
     d[i].tmp = kb_printf("%s.kboss-restore.tmp", d[i].dest);
+    if (d[i].tmp) {
+      CLEANUP_FREE char *key = kb_printf("tmp.%s", d[i].target);
+      if (key)
+        kb_watchdog_note(key, d[i].tmp);
+    }
     if (!d[i].tmp) {
       r = -ENOMEM;
       goto fail;
@@ -109,6 +115,7 @@ int rs_restore(struct rs_ctx *c, const struct rs_opts *o, char **ret_error)
       goto fail;
   }
   for (i = 0; i < n; i++) {
+    kb_watchdog_note("swapping", "1");
     if (rename(d[i].tmp, d[i].dest) < 0) {
       r = -errno;
       *ret_error = kb_printf("disk %s: cannot move the restored disk into place at %s: %s", d[i].target,
@@ -118,6 +125,8 @@ int rs_restore(struct rs_ctx *c, const struct rs_opts *o, char **ret_error)
     free(d[i].tmp);
     d[i].tmp = NULL;
   }
+  kb_watchdog_note("swapping", NULL);
+  kb_watchdog_note("swapped", c->vm_name);
   r = rs_end_chain(c, "VM restored");
   if (r == 0)
     r = kb_doc_set(c->rec, "vm", "last_restore", c->ref.id);

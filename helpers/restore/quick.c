@@ -20,6 +20,7 @@
 #include "qcow2.h"
 #include "restore.h"
 #include "util.h"
+#include "watchdog.h"
 
 /* Does the overlay at PATH (primary storage) still have a backing file?
  * 1 yes, 0 no.  Read with our own reader: no qemu process opens it. */
@@ -359,6 +360,11 @@ int rs_quick_restore(struct rs_ctx *c, const struct rs_opts *o, char **ret_error
     }
     size = kb_printf("%llu", (unsigned long long) d[i].chain->virtual_size);
     d[i].tmp = kb_printf("%s.kboss-quick.tmp", d[i].dest);
+    if (d[i].tmp) {
+      CLEANUP_FREE char *key = kb_printf("tmp.%s", d[i].target);
+      if (key)
+        kb_watchdog_note(key, d[i].tmp);
+    }
     if (!d[i].tmp || !size) {
       r = -ENOMEM;
       goto fail;
@@ -428,6 +434,7 @@ int rs_quick_restore(struct rs_ctx *c, const struct rs_opts *o, char **ret_error
     goto fail;
   }
   for (i = 0; i < n; i++) {
+    kb_watchdog_note("swapping", "1");
     if (rename(d[i].tmp, d[i].dest) < 0) {
       r = -errno;
       *ret_error = kb_printf("disk %s: cannot move the overlay into place: %s", d[i].target, strerror(errno));
@@ -439,6 +446,8 @@ int rs_quick_restore(struct rs_ctx *c, const struct rs_opts *o, char **ret_error
     if (r < 0)
       goto out;
   }
+  kb_watchdog_note("swapping", NULL);
+  kb_watchdog_note("quick", c->vm_name);
   if (virDomainCreate(c->dom) < 0) {
     *ret_error = kb_printf("VM %s: overlays are in place but the VM did not start: %s; "
                            "kboss-restore --consolidate %s finishes offline",

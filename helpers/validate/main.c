@@ -13,6 +13,7 @@
 #include "validate.h"
 #include "virt.h"
 #include "store.h"
+#include "watchdog.h"
 
 volatile sig_atomic_t vl_cancel;
 
@@ -28,13 +29,13 @@ static void usage(FILE *f)
           "      --now            with run: treat every scheduled job as due\n"
           "  BACKUP               validate that backup now\n"
           "      --check-hash     re-check the hashes of BACKUP now\n"
-          "  -c, --config FILE    configuration (default $KBOSS_CONF or %s/kboss/kboss.conf)\n"
+          "  -c, --config FILE    configuration (default $KBOSS_CONF or %s)\n"
           "  -v, --verbose        more messages;  --quiet: errors only\n"
           "  -h, --help           this help;  -V, --version: the version\n"
           "\n"
           "Exit status: 0 success, 1 a validation or check failed, 2 bad usage or\n"
           "configuration, 3 not possible now (limits, backup in use).\n",
-          kb_progname, kb_progname, kb_progname, SYSCONFDIR);
+          kb_progname, kb_progname, kb_progname, kb_config_default_path());
 }
 
 int main(int argc, char **argv)
@@ -91,6 +92,15 @@ int main(int argc, char **argv)
   /* A libvirtd that goes away must give an error, not kill us silently
    * in the middle of a write to its socket. */
   signal(SIGPIPE, SIG_IGN);
+  /* A hung export fails the run within storage.timeout (lib/watchdog.h);
+   * the validation VM is started with AUTODESTROY, so libvirt removes it
+   * when the killed worker's connection closes. */
+  r = kb_watchdog_start(c.cfg, NULL);
+  if (r < 0) {
+    kb_err("cannot start the export watchdog: %s", strerror(-r));
+    kb_config_free(c.cfg);
+    return 1;
+  }
 
   r = kb_catalog_open(c.cfg, &c.cat);
   if (r < 0) {

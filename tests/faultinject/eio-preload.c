@@ -2,8 +2,11 @@
  * path contains $KBOSS_EIO_MATCH fail with EIO, as an NFS client reports a
  * server-side read error. With $KBOSS_EIO_SWITCH set, only while that file
  * exists (a test turns the fault on and off without restarting anything).
- * Nothing else changes: opening, listing, stat and writes work. */
+ * And readdir() leaves out names containing $KBOSS_HIDE_MATCH, as a stale
+ * NFS directory cache would (the file itself can still be opened by name).
+ * Nothing else changes: opening, stat and writes work. */
 #define _GNU_SOURCE
+#include <dirent.h>
 #include <dlfcn.h>
 #include <errno.h>
 #include <stdio.h>
@@ -86,4 +89,35 @@ ssize_t readv(int fd, const struct iovec *iov, int n)
     return -1;
   }
   return real(fd, iov, n);
+}
+
+static int hidden(const char *name)
+{
+  const char *match = getenv("KBOSS_HIDE_MATCH");
+
+  return match && *match && strstr(name, match) != NULL;
+}
+
+struct dirent *readdir(DIR *d)
+{
+  static struct dirent *(*real)(DIR *);
+  struct dirent *de;
+
+  if (!real)
+    real = (struct dirent *(*)(DIR *)) dlsym(RTLD_NEXT, "readdir");
+  while ((de = real(d)) && hidden(de->d_name))
+    ;
+  return de;
+}
+
+struct dirent64 *readdir64(DIR *d)
+{
+  static struct dirent64 *(*real)(DIR *);
+  struct dirent64 *de;
+
+  if (!real)
+    real = (struct dirent64 *(*)(DIR *)) dlsym(RTLD_NEXT, "readdir64");
+  while ((de = real(d)) && hidden(de->d_name))
+    ;
+  return de;
 }

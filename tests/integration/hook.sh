@@ -1,13 +1,16 @@
 #!/usr/bin/env bash
 # The qemu hook in the test bed's libvirtd, reacting to real events:
 #  - called directly: migrate/restore print nothing and exit 0;
-#    prepare of a VM being restored (live lock holder) exits 1;
+#    prepare of a VM being restored (live local marker) exits 1;
 #  - installed (libvirtd restarted once to see it): a start the hook refuses
 #    fails with its message; after libvirt lost its checkpoint metadata, a
 #    start makes the hook redefine the checkpoint, and the next backup is
 #    incremental on every disk and equal to the disks; a stop with a
 #    backup left BackingUp by a dead holder is normalized; a stop during a
-#    consolidation with a dead holder is finished offline.
+#    consolidation with a dead holder is finished offline; with the export
+#    (a FUSE mount, bindfs) frozen by SIGSTOP of its daemon, virsh start and
+#    destroy of a kboss VM and of a VM kboss does not know return within
+#    15 s, and the hook starts nothing for the latter.
 # libvirt scrubs the environment of hooks: the hook installed is a wrapper
 # that exports KBOSS_CONF, KBOSS_SBINDIR and KBOSS_HOOK_LOG and execs the
 # built hook. It is removed at the end and libvirtd restarted once more.
@@ -19,7 +22,8 @@ HOOKS=/etc/libvirt/hooks/qemu.d
 HOOK_BIN=${KBOSS_HOOKDIR:-$KBT_TOPDIR/_build/hooks}/kboss-qemu-hook
 [ -x "$HOOK_BIN" ] || bail_out "the hook is not built: $HOOK_BIN"
 
-plan 24
+requires bindfs fusermount
+plan 28
 start_libvirt || bail_out "libvirtd"
 kb_conf_init 8
 kb_offering quick allow_quick_restore=true
@@ -68,17 +72,17 @@ out=$(printf '%s' "$xml" | hook "$dom" restore begin -; echo "rc=$?")
 ok [ "$out" = "rc=0" ] "restore begin: nothing on stdout, exit 0"
 
 sleep 600 & holder=$!
-cleanup_push "kill $holder 2>/dev/null"
+cleanup_push "kill $holder 2>/dev/null; rm -f /run/kboss/restoring/$uuid"
 vmdir=$(ops_vm_dir a)
 ops_doc_set "$vmdir" vm vm state Restoring
-ops_fake_lock "$KB_SECONDARY/kboss/locks/vm-$uuid.lock" "$holder"
+ops_fake_restoring "$uuid" "$holder"
 printf '%s' "$xml" | hook "$dom" prepare begin - >"$KBT_TMPDIR/stdout" 2>"$err"
 rc=$?
-ok [ $rc -eq 1 ] "prepare begin of a VM being restored (live holder) exits 1"
+ok [ $rc -eq 1 ] "prepare begin of a VM being restored (live local marker) exits 1"
 ok 'grep -q "is being restored" "$err" && [ ! -s "$KBT_TMPDIR/stdout" ]' "... with the reason on stderr, nothing on stdout"
 kill $holder; wait $holder 2>/dev/null
 ok 'printf "%s" "$xml" | hook "$dom" prepare begin - 2>/dev/null' \
-	"prepare begin of a Restoring VM whose lock holder is dead exits 0"
+	"prepare begin of a VM whose restoring process is dead exits 0"
 ok 'printf "%s" "$xml" | hook kboss-val-x release end - && wait_for 5 "grep -q \"kboss-validate is not installed\" \"$LOG\""' \
 	"release of a validation VM without kboss-validate leaves a note in the hook log"
 
@@ -129,12 +133,12 @@ restart_libvirtd || bail_out "libvirtd did not come back after the restart"
 # A VM being restored does not start.
 sleep 600 & holder=$!
 cleanup_push "kill $holder 2>/dev/null"
-ops_fake_lock "$KB_SECONDARY/kboss/locks/vm-$uuid.lock" "$holder"
+ops_fake_restoring "$uuid" "$holder"
 ok '! virsh -q start --paused "$dom" 2>"$err" && grep -q "is being restored" "$err"' \
 	"virsh start of a VM being restored fails with the hook's message"
 ok [ "$(vm_state a)" = "shut off" ] "... and the VM stays off"
 kill $holder; wait $holder 2>/dev/null
-rm -f "$KB_SECONDARY/kboss/locks/vm-$uuid.lock"
+rm -f "/run/kboss/restoring/$uuid"
 ops_doc_set "$vmdir" vm vm state Ready
 
 # libvirt forgets the checkpoint; a start brings it back.
@@ -193,5 +197,37 @@ ok '! qemu-img info -U "$data" | grep -q "^backing file" && ! qemu-img info -U "
 	"the disks no longer have backing files"
 ok 'qemu-img compare -q "$data" "$KBT_TMPDIR/data-before.qcow2" && qemu-img compare -q "$(vm_disk a)" "$KBT_TMPDIR/root-before.qcow2"' \
 	"... and hold the backup's data"
+# --- the export hangs: starts and stops do not wait for it ---
+src=$KBT_TMPDIR/export-src
+export=$KBT_TMPDIR/export
+mkdir -p "$src" "$export" && chmod 0755 "$src" "$export"
+cp -a "$KB_SECONDARY/." "$src/" || bail_out "cannot copy the catalog"
+bindfs "$src" "$export" || bail_out "bindfs"
+cleanup_push "fusermount -u -z '$export'"
+bindfs_pid=$(pgrep -f "^bindfs $src $export\$")
+[ -n "$bindfs_pid" ] || bail_out "cannot find the bindfs daemon"
+# Thawed before anything else is cleaned: a frozen FUSE mount left behind
+# would hang every later test.
+cleanup_push "kill -CONT $bindfs_pid 2>/dev/null"
+sed -i "s|^secondary.path = .*|secondary.path = $export\nstorage.timeout = 10|" "$KBOSS_CONF"
+make_test_vm n 16 || bail_out "cannot define the other test VM"
+ndom=$(vm_domain n)
+since() { echo "$(date +%s%N) $1" | awk '{ printf "%.1f", ($1 - $2) / 1e9 }'; }
+lt() { awk -v a="$1" -v b="$2" 'BEGIN { exit !(a < b) }'; }
+kill -STOP "$bindfs_pid"
+t0=$(date +%s%N)
+timeout 60 virsh -q start --paused "$dom" >/dev/null; vrc=$?
+tk=$(since $t0)
+ok '[ $vrc -eq 0 ] && lt $tk 15' "export frozen: virsh start of the kboss VM returns in $tk s"
+t0=$(date +%s%N)
+timeout 60 virsh -q start --paused "$ndom" >/dev/null; vrc=$?
+tn=$(since $t0)
+ok '[ $vrc -eq 0 ] && lt $tn 15' "export frozen: virsh start of a VM kboss does not know returns in $tn s"
+t0=$(date +%s%N)
+timeout 60 virsh -q destroy "$dom" >/dev/null && timeout 60 virsh -q destroy "$ndom" >/dev/null; vrc=$?
+td=$(since $t0)
+ok '[ $vrc -eq 0 ] && lt $td 15' "export frozen: virsh destroy of both returns in $td s"
+kill -CONT "$bindfs_pid"
+ok '! grep -F "$ndom" "$LOG" | grep -q "started "' "the hook started nothing for the VM kboss does not know"
 diag "hook log:"
 diag "$(cat "$LOG")"

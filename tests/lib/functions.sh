@@ -448,6 +448,8 @@ destroy_test_vm() {
 	local name=$1 dom flags='' f help
 	dom=$(vm_domain "$name")
 	if virsh -q dominfo "$dom" >/dev/null 2>&1; then
+		# kboss's local note of the VM (localstate.h) goes with it
+		f=$(virsh -q domuuid "$dom" 2>/dev/null) && [ -n "$f" ] && rm -f "/var/lib/kboss/vms/$f"
 		virsh -q destroy "$dom" >/dev/null 2>&1
 		help=$(virsh help undefine 2>/dev/null)
 		for f in --checkpoints-metadata --snapshots-metadata --nvram; do

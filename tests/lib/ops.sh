@@ -8,6 +8,13 @@
 #   ops_fake_lock PATH PID                   a lock file naming the live
 #                                            process PID as its holder
 #   ops_vm_dir NAME                          catalog folder of test VM NAME
+#   ops_file_plant DIR NAME SRC              write SRC as a new generation of
+#                                            the catalog file DIR/NAME (say
+#                                            domain.xml), its file-name
+#                                            checksum recomputed, as any host
+#                                            with write access to the export can
+#   ops_fake_restoring UUID PID              the local marker of a restore of
+#                                            VM UUID by the live process PID
 
 ops_vm_dir() {
 	local uuid
@@ -36,6 +43,17 @@ ops_doc_set() {
 	chmod 0600 "$out.tmp" && mv "$out.tmp" "$out"
 }
 
+# Files (domain.xml, checkpoint XML) are NAME.<gen>.<XXH64 of the bytes>.
+ops_file_plant() {
+	local dir=$1 name=$2 src=$3 last gen sum
+	last=$(ls "$dir" | grep -E "^$name\.[0-9]+\.[0-9a-f]{16}$" | sort | tail -n1)
+	[ -n "$last" ] || { echo "ops_file_plant: no $name file in $dir" >&2; return 1; }
+	gen=${last#"$name".}
+	gen=$((10#${gen%%.*} + 1))
+	sum=$(xxh64sum < "$src" | cut -d' ' -f1)
+	install -m 0600 "$src" "$dir/$(printf '%s.%09d.%s' "$name" "$gen" "$sum")"
+}
+
 ops_fake_lock() {
 	local path=$1 pid=$2 start
 	start=$(sed 's/.*) //' "/proc/$pid/stat" | cut -d' ' -f20)
@@ -50,4 +68,12 @@ ops_fake_lock() {
 # newest generation file of a backup's record
 ops_backup_record_file() {
 	find "$KB_SECONDARY/kboss/vms" -path "*/$1/backup.*.ini" 2>/dev/null | sort | tail -n1
+}
+
+ops_fake_restoring() {
+	local uuid=$1 pid=$2 start
+	start=$(sed 's/.*) //' "/proc/$pid/stat" | cut -d' ' -f20)
+	mkdir -p /run/kboss/restoring && chmod 0700 /run/kboss /run/kboss/restoring
+	printf 'pid=%s\nstart_time=%s\n' "$pid" "$start" > "/run/kboss/restoring/$uuid"
+	chmod 0600 "/run/kboss/restoring/$uuid"
 }

@@ -32,8 +32,28 @@ static void setup(void)
   setenv("KBOSS_LOCK_LEASE", "2", 1);
 }
 
+/* Children of a test, killed by the teardown even when an assertion
+ * failed: a stopped child left behind would hold the test's output open. */
+static pid_t kids[64];
+static size_t nkids;
+
+static pid_t track(pid_t pid)
+{
+  if (pid > 0 && nkids < KB_ARRAY_SIZE(kids))
+    kids[nkids++] = pid;
+  return pid;
+}
+
 static void teardown(void)
 {
+  size_t i;
+
+  for (i = 0; i < nkids; i++) {
+    kill(kids[i], SIGKILL);
+    kill(kids[i], SIGCONT);
+    (void) waitpid(kids[i], NULL, WNOHANG);
+  }
+  nkids = 0;
   kb_rm_rf(tmpdir);
 }
 
@@ -62,7 +82,7 @@ static pid_t child_holder(const char *path, const char *host, bool hold)
   pid_t pid;
 
   cr_assert_eq(pipe(p), 0);
-  pid = fork();
+  pid = track(fork());
   cr_assert_neq(pid, -1);
   if (pid == 0) {
     struct kb_lock *l = NULL;
@@ -113,7 +133,7 @@ Test(lock, excludes_another_process)
   pid_t pid;
 
   cr_assert_eq(kb_lock_take(lockpath, "parent", 0, &l), 0);
-  pid = fork();
+  pid = track(fork());
   if (pid == 0) {
     struct kb_lock *cl = NULL;
     int64_t t0 = kb_mono_ms();
@@ -230,7 +250,7 @@ Test(lock, racing_breakers_admit_one)
   wait_child(dead);
   cr_assert_eq(pipe(go), 0);
   for (i = 0; i < 10; i++) {
-    pids[i] = fork();
+    pids[i] = track(fork());
     if (pids[i] == 0) {
       struct kb_lock *l = NULL;
       char c;
@@ -338,7 +358,7 @@ static pid_t paused_holder(const char *path, const char *host, const char *dir, 
   pid_t pid;
 
   cr_assert_eq(pipe(p), 0);
-  pid = fork();
+  pid = track(fork());
   cr_assert_neq(pid, -1);
   if (pid == 0) {
     struct kb_lock *l = NULL;
@@ -412,6 +432,44 @@ Test(lock, short_pause_is_not_a_death)
   cr_assert_eq(kb_lock_take(lockpath, "b", 3000, &l), -EBUSY, "a live holder's lock was broken");
   kill(pid, SIGKILL);
   wait_child(pid);
+}
+
+/* An outage longer than a lease, seen by holder and taker alike (both
+ * stopped, as both would hang on a hard mount): when it ends, the taker's
+ * first look must not break the lock before the holder could beat again.
+ * One look before and one after an outage is not a watched lease. */
+Test(lock, an_outage_longer_than_the_lease_breaks_no_live_lock)
+{
+  int p[2];
+  char c;
+  pid_t holder = child_holder(lockpath, "host-a", true), taker;
+
+  cr_assert_eq(pipe(p), 0);
+  taker = track(fork());
+  cr_assert_neq(taker, -1);
+  if (taker == 0) {
+    struct kb_lock *l = NULL;
+    close(p[0]);
+    setenv("KBOSS_HOSTNAME", "host-b", 1);
+    (void) !write(p[1], kb_lock_take(lockpath, "taker", 6000, &l) == 0 ? "T" : "B", 1);
+    _exit(0);
+  }
+  close(p[1]);
+  sleep_ms(500);             /* the taker is watching */
+  kill(holder, SIGSTOP);     /* the export stops answering the holder... */
+  sleep_ms(700);             /* ...the taker sees its last beat... */
+  kill(taker, SIGSTOP);      /* ...and then stops getting answers too */
+  sleep_ms(3000);            /* the "outage": longer than the 2 s lease */
+  kill(taker, SIGCONT);      /* the taker looks first (its back-off is at most 0.5 s) */
+  sleep_ms(800);
+  kill(holder, SIGCONT);
+  if (read(p[0], &c, 1) != 1)
+    c = '?';
+  kill(holder, SIGKILL);
+  wait_child(holder);
+  cr_assert_eq(wait_child(taker), 0);
+  close(p[0]);
+  cr_assert_eq(c, 'B', "a live lock was broken on the first look after an outage");
 }
 
 /* A FIFO planted as this host's clock probe does not hang a taker. */
@@ -514,7 +572,7 @@ Test(lock, three_hosts_skewed_clocks_and_paused_holders_never_overlap, .timeout 
   snprintf(logpath, sizeof logpath, "%s/log", tmpdir);
   close(open(logpath, O_WRONLY | O_CREAT, 0600));
   for (w = 0; w < WORKERS; w++) {
-    pids[w] = fork();
+    pids[w] = track(fork());
     cr_assert_neq(pids[w], -1);
     if (pids[w] == 0)
       worker(logpath, w);

@@ -44,6 +44,8 @@ static const char *builddir(void)
   return d ? d : ".";
 }
 
+static const char *hide_match;   /* names the shim hides from listings */
+
 /* Run tests/meta-tool with ARGS; under the EIO shim for files whose path
  * contains EIO_MATCH when that is not NULL. Its stdout+stderr in *OUT. */
 static int meta_tool(const char *eio_match, char **out, const char *const args[])
@@ -70,9 +72,10 @@ static int meta_tool(const char *eio_match, char **out, const char *const args[]
     dup2(p[1], 1);
     dup2(p[1], 2);
     close(p[0]);
-    if (eio_match) {
+    if (eio_match || hide_match) {
       setenv("LD_PRELOAD", shim, 1);
-      setenv("KBOSS_EIO_MATCH", eio_match, 1);
+      setenv("KBOSS_EIO_MATCH", eio_match ? eio_match : "", 1);
+      setenv("KBOSS_HIDE_MATCH", hide_match ? hide_match : "", 1);
     }
     execv(tool, (char *const *) argv);
     _exit(127);
@@ -223,6 +226,27 @@ Test(meta, writers_in_between_are_merged_not_overwritten)
   kb_doc_free(d2);
   kb_doc_free(d3);
   kb_doc_free(d4);
+}
+
+/* The issue's case: a stale directory listing hides another host's newer
+ * generation. The update reads the old one, and its O_EXCL create meets
+ * the hidden file: it must re-read and apply its change to the newer
+ * record, not land its stale copy above it. */
+Test(meta, a_stale_listing_does_not_lose_the_hidden_newer_generation)
+{
+  char *out = NULL;
+
+  update("a", "1");                              /* generation 1 */
+  update("b", "2");                              /* generation 2, "another host" */
+  hide_match = "vm.000000002.ini";               /* our listing does not show it */
+  cr_assert_eq(meta_tool(NULL, &out,
+                         (const char *const[]) { "update", tmpdir, "vm", "vm", "c", "3", NULL }),
+               0, "%s", out);
+  free(out);
+  hide_match = NULL;
+  assert_value("a", "1");
+  assert_value("b", "2");
+  assert_value("c", "3");
 }
 
 static void junk(unsigned long long from, unsigned long long to)
