@@ -87,6 +87,7 @@ int bk_freeze(struct bk_vm *v, const char *by, char **ret_error)
               "and the next kboss-backup run thaws it", v->name);
   } else {
     /* The agent answered with an error: it thawed whatever it had frozen. */
+    kb_watchdog_note("frozen", NULL);
     (void) kb_vm_clear_frozen(v->cat, v->uuid, v->rec);
   }
   *ret_error = kb_printf("VM %s: cannot quiesce: the guest agent did not freeze the filesystems (%s)", v->name,
