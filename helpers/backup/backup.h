@@ -59,8 +59,9 @@ int bk_checkpoint_delete(struct bk_vm *v, const char *name);
 
 /* freeze.c: the guest's filesystem freeze; kboss thaws only its own. */
 enum bk_fs_state { BK_FS_UNKNOWN, BK_FS_THAWED, BK_FS_FROZEN };
-/* The agent's guest-fsfreeze-status (UNKNOWN when the agent does not answer). */
-enum bk_fs_state bk_guest_fs_state(virDomainPtr dom);
+/* The agent's guest-fsfreeze-status (UNKNOWN when the agent does not
+ * answer within TIMEOUT_S seconds). */
+enum bk_fs_state bk_guest_fs_state(virDomainPtr dom, int timeout_s);
 /* Record the freeze as this run's (for BY, a backup id), then freeze.
  * Refuses (-EBUSY) a guest someone else froze. */
 int bk_freeze(struct bk_vm *v, const char *by, char **ret_error);

@@ -662,30 +662,46 @@ Test(catalog, common_errors_are_worded_once)
 
 /* issue 12: a folder planted with more names than KB_CATALOG_LIST_MAX is
  * listed up to the limit and the cut is counted, instead of the listing
- * failing (or exhausting memory). */
+ * failing (or exhausting memory).  On tmpfs: 65546 mkdirs on a disk
+ * shared with running guests took over a minute. */
 Test(catalog, listing_is_bounded_and_the_cut_reported)
 {
-  char **v = NULL, *dir;
+  char shm[64], sec[128], st[128], **v = NULL, *cd, *dir;
+  struct kb_store stores[1];
+  struct kb_catalog *c2 = NULL;
   unsigned before = kb_catalog_list_cut();
   size_t n;
 
-  make_backup(VM1, "c1", "b1");
-  {
-    char *cd = kb_catalog_chain_dir(cat, VM1, "c1");
-    cr_assert_not_null(cd);
-    dir = kb_dirname(cd);
-    free(cd);
-  }
+  snprintf(shm, sizeof shm, "/dev/shm/kboss-list-XXXXXX");
+  if (!mkdtemp(shm))
+    snprintf(shm, sizeof shm, "%s", tmpdir);
+  snprintf(sec, sizeof sec, "%s/sec", shm);
+  snprintf(st, sizeof st, "%s/st", shm);
+  cr_assert_eq(mkdir(sec, 0755), 0);
+  cr_assert_eq(mkdir(st, 0755), 0);
+  stores[0].name = (char *) "fast";
+  stores[0].path = st;
+  stores[0].backups_only = true;
+  cr_assert_eq(kb_store_init(sec, NULL), 0);
+  cr_assert_eq(kb_catalog_open_at(sec, stores, 1, &c2), 0);
+  cd = kb_catalog_chain_dir(c2, VM1, "c1");
+  cr_assert_not_null(cd);
+  cr_assert_eq(kb_catalog_mkdirs(c2, cd), 0);
+  dir = kb_dirname(cd);
   for (int i = 0; i < KB_CATALOG_LIST_MAX + 10; i++) {
     char *p = kb_printf("%s/j%06d", dir, i);
     cr_assert_eq(mkdir(p, 0700), 0, "%s: %m", p);
     free(p);
   }
-  cr_assert_eq(kb_catalog_list_chains(cat, VM1, &v), 0);
+  cr_assert_eq(kb_catalog_list_chains(c2, VM1, &v), 0);
   for (n = 0; v[n]; n++)
     ;
   cr_assert_eq(n, KB_CATALOG_LIST_MAX);
   cr_assert_eq(kb_catalog_list_cut(), before + 1);
   kb_strv_free(v);
+  kb_catalog_free(c2);
+  free(cd);
   free(dir);
+  if (strncmp(shm, "/dev/shm/", 9) == 0)
+    (void) kb_rm_rf(shm);
 }
