@@ -8,7 +8,7 @@
 . "$(dirname "$0")/../lib/functions.sh"
 . "$(dirname "$0")/../lib/kboss.sh"
 
-plan 36
+plan 38
 start_libvirt || bail_out "libvirtd"
 kb_conf_init 8
 make_test_vm a || bail_out "cannot define the test VM"
@@ -94,6 +94,17 @@ ok [ $heldrc -eq 0 ] "the offline backup completes ($(cat "$KBT_TMPDIR/held.err"
 b4=$(sed -n 's/^ *"id": *"\([^"]*\)".*/\1/p' "$KBT_TMPDIR/held.json" | head -n1)
 ok [ "$(vm_state a)" = "shut off" ] "the VM is still shut off"
 ok qemu-img compare -q "$(kb_backup_file "$b4" vdb)" "$data" "the held backup equals the data disk"
+
+# Bitmaps of other granularities than the cluster size (qemu-img bitmap -g):
+# the dirty granules map onto 64 KiB clusters, the last one partial.
+for g in 4096 2097152; do
+	cp=$(virsh checkpoint-list --name "$dom" | sed '/^$/d' | head -n1)
+	qemu-img bitmap --remove -f qcow2 "$data" "$cp" && qemu-img bitmap --add -g $g -f qcow2 "$data" "$cp"
+	qemu-io -f qcow2 -c "write -P 0x71 $((100 * 1024 + 4096)) 4096" -c "write -P 0x72 $((64 * MiB - 512)) 512" "$data" >/dev/null
+	bg=$(kb_backup a)
+	ok '[ "$(kb_disk_field "$bg" vdb mode)" = incremental ] && qemu-img compare -q "$(kb_backup_file "$bg" vdb)" "$data"' \
+		"with a bitmap of granularity $g the offline incremental is right"
+done
 
 # kill -9 in the middle of the copy: the disks are free again at once (no
 # lock outlives the process) and the next run cleans up and continues.
