@@ -8,7 +8,7 @@
 . "$(dirname "$0")/../lib/functions.sh"
 . "$(dirname "$0")/../lib/kboss.sh"
 
-plan 38
+plan 39
 start_libvirt || bail_out "libvirtd"
 kb_conf_init 8
 make_test_vm a || bail_out "cannot define the test VM"
@@ -127,6 +127,12 @@ guest_write_pattern a /dev/vdb $((24 * MiB)) $((128 * 1024)) 0xe6 >/dev/null
 b5=$(kb_backup a)
 ok [ "$(kb_backup_field "$b5" parent)" = "$b4" ] "online backup after the offline ones has the offline one as parent"
 ok [ "$(kb_disk_field "$b5" vdb mode)" = incremental ] "and copies the data disk incrementally"
+# --bandwidth limits the push job (QMP block-job-set-speed on its jobs).
+t0=$(date +%s.%N); b7=$(kb_backup a --full --bandwidth 16); t1=$(date +%s.%N)
+sz=$(kb_backup_field "$b7" size)
+diag "full of the running VM at 16 MiB/s: $sz bytes in $(python3 -c "print(f'{$t1 - $t0:.2f}')") s"
+ok python3 -c "import sys; sys.exit(0 if $t1 - $t0 >= 0.7 * $sz / (16 << 20) else 1)" \
+	"a full backup with --bandwidth 16 takes at least about its size / 16 MiB/s"
 stop_vm a
 ok qemu-img compare -q "$(kb_backup_file "$b5" vdb)" "$data" "the online incremental's chain equals the data disk"
 own=$(kb_own_data_bytes "$(kb_backup_file "$b5" vdb)")
