@@ -9,7 +9,8 @@
 #    responding", the VM running, its agent answering, not frozen, no job,
 #    no new checkpoint; so does one whose export hangs while its job copies.
 #    After the thaw (SIGCONT) the next backup succeeds and equals the disks.
-#    kboss-restore, kboss-compress run and kboss-validate run fail within
+#    kboss-restore, kboss-compress run, kboss-validate run and kbossctl
+#    backups fail within
 #    storage.timeout + 30 s too, and the VM's disks are not touched.
 # VM starts with the export frozen and the hook installed: hook.sh.
 . "$(dirname "$0")/../lib/functions.sh"
@@ -19,7 +20,7 @@ requires bindfs fusermount
 [ -c /dev/fuse ] || skip_all "no /dev/fuse"
 TIMEOUT=20
 
-plan 37
+plan 38
 start_libvirt || bail_out "libvirtd"
 kb_conf_init 8
 make_test_vm u 16 || bail_out "cannot define the test VM"
@@ -143,7 +144,7 @@ ok qemu-img compare -q "$(kb_backup_file "$b2" vda)" "$(vm_disk k)" "... its roo
 # The other programs under a hung export: bounded, the VM left alone.
 mt_before=$(stat -c %Y "$(vm_disk k)" "$(vm_data_disk k)" | tr '\n' ' ')
 freeze
-for cmd in "kboss-restore $b2" "kboss-compress run" "kboss-validate run"; do
+for cmd in "kboss-restore $b2" "kboss-compress run" "kboss-validate run" "kbossctl backups"; do
 	set -- $cmd
 	t0=$(date +%s%N)
 	out=$(timeout $((TIMEOUT + 120)) "$KB_BINDIR"/*/"$1" "${@:2}" 2>&1); prc=$?
