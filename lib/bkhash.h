@@ -1,6 +1,8 @@
 /* Hashes of a backup's stored files, kept in its backup.ini:
  *   [backup]   hashed = <time of the last recording>
  *   [disk:vda] hash = <XXH3-128, the digits `xxhsum -H2` prints>
+ *              hash_new = <the same, of a file a compression swap is putting
+ *                          in place; present only while the swap is pending>
  * Recorded after the first successful validation; re-checked by the
  * periodic hash jobs. The caller holds the backup's lock
  * (locks/backup-<id>.lock) so its files are not swapped meanwhile. */
@@ -24,7 +26,8 @@ int kb_backup_hash_record(const struct kb_catalog *cat, struct kb_backup_ref *re
  * record first so fields written meanwhile are kept. */
 int kb_backup_rehash(const struct kb_catalog *cat, struct kb_backup_ref *ref, char **ret_error);
 
-/* Hash the files again and compare with the record: 0 all equal, 1 a
+/* Hash the files again and compare with the record (a disk with hash_new
+ * may match either hash): 0 all equal, 1 a
  * mismatch (*RET_DETAIL says which file, recorded and found hashes),
  * negative errno when a file cannot be read (*RET_DETAIL says which). */
 int kb_backup_hash_verify(const struct kb_catalog *cat, const struct kb_backup_ref *ref,

@@ -125,3 +125,44 @@ out:
   XXH3_freeState(st);
   return r;
 }
+
+struct kb_hash {
+  XXH3_state_t *st;
+  bool avx2;
+};
+
+struct kb_hash *kb_hash_new(void)
+{
+  struct kb_hash *h = calloc(1, sizeof *h);
+
+  if (!h)
+    return NULL;
+  h->st = XXH3_createState();
+  if (!h->st) {
+    free(h);
+    return NULL;
+  }
+  h->avx2 = have_avx2();
+  XXH3_128bits_reset(h->st);
+  return h;
+}
+
+void kb_hash_update(struct kb_hash *h, const void *buf, size_t len)
+{
+  if (h->avx2)
+    (void) kb_hash_update_avx2(h->st, buf, len);
+  else
+    XXH3_128bits_update(h->st, buf, len);
+}
+
+void kb_hash_finish(struct kb_hash *h, char ret_hex[KB_HASH_HEX_LEN + 1])
+{
+  XXH128_canonical_t c;
+  int i;
+
+  XXH128_canonicalFromHash(&c, XXH3_128bits_digest(h->st));
+  for (i = 0; i < 16; i++)
+    sprintf(ret_hex + 2 * i, "%02x", c.digest[i]);
+  XXH3_freeState(h->st);
+  free(h);
+}

@@ -23,11 +23,89 @@ void kb_log_init(const char *argv0)
     kb_verbosity = 3;
 }
 
+/* Length of the valid UTF-8 sequence at S that is printable text (not a
+ * C1 control nor a bidirectional override), or 0. */
+static size_t utf8_printable(const unsigned char *s)
+{
+  uint32_t cp;
+  size_t n, i;
+
+  if (s[0] < 0x80)
+    return 0;
+  if ((s[0] & 0xe0) == 0xc0) {
+    n = 2;
+    cp = s[0] & 0x1f;
+  } else if ((s[0] & 0xf0) == 0xe0) {
+    n = 3;
+    cp = s[0] & 0x0f;
+  } else if ((s[0] & 0xf8) == 0xf0) {
+    n = 4;
+    cp = s[0] & 0x07;
+  } else
+    return 0;
+  for (i = 1; i < n; i++) {
+    if ((s[i] & 0xc0) != 0x80)
+      return 0;
+    cp = (cp << 6) | (s[i] & 0x3f);
+  }
+  if ((n == 2 && cp < 0x80) || (n == 3 && cp < 0x800) || (n == 4 && cp < 0x10000) || cp > 0x10ffff ||
+      (cp >= 0xd800 && cp <= 0xdfff))
+    return 0;  /* overlong, surrogate, out of range */
+  if (cp < 0xa0 || (cp >= 0x202a && cp <= 0x202e) || (cp >= 0x2066 && cp <= 0x2069) || cp == 0x2028 ||
+      cp == 0x2029)
+    return 0;
+  return n;
+}
+
+char *kb_escape_text(const char *s, bool keep_newlines)
+{
+  const unsigned char *p = (const unsigned char *) (s ? s : "");
+  size_t len = strlen((const char *) p), o = 0, k;
+  char *out = malloc(len * 4 + 1);
+
+  if (!out)
+    return NULL;
+  while (*p) {
+    if ((*p >= 0x20 && *p < 0x7f) || (keep_newlines && (*p == '\n' || *p == '\t')))
+      out[o++] = (char) *p++;
+    else if ((k = utf8_printable(p)) > 0) {
+      memcpy(out + o, p, k);
+      o += k;
+      p += k;
+    } else {
+      static const char hex[] = "0123456789abcdef";
+      out[o++] = '\\';
+      out[o++] = 'x';
+      out[o++] = hex[*p >> 4];
+      out[o++] = hex[*p & 15];
+      p++;
+    }
+  }
+  out[o] = '\0';
+  return out;
+}
+
+void kb_print_escaped(const char *fmt, ...)
+{
+  va_list ap;
+  char *s = NULL, *e;
+
+  va_start(ap, fmt);
+  if (vasprintf(&s, fmt, ap) < 0)
+    s = NULL;
+  va_end(ap);
+  e = s ? kb_escape_text(s, true) : NULL;
+  if (e)
+    fputs(e, stdout);
+  free(e);
+  free(s);
+}
+
 void kb_log(int priority, const char *fmt, ...)
 {
   int saved = errno;
   va_list ap;
-  char msg[4096];
+  char msg[4096], *esc;
 
   if (priority >= LOG_INFO && kb_verbosity < (priority == LOG_DEBUG ? 3 : 1))
     return;
@@ -37,10 +115,13 @@ void kb_log(int priority, const char *fmt, ...)
   errno = saved;  /* so that %m works */
   vsnprintf(msg, sizeof msg, fmt, ap);
   va_end(ap);
+  /* Messages carry values read from the export: no control bytes. */
+  esc = kb_escape_text(msg, true);
   if (isatty(STDERR_FILENO))
-    fprintf(stderr, "%s: %s\n", kb_progname, msg);
+    fprintf(stderr, "%s: %s\n", kb_progname, esc ? esc : "(out of memory)");
   else
-    fprintf(stderr, "<%d>%s: %s\n", priority, kb_progname, msg);
+    fprintf(stderr, "<%d>%s: %s\n", priority, kb_progname, esc ? esc : "(out of memory)");
+  free(esc);
   errno = saved;
 }
 
@@ -71,7 +152,11 @@ void kb_progress_update(struct kb_progress *p, uint64_t done)
   rate = secs > 0 ? done / secs / 1048576.0 : 0;
   kb_format_size(done, d, sizeof d);
   kb_format_size(p->total, t, sizeof t);
-  if (p->total)
+  if (p->total && rate > 0 && done <= p->total) {
+    long long eta = (long long) ((p->total - done) / (rate * 1048576.0) + 0.5);
+    fprintf(stderr, "\r%s: %s: %s / %s (%.0f%%), %.1f MiB/s, ETA %lld:%02lld   ", kb_progname, p->what, d, t,
+            100.0 * done / p->total, rate, eta / 60, eta % 60);
+  } else if (p->total)
     fprintf(stderr, "\r%s: %s: %s / %s (%.0f%%), %.1f MiB/s   ", kb_progname, p->what, d, t,
             100.0 * done / p->total, rate);
   else

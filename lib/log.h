@@ -4,6 +4,7 @@
 #ifndef KBOSS_LOG_H
 #define KBOSS_LOG_H
 
+#include <stdbool.h>
 #include <stdint.h>
 #include <syslog.h>
 
@@ -11,6 +12,15 @@ extern const char *kb_progname;
 extern int kb_verbosity;   /* 0 quiet, 1 normal, 2 verbose, 3 debug */
 
 void kb_log_init(const char *argv0);
+/* S for a terminal or a log: every C0 control character (but '\n' and
+ * '\t' when KEEP_NEWLINES), DEL, C1 control, bidirectional override and
+ * byte that is not valid UTF-8 shown as \xNN, so that values read from
+ * the export cannot drive a terminal or forge lines. The one escaping
+ * function for tables, JSON and logs. Returns a new string, NULL on ENOMEM. */
+char *kb_escape_text(const char *s, bool keep_newlines);
+/* printf to stdout through kb_escape_text (newlines kept): table rows. */
+void kb_print_escaped(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+
 void kb_log(int priority, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 
 #define kb_err(...) kb_log(LOG_ERR, __VA_ARGS__)

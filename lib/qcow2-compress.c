@@ -7,7 +7,12 @@
  * output (compressed clusters packed byte by byte, uncompressed ones and L2
  * tables cluster-aligned), buffering writes into large pwrites.  At the end
  * the writer appends the L1 table, the refcount table and blocks, and then
- * writes the header cluster.  See docs/compression.md. */
+ * writes the header cluster.  Every compressed cluster is decompressed
+ * again by its worker and compared with the input before it goes to the
+ * writer; with opts->hash the finished file is hashed from the pages just
+ * written.  The output's clusters may be larger than the input's (an image
+ * without a backing file): then one output cluster gathers several input
+ * clusters.  See docs/compression.md. */
 #include <config.h>
 
 #include <errno.h>
@@ -18,6 +23,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
@@ -25,6 +31,7 @@
 #include <libdeflate.h>
 #include <zstd.h>
 
+#include "hash.h"
 #include "qcow2.h"
 #include "qcow2-format.h"
 #include "util.h"
@@ -40,12 +47,14 @@ enum slot_state { SLOT_FREE, SLOT_READY, SLOT_BUSY, SLOT_DONE };
 struct job {
   enum slot_state state;
   uint64_t seq;
-  uint64_t first;               /* first guest cluster */
-  unsigned n;
+  uint64_t first;               /* first output cluster */
+  unsigned n;                   /* output clusters */
+  unsigned nin;                 /* input clusters (n * ratio, fewer at the end) */
   uint64_t bytes_read;
-  uint8_t *kind;                /* enum kb_qcow2_kind of the input, then enum out_kind */
+  uint8_t *kind;                /* nin: enum kb_qcow2_kind of the input */
+  uint8_t *okind;               /* n: enum out_kind */
   uint8_t *data;                /* n * cs: input data (DATA clusters), decompressed data */
-  uint8_t **cin;                /* compressed input extents */
+  uint8_t **cin;                /* nin: compressed input extents */
   size_t *cin_len;
   uint8_t *out;                 /* n * cs: compressed output */
   size_t *out_len;
@@ -55,9 +64,12 @@ struct ctx {
   const struct kb_compress_opts *opts;
   struct kb_qcow2 *img;
   const struct kb_qcow2_info *info;
-  uint64_t cs;
+  uint64_t cs;                  /* output cluster size */
   unsigned cbits;
-  unsigned batch;
+  uint64_t ics;                 /* input cluster size */
+  unsigned ratio;               /* cs / ics */
+  uint64_t nb_clusters;         /* output clusters */
+  unsigned batch;               /* output clusters per batch */
   uint64_t nb_batches;
   int out_fd;
 
@@ -142,7 +154,10 @@ static bool is_zero(const uint8_t *p, size_t len)
 struct worker {
   struct ctx *c;
   ZSTD_CCtx *zc;
+  ZSTD_DCtx *zd;
   struct libdeflate_compressor *dc;
+  struct libdeflate_decompressor *dd;
+  uint8_t *check;               /* one cluster: the compressed data decompressed again */
 };
 
 static size_t compress_one(struct worker *w, const uint8_t *src, uint8_t *dst)
@@ -160,44 +175,84 @@ static size_t compress_one(struct worker *w, const uint8_t *src, uint8_t *dst)
   }
 }
 
+/* Does the compressed cluster SRC decompress to exactly DATA? */
+static bool decompresses_to(struct worker *w, const uint8_t *src, size_t len, const uint8_t *data)
+{
+  struct ctx *c = w->c;
+
+  if (c->opts->algorithm == KB_QCOW2_ZSTD) {
+    size_t r = ZSTD_decompressDCtx(w->zd, w->check, c->cs, src, len);
+    if (ZSTD_isError(r) || r != c->cs)
+      return false;
+  } else {
+    size_t got = 0;
+    if (libdeflate_deflate_decompress(w->dd, src, len, w->check, c->cs, &got) != LIBDEFLATE_SUCCESS ||
+        got != c->cs)
+      return false;
+  }
+  return memcmp(w->check, data, c->cs) == 0;
+}
+
 static int process_job(struct worker *w, struct job *j)
 {
   struct ctx *c = w->c;
-  unsigned i;
+  unsigned o, k;
 
-  for (i = 0; i < j->n; i++) {
-    uint8_t *data = j->data + (size_t) i * c->cs;
+  for (o = 0; o < j->n; o++) {
+    uint8_t *data = j->data + (size_t) o * c->cs;
+    unsigned nalloc = 0, nzero = 0;
 
-    switch (j->kind[i]) {
-    case KB_QCOW2_UNALLOCATED:
-      j->kind[i] = OUT_UNALLOC;
-      continue;
-    case KB_QCOW2_ZERO:
-      j->kind[i] = OUT_ZERO;
-      continue;
-    case KB_QCOW2_COMPRESSED:
-      if (kb_qcow2_decompress(c->info->compression_type, j->cin[i], j->cin_len[i], data, c->cs) < 0) {
-        fail(c, -EIO, "input cluster %llu does not decompress",
-             (unsigned long long) (j->first + i));
-        return -EIO;
+    /* The input clusters this output cluster gathers (one, unless the
+     * output's clusters are larger; then there is no backing file and an
+     * unallocated input cluster reads as zeros). */
+    for (k = 0; k < c->ratio; k++) {
+      unsigned i = o * c->ratio + k;
+      uint8_t *sub = data + (size_t) k * c->ics;
+
+      switch (i < j->nin ? j->kind[i] : KB_QCOW2_UNALLOCATED) {
+      case KB_QCOW2_ZERO:
+        nzero++;
+        /* fall through */
+      case KB_QCOW2_UNALLOCATED:
+        if (c->ratio > 1)
+          memset(sub, 0, c->ics);
+        break;
+      case KB_QCOW2_COMPRESSED:
+        if (kb_qcow2_decompress(c->info->compression_type, j->cin[i], j->cin_len[i], sub, c->ics) < 0) {
+          fail(c, -EIO, "input cluster %llu does not decompress",
+               (unsigned long long) ((j->first * c->ratio) + i));
+          return -EIO;
+        }
+        free(j->cin[i]);
+        j->cin[i] = NULL;
+        nalloc++;
+        break;
+      default:
+        nalloc++;
+        break;
       }
-      free(j->cin[i]);
-      j->cin[i] = NULL;
-      break;
-    default:
-      break;
+    }
+    if (!nalloc) {
+      j->okind[o] = nzero ? OUT_ZERO : OUT_UNALLOC;
+      continue;
     }
     /* The part of the last cluster beyond the virtual size reads as zeros. */
-    if ((j->first + i + 1) * c->cs > c->info->virtual_size) {
-      uint64_t keep = c->info->virtual_size - (j->first + i) * c->cs;
+    if ((j->first + o + 1) * c->cs > c->info->virtual_size) {
+      uint64_t keep = c->info->virtual_size - (j->first + o) * c->cs;
       memset(data + keep, 0, c->cs - keep);
     }
     if (is_zero(data, c->cs)) {
-      j->kind[i] = OUT_ZERO;
+      j->okind[o] = OUT_ZERO;
       continue;
     }
-    j->out_len[i] = compress_one(w, data, j->out + (size_t) i * c->cs);
-    j->kind[i] = j->out_len[i] ? OUT_COMPRESSED : OUT_RAW;
+    j->out_len[o] = compress_one(w, data, j->out + (size_t) o * c->cs);
+    j->okind[o] = j->out_len[o] ? OUT_COMPRESSED : OUT_RAW;
+    /* Proven here, in memory, so the output never has to be read back. */
+    if (j->out_len[o] && !decompresses_to(w, j->out + (size_t) o * c->cs, j->out_len[o], data)) {
+      fail(c, -EIO, "cluster %llu: the compressed data does not decompress to the input",
+           (unsigned long long) (j->first + o));
+      return -EIO;
+    }
   }
   return 0;
 }
@@ -322,6 +377,55 @@ static int alloc_cluster(struct ctx *c, const void *src, uint64_t *ret)
   return wbuf_append(c, src, c->cs);
 }
 
+/* Bytes of a metadata cluster worth writing: up to its last non-zero
+ * byte, in 4 KiB blocks.  With clusters above 64 KiB the rest is left as a
+ * hole (it reads as zeros): an L2 table, L1 table or refcount block of a
+ * 2 MiB cluster is mostly empty, and written out whole they would add
+ * megabytes to every backup. */
+#define META_SPARSE_MIN (128u * 1024)
+static size_t meta_used(const struct ctx *c, const uint8_t *p)
+{
+  size_t n = c->cs;
+
+  if (c->cs < META_SPARSE_MIN)
+    return c->cs;
+  while (n > 0 && p[n - 1] == 0)
+    n--;
+  n = (n + 4095) & ~(size_t) 4095;
+  return n ? n : 4096;
+}
+
+/* A metadata cluster (L2, L1, refcount table or block) at the aligned end. */
+static int alloc_meta(struct ctx *c, const uint8_t *src, uint64_t *ret)
+{
+  size_t used = meta_used(c, src);
+  int r;
+
+  if (used == c->cs)
+    return alloc_cluster(c, src, ret);
+  if (c->pos & (c->cs - 1)) {
+    /* The rest of the current cluster becomes a hole too. */
+    r = wbuf_flush(c);
+    if (r < 0)
+      return r;
+    c->pos = (c->pos + c->cs - 1) & ~(c->cs - 1);
+    c->wbuf_off = c->pos;
+  }
+  r = rc_grow(c, c->pos >> c->cbits);
+  if (r < 0)
+    return r;
+  c->rc[c->pos >> c->cbits] = 1;
+  *ret = c->pos;
+  r = wbuf_append(c, src, used);
+  if (r == 0)
+    r = wbuf_flush(c);
+  if (r < 0)
+    return r;
+  c->pos += c->cs - used;       /* a hole */
+  c->wbuf_off = c->pos;
+  return 0;
+}
+
 static int flush_l2(struct ctx *c)
 {
   CLEANUP_FREE uint8_t *be = NULL;
@@ -335,7 +439,7 @@ static int flush_l2(struct ctx *c)
     return -ENOMEM;
   for (i = 0; i < c->l2_entries; i++)
     kb_put_be64(be + i * 8, c->l2[i]);
-  r = alloc_cluster(c, be, &off);
+  r = alloc_meta(c, be, &off);
   if (r < 0)
     return r;
   c->l1[c->l2_index] = off | QCOW2_OFLAG_COPIED;
@@ -408,7 +512,7 @@ static int write_job(struct ctx *c, struct job *j)
   for (i = 0; i < j->n; i++) {
     uint64_t cl = j->first + i, entry = 0, off;
 
-    switch (j->kind[i]) {
+    switch (j->okind[i]) {
     case OUT_UNALLOC:
       c->st.clusters_unallocated++;
       break;
@@ -577,7 +681,7 @@ static int write_metadata(struct ctx *c)
     memset(buf, 0, c->cs);
     for (e = 0; e < c->l2_entries && i * c->l2_entries + e < c->l1_size; e++)
       kb_put_be64(buf + e * 8, c->l1[i * c->l2_entries + e]);
-    r = alloc_cluster(c, buf, &off);
+    r = alloc_meta(c, buf, &off);
     if (r < 0)
       return r;
   }
@@ -608,7 +712,7 @@ static int write_metadata(struct ctx *c)
       if (blk < n_rb)
         kb_put_be64(buf + e * 8, (n0 + n_rt + blk) << c->cbits);
     }
-    r = alloc_cluster(c, buf, &off);
+    r = alloc_meta(c, buf, &off);
     if (r < 0)
       return r;
   }
@@ -620,20 +724,26 @@ static int write_metadata(struct ctx *c)
       if (cl < total)
         kb_put_be16(buf + e * 2, c->rc[cl]);
     }
-    r = alloc_cluster(c, buf, &off);
+    r = alloc_meta(c, buf, &off);
     if (r < 0)
       return r;
   }
   r = wbuf_flush(c);
   if (r < 0)
     return r;
+  /* A trailing hole still belongs to the file. */
+  if (ftruncate(c->out_fd, (off_t) c->pos) < 0)
+    return -errno;
 
   /* The header last: until it is written the file is not a valid image. */
   r = build_header(c, buf, l1_off, rt_off, n_rt);
   if (r < 0)
     return r;
-  if (pwrite(c->out_fd, buf, c->cs, 0) != (ssize_t) c->cs)
-    return errno ? -errno : -EIO;
+  {
+    size_t used = meta_used(c, buf);
+    if (pwrite(c->out_fd, buf, used, 0) != (ssize_t) used)
+      return errno ? -errno : -EIO;
+  }
   c->st.output_file_size = c->pos;
   return 0;
 }
@@ -642,21 +752,25 @@ static int write_metadata(struct ctx *c)
 
 static int read_batch(struct ctx *c, struct job *j, uint64_t b)
 {
-  uint64_t run_host = 0;
+  uint64_t run_host = 0, in_first;
   unsigned run_start = 0, run_len = 0, i;
   int r;
 
   j->first = b * c->batch;
   j->n = c->batch;
-  if (j->first + j->n > c->info->nb_clusters)
-    j->n = (unsigned) (c->info->nb_clusters - j->first);
+  if (j->first + j->n > c->nb_clusters)
+    j->n = (unsigned) (c->nb_clusters - j->first);
+  in_first = j->first * c->ratio;
+  j->nin = j->n * c->ratio;
+  if (in_first + j->nin > c->info->nb_clusters)
+    j->nin = (unsigned) (c->info->nb_clusters - in_first);
   j->bytes_read = 0;
 
-  for (i = 0; i <= j->n; i++) {
+  for (i = 0; i <= j->nin; i++) {
     struct kb_qcow2_cluster cl = { .kind = KB_QCOW2_UNALLOCATED };
 
-    if (i < j->n) {
-      r = kb_qcow2_cluster_at(c->img, j->first + i, &cl);
+    if (i < j->nin) {
+      r = kb_qcow2_cluster_at(c->img, in_first + i, &cl);
       if (r < 0) {
         fail(c, r, "%s", kb_qcow2_last_error(c->img));
         return r;
@@ -664,13 +778,13 @@ static int read_batch(struct ctx *c, struct job *j, uint64_t b)
       j->kind[i] = (uint8_t) cl.kind;
     }
     /* Extend or flush the run of host-contiguous data clusters. */
-    if (cl.kind == KB_QCOW2_DATA && run_len && run_host + (uint64_t) run_len * c->cs == cl.host_offset) {
+    if (cl.kind == KB_QCOW2_DATA && run_len && run_host + (uint64_t) run_len * c->ics == cl.host_offset) {
       run_len++;
       continue;
     }
     if (run_len) {
-      size_t len = (size_t) run_len * c->cs;
-      r = kb_qcow2_pread(c->img, j->data + (size_t) run_start * c->cs, len, run_host);
+      size_t len = (size_t) run_len * c->ics;
+      r = kb_qcow2_pread(c->img, j->data + (size_t) run_start * c->ics, len, run_host);
       if (r < 0) {
         fail(c, r, "cannot read the input: %s", strerror(-r));
         return r;
@@ -771,6 +885,40 @@ static int fsync_dir_of(const char *path)
   return 0;
 }
 
+/* XXH3-128 of the finished file.  The header cluster at offset 0 is
+ * written last (it points to the metadata at the end), so the file cannot
+ * be hashed in order while it is written; its pages are hashed right after
+ * the fsync instead, while they are still in the page cache. */
+static int hash_output(int fd, char hex[KB_HASH_HEX_LEN + 1])
+{
+  struct kb_hash *h;
+  struct stat st;
+  uint8_t *map;
+  size_t off, step = 8u << 20;
+
+  if (fstat(fd, &st) < 0)
+    return -errno;
+  h = kb_hash_new();
+  if (!h)
+    return -ENOMEM;
+  if (st.st_size == 0) {
+    kb_hash_finish(h, hex);
+    return 0;
+  }
+  map = mmap(NULL, (size_t) st.st_size, PROT_READ, MAP_SHARED, fd, 0);
+  if (map == MAP_FAILED) {
+    int r = -errno;
+    kb_hash_finish(h, hex);
+    return r;
+  }
+  (void) madvise(map, (size_t) st.st_size, MADV_SEQUENTIAL);
+  for (off = 0; off < (size_t) st.st_size; off += step)
+    kb_hash_update(h, map + off, (size_t) st.st_size - off < step ? (size_t) st.st_size - off : step);
+  munmap(map, (size_t) st.st_size);
+  kb_hash_finish(h, hex);
+  return 0;
+}
+
 static void free_jobs(struct ctx *c)
 {
   unsigned s, i;
@@ -780,11 +928,12 @@ static void free_jobs(struct ctx *c)
   for (s = 0; s < c->nslots; s++) {
     struct job *j = &c->jobs[s];
     if (j->cin)
-      for (i = 0; i < c->batch; i++)
+      for (i = 0; i < c->batch * c->ratio; i++)
         free(j->cin[i]);
     free(j->cin);
     free(j->cin_len);
     free(j->kind);
+    free(j->okind);
     free(j->data);
     free(j->out);
     free(j->out_len);
@@ -808,16 +957,23 @@ static int run_pipeline(struct ctx *c)
   for (t = 0; t < nthreads; t++) {
     struct worker *w = &workers[t];
     w->c = c;
+    w->check = malloc(c->cs);
+    if (!w->check) {
+      r = -ENOMEM;
+      goto out;
+    }
     if (c->opts->algorithm == KB_QCOW2_ZSTD) {
       w->zc = ZSTD_createCCtx();
-      if (!w->zc || ZSTD_isError(ZSTD_CCtx_setParameter(w->zc, ZSTD_c_compressionLevel,
-                                                        c->opts->zstd_level))) {
+      w->zd = ZSTD_createDCtx();
+      if (!w->zc || !w->zd || ZSTD_isError(ZSTD_CCtx_setParameter(w->zc, ZSTD_c_compressionLevel,
+                                                                  c->opts->zstd_level))) {
         r = -ENOMEM;
         goto out;
       }
     } else {
       w->dc = libdeflate_alloc_compressor(c->opts->zlib_level);
-      if (!w->dc) {
+      w->dd = libdeflate_alloc_decompressor();
+      if (!w->dc || !w->dd) {
         r = -ENOMEM;
         goto out;
       }
@@ -854,8 +1010,13 @@ out:
     for (t = 0; t < nthreads; t++) {
       if (workers[t].zc)
         ZSTD_freeCCtx(workers[t].zc);
+      if (workers[t].zd)
+        ZSTD_freeDCtx(workers[t].zd);
       if (workers[t].dc)
         libdeflate_free_compressor(workers[t].dc);
+      if (workers[t].dd)
+        libdeflate_free_decompressor(workers[t].dd);
+      free(workers[t].check);
     }
   free(workers);
   free(tids);
@@ -877,6 +1038,7 @@ int kb_qcow2_compress(const char *in, const char *out, const struct kb_compress_
   memset(&c, 0, sizeof c);
   c.out_fd = -1;
   if (!opts || opts->threads < 1 || opts->threads > 256 ||
+      (opts->cluster_bits && (opts->cluster_bits < 9 || opts->cluster_bits > 21)) ||
       (opts->algorithm != KB_QCOW2_ZSTD && opts->algorithm != KB_QCOW2_ZLIB) ||
       (opts->algorithm == KB_QCOW2_ZLIB && (opts->zlib_level < 1 || opts->zlib_level > 12)))
     return set_err(errmsg, -EINVAL, "invalid compression options");
@@ -887,8 +1049,13 @@ int kb_qcow2_compress(const char *in, const char *out, const struct kb_compress_
   if (r < 0)
     return set_err(errmsg, r, "%s: %s", in, imgerr ? imgerr : strerror(-r));
   c.info = kb_qcow2_get_info(c.img);
-  c.cs = c.info->cluster_size;
+  c.ics = c.info->cluster_size;
   c.cbits = c.info->cluster_bits;
+  if (opts->cluster_bits > c.cbits && !c.info->backing_file)
+    c.cbits = opts->cluster_bits;
+  c.cs = UINT64_C(1) << c.cbits;
+  c.ratio = (unsigned) (c.cs / c.ics);
+  c.nb_clusters = (c.info->virtual_size + c.cs - 1) / c.cs;
   c.l2_entries = c.cs / 8;
   c.csize_shift = 62 - (c.cbits - 8);
   c.batch = BATCH_BYTES / c.cs;
@@ -896,9 +1063,10 @@ int kb_qcow2_compress(const char *in, const char *out, const struct kb_compress_
     c.batch = 1;
   if (c.batch > BATCH_MAX_CLUSTERS)
     c.batch = BATCH_MAX_CLUSTERS;
-  c.nb_batches = (c.info->nb_clusters + c.batch - 1) / c.batch;
-  c.l1_size = (c.info->nb_clusters + c.l2_entries - 1) / c.l2_entries;
+  c.nb_batches = (c.nb_clusters + c.batch - 1) / c.batch;
+  c.l1_size = (c.nb_clusters + c.l2_entries - 1) / c.l2_entries;
   c.st.virtual_size = c.info->virtual_size;
+  c.st.cluster_size = c.cs;
   c.st.input_file_size = c.info->file_size;
 
   if (!opts->replace_original && lstat(out, &st) == 0) {
@@ -924,7 +1092,8 @@ int kb_qcow2_compress(const char *in, const char *out, const struct kb_compress_
     kb_qcow2_close(c.img);
     return set_err(errmsg, -ENOMEM, "out of memory");
   }
-  c.out_fd = open(tmp, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0600);
+  /* Read access too: the hash is taken from the pages just written. */
+  c.out_fd = open(tmp, O_RDWR | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0600);
   if (c.out_fd < 0) {
     r = -errno;
     kb_qcow2_close(c.img);
@@ -945,13 +1114,14 @@ int kb_qcow2_compress(const char *in, const char *out, const struct kb_compress_
   r = (c.jobs && c.wbuf && c.l1 && c.l2) ? 0 : -ENOMEM;
   for (s = 0; r == 0 && s < c.nslots; s++) {
     struct job *j = &c.jobs[s];
-    j->kind = calloc(c.batch, 1);
+    j->kind = calloc((size_t) c.batch * c.ratio, 1);
+    j->okind = calloc(c.batch, 1);
     j->data = malloc((size_t) c.batch * c.cs);
     j->out = malloc((size_t) c.batch * c.cs);
-    j->cin = calloc(c.batch, sizeof *j->cin);
-    j->cin_len = calloc(c.batch, sizeof *j->cin_len);
+    j->cin = calloc((size_t) c.batch * c.ratio, sizeof *j->cin);
+    j->cin_len = calloc((size_t) c.batch * c.ratio, sizeof *j->cin_len);
     j->out_len = calloc(c.batch, sizeof *j->out_len);
-    if (!j->kind || !j->data || !j->out || !j->cin || !j->cin_len || !j->out_len)
+    if (!j->kind || !j->okind || !j->data || !j->out || !j->cin || !j->cin_len || !j->out_len)
       r = -ENOMEM;
   }
   if (r == 0)
@@ -973,6 +1143,10 @@ int kb_qcow2_compress(const char *in, const char *out, const struct kb_compress_
   if (fsync(c.out_fd) < 0) {
     r = -errno;
     set_err(errmsg, r, "fsync %s: %s", tmp, strerror(-r));
+    goto out;
+  }
+  if (opts->hash && (r = hash_output(c.out_fd, c.st.hash)) < 0) {
+    set_err(errmsg, r, "cannot hash %s: %s", tmp, strerror(-r));
     goto out;
   }
   r = close(c.out_fd);

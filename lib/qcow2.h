@@ -109,6 +109,12 @@ struct kb_compress_opts {
   void *progress_opaque;
   volatile sig_atomic_t *cancel; /* set non-zero (e.g. from SIGINT) to stop */
   int64_t deadline_ms;           /* kb_mono_ms() deadline, 0 = none -> -ETIMEDOUT */
+  /* Output cluster size as log2 (9..21); 0 keeps the input's.  Only an
+   * image without a backing file gets larger clusters (a partly allocated
+   * large cluster would need the backing file's data); a smaller value
+   * than the input's keeps the input's. */
+  unsigned cluster_bits;
+  bool hash;                     /* fill stats->hash with the output's XXH3-128 */
 };
 
 struct kb_compress_stats {
@@ -120,10 +126,17 @@ struct kb_compress_stats {
   uint64_t clusters_compressed;
   uint64_t clusters_uncompressed; /* did not shrink, stored as they were */
   uint64_t bytes_read;            /* input data bytes read */
+  uint64_t cluster_size;          /* of the output */
   int64_t elapsed_ms;
+  /* With opts->hash: XXH3-128 of the whole output file, the digits
+   * `xxhsum -H2` prints (as the catalog records hashes). */
+  char hash[33];
 };
 
-/* zstd, 1 thread, level 3/6, no limit, no replace. */
+/* zstd, 1 thread, level 3/6, no limit, no replace, input cluster size,
+ * no hash.  Every compressed cluster is always decompressed again right
+ * after compressing and compared with its input in memory (-EIO when it
+ * differs): the output's data is proven without reading it back. */
 void kb_compress_opts_init(struct kb_compress_opts *opts);
 
 /* Compress qcow2 image IN into OUT.  The result is written to a temporary

@@ -13,6 +13,7 @@ KB_PACKAGES="
   qemu-system-x86 qemu-utils seabios ipxe-qemu
   libguestfs-tools linux-image-amd64 busybox-static qemu-guest-agent extlinux syslinux-common
   xxhash zstd virtnbdbackup clang procps time bindfs fuse3
+  debhelper dpkg-dev lintian git
 "
 
 kb_log() { printf '\n== %s\n' "$*" >&2; }

@@ -9,6 +9,8 @@
  *   catalog-tool set-job JOB KEY VALUE     ([job] KEY; VALUE "-" removes)
  *   catalog-tool queue-job TYPE ID         queue a job (compression, validation,
  *                                          hash) of backup ID, due now
+ *   catalog-tool hash-record ID            record the hashes of backup ID's files
+ *                                          (as a first successful validation does)
  *
  * Uses $KBOSS_CONF. */
 #include <config.h>
@@ -21,6 +23,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "bkhash.h"
 #include "catalog.h"
 #include "kbconfig.h"
 #include "record.h"
@@ -144,6 +147,22 @@ static int queue_job(struct kb_catalog *cat, const char *type, const char *id)
   return r;
 }
 
+static int hash_record(struct kb_catalog *cat, const char *id)
+{
+  struct kb_backup_ref ref;
+  char *err = NULL;
+  int r = kb_backup_find(cat, id, &ref);
+
+  if (r < 0)
+    return r;
+  r = kb_backup_hash_record(cat, &ref, &err);
+  if (r < 0)
+    fprintf(stderr, "catalog-tool: %s\n", err ? err : strerror(-r));
+  free(err);
+  kb_backup_ref_clear(&ref);
+  return r;
+}
+
 int main(int argc, char **argv)
 {
   struct kb_config *cfg = NULL;
@@ -152,7 +171,7 @@ int main(int argc, char **argv)
   int r;
 
   if (argc < 2) {
-    fprintf(stderr, "usage: catalog-tool fake-backup|set-backup|set-job|queue-job ARGS...\n");
+    fprintf(stderr, "usage: catalog-tool fake-backup|set-backup|set-job|queue-job|hash-record ARGS...\n");
     return 2;
   }
   r = kb_config_load(NULL, &cfg, &errors);
@@ -171,6 +190,8 @@ int main(int argc, char **argv)
     r = set_backup(cat, argv[2], argv[3], argv[4]);
   else if (KB_STREQ(argv[1], "queue-job") && argc == 4)
     r = queue_job(cat, argv[2], argv[3]);
+  else if (KB_STREQ(argv[1], "hash-record") && argc == 3)
+    r = hash_record(cat, argv[2]);
   else if (KB_STREQ(argv[1], "set-job") && argc == 5)
     r = set_job(cat, argv[2], argv[3], argv[4]);
   else {

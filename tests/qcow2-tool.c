@@ -29,7 +29,7 @@ static void usage(FILE *f)
 {
   fprintf(f,
           "Usage: qcow2-tool compress [-a zstd|zlib] [-t THREADS] [-r MB/S] [-l LEVEL]\n"
-          "                           [--timeout SECONDS] [--replace] IN OUT\n"
+          "                           [-c CLUSTER_KIB] [--hash] [--timeout SECONDS] [--replace] IN OUT\n"
           "       qcow2-tool info IMG\n"
           "       qcow2-tool read IMG OFFSET LEN\n"
           "LEVEL: zstd -9..22 (default 3), zlib 1..12 (libdeflate, default 6)\n");
@@ -53,6 +53,8 @@ static int cmd_compress(int argc, char **argv)
     { "level", required_argument, NULL, 'l' },
     { "timeout", required_argument, NULL, 'T' },
     { "replace", no_argument, NULL, 'R' },
+    { "cluster-size", required_argument, NULL, 'c' },
+    { "hash", no_argument, NULL, 'H' },
     { "help", no_argument, NULL, 'h' },
     { NULL, 0, NULL, 0 }
   };
@@ -67,7 +69,7 @@ static int cmd_compress(int argc, char **argv)
 
   kb_compress_opts_init(&o);
   optind = 1;
-  while ((c = getopt_long(argc, argv, "a:t:r:l:h", longopts, NULL)) != -1) {
+  while ((c = getopt_long(argc, argv, "a:t:r:l:c:h", longopts, NULL)) != -1) {
     switch (c) {
     case 'a':
       if (KB_STREQ(optarg, "zstd"))
@@ -109,6 +111,18 @@ static int cmd_compress(int argc, char **argv)
       break;
     case 'R':
       o.replace_original = true;
+      break;
+    case 'c':
+      if (kb_parse_ll(optarg, &v) < 0 || v < 1 || v > 2048 || (v & (v - 1))) {
+        kb_err("cluster size must be a power of two in KiB, 1-2048");
+        return 2;
+      }
+      o.cluster_bits = 10;
+      while ((1LL << (o.cluster_bits - 10)) < v)
+        o.cluster_bits++;
+      break;
+    case 'H':
+      o.hash = true;
       break;
     case 'h':
       usage(stdout);
@@ -152,10 +166,12 @@ static int cmd_compress(int argc, char **argv)
   printf("virtual_size %" PRIu64 "\ninput_size %" PRIu64 "\noutput_size %" PRIu64 "\n"
          "clusters_unallocated %" PRIu64 "\nclusters_zero %" PRIu64 "\n"
          "clusters_compressed %" PRIu64 "\nclusters_uncompressed %" PRIu64 "\n"
-         "bytes_read %" PRIu64 "\nelapsed_ms %" PRId64 "\n",
+         "bytes_read %" PRIu64 "\nelapsed_ms %" PRId64 "\ncluster_size %" PRIu64 "\n",
          st.virtual_size, st.input_file_size, st.output_file_size, st.clusters_unallocated,
          st.clusters_zero, st.clusters_compressed, st.clusters_uncompressed, st.bytes_read,
-         st.elapsed_ms);
+         st.elapsed_ms, st.cluster_size);
+  if (o.hash)
+    printf("hash %s\n", st.hash);
   return 0;
 }
 

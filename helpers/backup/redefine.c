@@ -9,6 +9,7 @@
 #include <string.h>
 
 #include "backup.h"
+#include "domxml.h"
 #include "log.h"
 #include "record.h"
 #include "util.h"
@@ -16,7 +17,7 @@
 int bk_redefine_checkpoints(struct bk_vm *v, char **ret_error)
 {
   const char *name = kb_doc_get(v->rec, "vm", "last_checkpoint");
-  CLEANUP_FREE char *dir = NULL, *path = NULL, *saved = NULL;
+  CLEANUP_FREE char *path = NULL, *saved = NULL, *redef = NULL;
   virDomainCheckpointPtr cp;
   int r;
 
@@ -30,8 +31,7 @@ int bk_redefine_checkpoints(struct bk_vm *v, char **ret_error)
     kb_info("VM %s: libvirt knows checkpoint %s", v->name, name);
     return 0;
   }
-  dir = kb_catalog_vm_dir(v->cat, v->uuid);
-  path = dir ? kb_printf("%s/checkpoints/%s.xml", dir, name) : NULL;
+  path = kb_catalog_checkpoint_path(v->cat, v->uuid, name);
   if (!path)
     return -ENOMEM;
   r = kb_meta_read_file(path, &saved, NULL);
@@ -43,12 +43,13 @@ int bk_redefine_checkpoints(struct bk_vm *v, char **ret_error)
   /* Its parent checkpoint was pruned after the backup that followed it
    * (kboss keeps one checkpoint): libvirt refuses an unknown parent, so
    * the checkpoint is redefined alone, as kboss-backup does. */
-  {
-    char *p = strstr(saved, "<parent>"), *e = p ? strstr(p, "</parent>") : NULL;
-    if (p && e)
-      memmove(p, e + strlen("</parent>"), strlen(e + strlen("</parent>")) + 1);
+  r = kb_checkpoint_redefine_xml(saved, name, &redef);
+  if (r < 0) {
+    *ret_error = kb_printf("VM %s: the saved XML of checkpoint %s is not usable: %s", v->name, name,
+                           strerror(-r));
+    return r;
   }
-  cp = virDomainCheckpointCreateXML(v->dom, saved, VIR_DOMAIN_CHECKPOINT_CREATE_REDEFINE);
+  cp = virDomainCheckpointCreateXML(v->dom, redef, VIR_DOMAIN_CHECKPOINT_CREATE_REDEFINE);
   if (!cp) {
     *ret_error = kb_printf("VM %s: cannot redefine checkpoint %s: %s", v->name, name, kb_virt_error());
     return -EIO;

@@ -20,6 +20,7 @@ struct cp_settings {
   bool task_enabled;
   long long per_host, zone, max_retries, retry_minutes, timeout_s, rate_mb;
   long long coroutines;
+  long long cluster_kib;
   double min_free;
 };
 void cp_settings_load(const struct kb_config *cfg, const char *vm_name, struct cp_settings *ret);
@@ -45,6 +46,23 @@ int cp_compress_backup(const struct kb_config *cfg, const struct kb_catalog *cat
                        const struct kb_backup_ref *ref, const struct cp_settings *s,
                        const struct kb_lock *job_lock, int64_t deadline_ms,
                        struct cp_result *ret, char **ret_error);
+
+/* Whether the backup's record says a swap began and has not ended. */
+bool cp_swap_pending(const struct kb_doc *backup);
+
+/* Finish a swap a killed run left pending: under the backup lock, rename
+ * each temporary file whose hash is the recorded new one over its original,
+ * then record what each disk now holds (compressed = true when all were
+ * swapped) and clear the pending fields. 0 also when nothing was pending. */
+int cp_finish_swap(const struct kb_catalog *cat, const struct kb_backup_ref *ref, char **ret_error);
+
+/* backup.compression.cluster.size (KiB) as log2 of bytes, 16..21 (the
+ * largest power of two not above it). */
+unsigned cp_cluster_bits(long long kib);
+
+/* Test hook: KBOSS_TEST_SWAP_KILL=POINT makes the process SIGKILL itself
+ * when it reaches POINT (see tests/integration/compress-swap.sh). */
+void cp_test_point(const char *point);
 
 /* Remove the temporary files a killed run may have left for REF. */
 void cp_remove_temps(const struct kb_catalog *cat, const struct kb_backup_ref *ref);

@@ -31,17 +31,18 @@ static void usage(FILE *f)
           "  BACKUP   compress this backup now (queues its job if it has none), under\n"
           "           the same limits; ignores the job's schedule and the task switch\n"
           "\n"
-          "Each disk file is compressed beside the original under a temporary name,\n"
-          "checked (qemu-img check, then every cluster re-read and compared), and\n"
-          "renamed over the original under the backup's lock.\n"
+          "Each disk file is compressed beside the original under a temporary name\n"
+          "(every cluster decompressed again and compared in memory, the file hashed\n"
+          "as written, then qemu-img check), and renamed over the original under the\n"
+          "backup's lock; a swap cut short by a crash is finished by the next run.\n"
           "\n"
-          "  -c, --config FILE    configuration (default $KBOSS_CONF or %s/kboss/kboss.conf)\n"
+          "  -c, --config FILE    configuration (default $KBOSS_CONF or %s)\n"
           "  -v, --verbose        more messages;  --quiet: errors only\n"
           "  -h, --help           this help;  -V, --version: the version\n"
           "\n"
           "Exit status: 0 success, 1 a job failed, 2 bad usage or configuration,\n"
           "3 (BACKUP) not compressed now: no free slot, in use, or run elsewhere.\n",
-          kb_progname, kb_progname, SYSCONFDIR);
+          kb_progname, kb_progname, kb_config_default_path());
 }
 
 int main(int argc, char **argv)

@@ -121,7 +121,7 @@ int ctl_backups(int argc, char **argv)
   if (json)
     arr = json_object_new_array();
   else
-    printf("%-23s %-16s %-23s %-23s %-11s %-8s %-7s %-20s %-10s %-28s %-10s %s\n", "ID", "VM", "CHAIN",
+    kb_print_escaped("%-23s %-16s %-23s %-23s %-11s %-8s %-7s %-20s %-10s %-28s %-10s %s\n", "ID", "VM", "CHAIN",
            "PARENT", "TYPE", "ISOLATED", "STATE", "CREATED", "SIZE", "DISKS", "COMPRESSED", "VALIDATED");
   for (size_t i = 0; uuids && uuids[i]; i++) {
     char **chains = NULL;
@@ -153,7 +153,7 @@ int ctl_backups(int argc, char **argv)
             char size[32], disks[256];
             kb_format_size((uint64_t) kb_doc_get_ll(doc, "backup", "size", 0), size, sizeof size);
             disk_sizes(doc, disks, sizeof disks);
-            printf("%-23s %-16s %-23s %-23s %-11s %-8s %-7s %-20s %-10s %-28s %-10s %s\n", ids[b],
+            kb_print_escaped("%-23s %-16s %-23s %-23s %-11s %-8s %-7s %-20s %-10s %-28s %-10s %s\n", ids[b],
                    or_dash(kb_doc_get(doc, "backup", "vm_name")), chains[k],
                    or_dash(kb_doc_get(doc, "backup", "parent")), or_dash(kb_doc_get(doc, "backup", "type")),
                    yes_no(doc, "isolated"), st, or_dash(kb_doc_get(doc, "backup", "created")), size,

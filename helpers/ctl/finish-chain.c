@@ -69,7 +69,7 @@ int ctl_finish_chain(int argc, char **argv)
     goto out;
   }
   if (!kb_doc_get(rec, "vm", "current_chain")) {
-    printf("VM %s has no open chain; its next backup is full\n", vm);
+    kb_print_escaped("VM %s has no open chain; its next backup is full\n", vm);
     rc = 0;
     goto out;
   }
@@ -78,7 +78,7 @@ int ctl_finish_chain(int argc, char **argv)
     kb_err("finish-chain: VM %s: cannot end its chain: %s", vm, strerror(-r));
     goto out;
   }
-  printf("VM %s: chain ended; the next backup is full\n", vm);
+  kb_print_escaped("VM %s: chain ended; the next backup is full\n", vm);
   rc = 0;
 out:
   kb_doc_free(rec);

@@ -68,7 +68,6 @@ int ctl_jobs(int argc, char **argv)
   bool json = false;
   struct kb_config *cfg;
   struct kb_catalog *cat = NULL;
-  CLEANUP_FREE char *locks = NULL;
   char **ids = NULL;
   json_object *arr = NULL;
   unsigned shown = 0;
@@ -110,7 +109,6 @@ int ctl_jobs(int argc, char **argv)
     kb_config_free(cfg);
     return 1;
   }
-  locks = kb_catalog_locks_dir(cat);
   r = kb_job_list(cat, &ids);
   if (r < 0) {
     kb_err("cannot list the jobs: %s", strerror(-r));
@@ -120,7 +118,7 @@ int ctl_jobs(int argc, char **argv)
   if (json)
     arr = json_object_new_array();
   else
-    printf("%-48s %-11s %-10s %-20s %-16s %8s %-20s %s\n", "ID", "TYPE", "STATE", "VM", "HOST",
+    kb_print_escaped("%-48s %-11s %-10s %-20s %-16s %8s %-20s %s\n", "ID", "TYPE", "STATE", "VM", "HOST",
            "ATTEMPTS", "NEXT ATTEMPT", "LAST ERROR");
   for (char **id = ids; *id; id++) {
     struct kb_doc *doc = NULL;
@@ -140,10 +138,8 @@ int ctl_jobs(int argc, char **argv)
       kb_doc_free(doc);
       continue;
     }
-    if (st && KB_STREQ(st, KB_JOB_EXECUTING) && locks) {
-      CLEANUP_FREE char *path = kb_printf("%s/job-%s.lock", locks, *id);
-      stale = path && kb_lock_probe(path, NULL) == 0;
-    }
+    if (st && KB_STREQ(st, KB_JOB_EXECUTING))
+      stale = kb_catalog_lock_probe(cat, KB_LOCK_JOB, *id, NULL) == 0;
     na = kb_doc_get_ll(doc, "job", "next_attempt", 0);
     if (kb_doc_get(doc, "job", "next_attempt"))
       kb_format_time(na, next, sizeof next);
@@ -162,7 +158,7 @@ int ctl_jobs(int argc, char **argv)
       char state[16];
       snprintf(state, sizeof state, "%s%s", st ? st : "?", stale ? "*" : "");
       const char *pp = kb_doc_get(doc, "job", "postponed");
-      printf("%-48s %-11s %-10s %-20s %-16s %8lld %-20s %s%s\n", *id,
+      kb_print_escaped("%-48s %-11s %-10s %-20s %-16s %8lld %-20s %s%s\n", *id,
              kb_doc_get(doc, "job", "type") ? kb_doc_get(doc, "job", "type") : "?", state,
              kb_doc_get(doc, "job", "vm_name") ? kb_doc_get(doc, "job", "vm_name") : "-",
              kb_doc_get(doc, "job", "host") ? kb_doc_get(doc, "job", "host") : "-",

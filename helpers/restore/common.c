@@ -16,6 +16,7 @@
 #include <libxml/xpath.h>
 
 #include "chain.h"
+#include "domxml.h"
 #include "localstate.h"
 #include "lock.h"
 #include "log.h"
@@ -221,73 +222,66 @@ out:
 
 int rs_mark_in_use(struct rs_ctx *c, const char *vm_uuid, bool in_use)
 {
-  char **ids = NULL;
-  size_t i;
-  int r;
-
-  r = kb_backup_lineage(c->cat, &c->ref, &ids);
-  if (r < 0)
-    return r;
-  for (i = 0; ids[i]; i++) {
-    struct kb_doc *doc = NULL;
-    struct kb_lock *lock = NULL;
-    CLEANUP_FREE char *locks = kb_catalog_locks_dir(c->cat);
-    CLEANUP_FREE char *lpath = locks ? kb_printf("%s/backup-%s.lock", locks, ids[i]) : NULL;
-
-    /* Under the backup's lock, so that a compression cannot swap its
-     * files between its own in_use_by check and its rename. */
-    if (!lpath) {
-      r = -ENOMEM;
-      break;
-    }
-    r = kb_lock_take(lpath, in_use ? "quick-restore" : "consolidated", 120000, &lock);
-    if (r < 0)
-      break;
-    if (kb_backup_load(c->cat, c->ref.vm_uuid, c->ref.chain, ids[i], &doc) < 0) {
-      kb_lock_release(lock);
-      continue;
-    }
-    r = kb_doc_set(doc, "backup", "in_use_by", in_use ? vm_uuid : NULL);
-    if (r == 0)
-      r = kb_backup_save(c->cat, c->ref.vm_uuid, c->ref.chain, ids[i], doc);
-    if (KB_STREQ(ids[i], c->ref.id) && r == 0)
-      (void) kb_doc_set(c->ref.doc, "backup", "in_use_by", in_use ? vm_uuid : NULL);
-    kb_doc_free(doc);
-    kb_lock_release(lock);
-    if (r < 0)
-      break;
-  }
-  kb_strv_free(ids);
-  return r;
+  return kb_backup_mark_in_use(c->cat, &c->ref, in_use ? vm_uuid : NULL);
 }
 
-/* ---- a new VM from the saved domain XML ---- */
+/* ---- a new VM for --as ---- */
 
-static void remove_nodes(xmlXPathContextPtr ctx, const char *expr)
+/* Where the new VM's disks go: beside the original VM's disk of the same
+ * target as this host's libvirt defines it, else beside its first file
+ * disk, else in libvirt's "default" pool. Never a folder named by the
+ * saved domain XML, which comes from the export. */
+static char *new_disk_folder(struct rs_ctx *c, const char *target)
 {
-  xmlXPathObjectPtr o = xmlXPathEvalExpression((const xmlChar *) expr, ctx);
-  int i;
+  virDomainPtr orig = NULL;
+  struct kb_disks disks = { NULL, 0 };
+  char *dir = NULL;
 
-  if (!o)
-    return;
-  for (i = 0; o->nodesetval && i < o->nodesetval->nodeNr; i++) {
-    xmlUnlinkNode(o->nodesetval->nodeTab[i]);
-    xmlFreeNode(o->nodesetval->nodeTab[i]);
+  if (kb_virt_lookup(c->conn, c->ref.vm_uuid, &orig) == 0) {
+    CLEANUP_FREE char *xml = virDomainGetXMLDesc(orig, VIR_DOMAIN_XML_INACTIVE);
+    if (xml && kb_disks_parse(xml, &disks) == 0) {
+      const struct kb_disk *d = kb_disks_find(&disks, target);
+      size_t i;
+      for (i = 0; (!d || !d->source || !d->type || !KB_STREQ(d->type, "file")) && i < disks.n; i++)
+        d = &disks.v[i];
+      if (d && d->source && d->type && KB_STREQ(d->type, "file") && d->source[0] == '/')
+        dir = kb_dirname(d->source);
+    }
+    kb_disks_clear(&disks);
+    virDomainFree(orig);
   }
-  xmlXPathFreeObject(o);
+  if (!dir) {
+    virStoragePoolPtr pool = virStoragePoolLookupByName(c->conn, "default");
+    CLEANUP_FREE char *pxml = pool ? virStoragePoolGetXMLDesc(pool, 0) : NULL;
+    if (pxml) {
+      xmlDocPtr doc = xmlReadMemory(pxml, (int) strlen(pxml), "pool.xml", NULL,
+                                    XML_PARSE_NONET | XML_PARSE_NOERROR | XML_PARSE_NOWARNING);
+      xmlXPathContextPtr ctx = doc ? xmlXPathNewContext(doc) : NULL;
+      xmlXPathObjectPtr o = ctx ? xmlXPathEvalExpression((const xmlChar *) "string(/pool/target/path)", ctx) : NULL;
+      if (o && o->type == XPATH_STRING && o->stringval && o->stringval[0] == '/')
+        dir = strdup((const char *) o->stringval);
+      if (o)
+        xmlXPathFreeObject(o);
+      if (ctx)
+        xmlXPathFreeContext(ctx);
+      if (doc)
+        xmlFreeDoc(doc);
+    }
+    if (pool)
+      virStoragePoolFree(pool);
+  }
+  return dir;
 }
 
 int rs_define_new_vm(struct rs_ctx *c, const struct rs_opts *o, char **ret_error)
 {
-  CLEANUP_FREE char *dir = kb_catalog_backup_dir(c->cat, c->ref.vm_uuid, c->ref.chain, c->ref.id);
-  CLEANUP_FREE char *path = dir ? kb_printf("%s/domain.xml", dir) : NULL;
-  CLEANUP_FREE char *saved = NULL;
-  xmlDocPtr doc = NULL;
-  xmlXPathContextPtr ctx = NULL;
-  xmlXPathObjectPtr obj = NULL;
-  xmlChar *out = NULL;
-  int len, i, r = 0;
+  CLEANUP_FREE char *path = kb_catalog_backup_domain_path(c->cat, c->ref.vm_uuid, c->ref.chain, c->ref.id);
+  CLEANUP_FREE char *saved = NULL, *xml = NULL, *desc = NULL, *err = NULL;
+  struct kb_domxml_disk *disks = NULL;
+  char **targets = NULL, **files = NULL, **notices = NULL;
   virDomainPtr existing;
+  size_t i, n = 0;
+  int r;
 
   if (!kb_name_ok(o->as)) {
     *ret_error = kb_printf("'%s' is not a valid VM name (letters, digits, '.', '_', '-')", o->as);
@@ -303,71 +297,60 @@ int rs_define_new_vm(struct rs_ctx *c, const struct rs_opts *o, char **ret_error
     *ret_error = kb_printf("backup %s: its domain XML is missing (%s)", c->ref.id, path ? path : "?");
     return -ENOENT;
   }
-  doc = xmlReadMemory(saved, strlen(saved), "domain.xml", NULL, XML_PARSE_NONET | XML_PARSE_NOERROR);
-  if (!doc || !(ctx = xmlXPathNewContext(doc))) {
-    r = -EINVAL;
-    goto out;
+  r = kb_backup_disks(c->ref.doc, &targets);
+  if (r < 0) {
+    *ret_error = kb_printf("backup %s: cannot list its disks", c->ref.id);
+    return r;
   }
-  /* New name, new UUID (libvirt makes one), new MAC addresses. */
-  obj = xmlXPathEvalExpression((const xmlChar *) "/domain/name", ctx);
-  if (!obj || !obj->nodesetval || obj->nodesetval->nodeNr != 1) {
-    r = -EINVAL;
-    goto out;
-  }
-  xmlNodeSetContent(obj->nodesetval->nodeTab[0], (const xmlChar *) o->as);
-  xmlXPathFreeObject(obj);
-  remove_nodes(ctx, "/domain/uuid");
-  remove_nodes(ctx, "/domain/devices/interface/mac");
-  remove_nodes(ctx, "/domain/devices/interface/target");
-  remove_nodes(ctx, "/domain/devices/graphics/@port");
-  remove_nodes(ctx, "/domain/devices/disk/backingStore");
-  /* Disks on primary storage beside the original ones, named for the new VM. */
-  obj = xmlXPathEvalExpression((const xmlChar *) "/domain/devices/disk[@device='disk' or not(@device)]", ctx);
-  for (i = 0; obj && obj->nodesetval && i < obj->nodesetval->nodeNr; i++) {
-    xmlNodePtr disk = obj->nodesetval->nodeTab[i], n, src = NULL, tgt = NULL, drv = NULL;
-    xmlChar *file, *dev;
-    for (n = disk->children; n; n = n->next) {
-      if (n->type != XML_ELEMENT_NODE)
-        continue;
-      if (KB_STREQ((const char *) n->name, "source")) src = n;
-      if (KB_STREQ((const char *) n->name, "target")) tgt = n;
-      if (KB_STREQ((const char *) n->name, "driver")) drv = n;
-    }
-    if (!src || !tgt)
-      continue;
-    file = xmlGetProp(src, (const xmlChar *) "file");
-    dev = xmlGetProp(tgt, (const xmlChar *) "dev");
-    if (file && dev && kb_name_ok((const char *) dev)) {
-      CLEANUP_FREE char *copy = strdup((const char *) file);
-      CLEANUP_FREE char *np = copy ? kb_printf("%s/%s-%s.qcow2", dirname(copy), o->as, (const char *) dev) : NULL;
-      if (np) {
-        xmlSetProp(src, (const xmlChar *) "file", (const xmlChar *) np);
-        if (drv)
-          xmlSetProp(drv, (const xmlChar *) "type", (const xmlChar *) "qcow2");
-      }
-    }
-    xmlFree(file);
-    xmlFree(dev);
-  }
-  xmlDocDumpMemory(doc, &out, &len);
-  if (!out) {
+  for (n = 0; targets[n]; n++)
+    ;
+  disks = calloc(n + 1, sizeof *disks);
+  files = calloc(n + 1, sizeof *files);
+  desc = kb_printf("restored by kboss from backup %s", c->ref.id);
+  if (!disks || !files || !desc) {
     r = -ENOMEM;
     goto out;
   }
-  c->dom = virDomainDefineXML(c->conn, (const char *) out);
+  for (i = 0; i < n; i++) {
+    CLEANUP_FREE char *folder = new_disk_folder(c, targets[i]);
+    if (!folder) {
+      *ret_error = kb_printf("VM %s: no folder for its disk %s: the original VM is not defined on this host "
+                             "and libvirt has no \"default\" storage pool", o->as, targets[i]);
+      r = -ENOENT;
+      goto out;
+    }
+    files[i] = kb_printf("%s/%s-%s.qcow2", folder, o->as, targets[i]);
+    if (!files[i]) {
+      r = -ENOMEM;
+      goto out;
+    }
+    disks[i].target = targets[i];
+    disks[i].file = files[i];
+    disks[i].format = "qcow2";
+  }
+  {
+    /* New name, new UUID and MAC addresses (libvirt makes them), kboss's
+     * disks, NICs on the saved networks, a few checked values. */
+    struct kb_domxml_opts opts = {
+      .name = o->as, .description = desc, .disks = disks, .ndisks = n, .network = true,
+    };
+    r = kb_domxml_build(saved, &opts, &xml, NULL, &notices, &err);
+  }
+  if (r < 0) {
+    *ret_error = kb_printf("backup %s: %s", c->ref.id, err ? err : strerror(-r));
+    goto out;
+  }
+  for (i = 0; notices[i]; i++)
+    kb_info("VM %s: %s", o->as, notices[i]);
+  c->dom = virDomainDefineXML(c->conn, xml);
   if (!c->dom) {
     *ret_error = kb_printf("cannot define VM %s: %s", o->as, kb_virt_error());
     r = -EIO;
   }
 out:
-  if (r == -EINVAL && !*ret_error)
-    *ret_error = kb_printf("backup %s: its saved domain XML cannot be used", c->ref.id);
-  if (obj)
-    xmlXPathFreeObject(obj);
-  if (ctx)
-    xmlXPathFreeContext(ctx);
-  if (doc)
-    xmlFreeDoc(doc);
-  xmlFree(out);
+  kb_strv_free(notices);
+  kb_strv_free(targets);
+  kb_strv_free(files);
+  free(disks);
   return r;
 }

@@ -1,6 +1,7 @@
-/* The validation VM: a transient domain made from the domain XML saved with
- * the backup, its disks replaced by throwaway qcow2 overlays backed by the
- * backup's files, with no network, no host devices and VNC on loopback. */
+/* The validation VM: a transient domain built by kboss (lib/domxml.c) with
+ * a few checked values of the domain XML saved with the backup, its disks
+ * throwaway qcow2 overlays backed by the backup's validated chain, spelled
+ * out in the XML, with no network, no host devices and VNC on loopback. */
 #include <config.h>
 
 #include <dirent.h>
@@ -12,227 +13,13 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-#include <json.h>
-#include <libxml/parser.h>
-#include <libxml/tree.h>
-
 #include "chain.h"
+#include "domxml.h"
 #include "lock.h"
 #include "log.h"
 #include "util.h"
 #include "validate.h"
 #include "virt.h"
-
-/* Devices a validation VM never gets: they reach the network, the host's
- * hardware, or files that belong to the original VM. */
-static const char *const dropped_devices[] = {
-  "interface", "hostdev", "redirdev", "redirfilter", "smartcard", "filesystem", "lease",
-  "shmem", "vsock", "tpm", "parallel", "serial", "console", "channel", "graphics", "hub",
-  "crypto", NULL,
-};
-
-static bool in_list(const char *s, const char *const *list)
-{
-  for (; *list; list++)
-    if (KB_STREQ(s, *list))
-      return true;
-  return false;
-}
-
-static xmlNodePtr child(xmlNodePtr n, const char *name)
-{
-  for (xmlNodePtr c = n ? n->children : NULL; c; c = c->next)
-    if (c->type == XML_ELEMENT_NODE && xmlStrEqual(c->name, BAD_CAST name))
-      return c;
-  return NULL;
-}
-
-static void remove_children(xmlNodePtr n, const char *name)
-{
-  xmlNodePtr c = n->children, next;
-  for (; c; c = next) {
-    next = c->next;
-    if (c->type == XML_ELEMENT_NODE && xmlStrEqual(c->name, BAD_CAST name)) {
-      xmlUnlinkNode(c);
-      xmlFreeNode(c);
-    }
-  }
-}
-
-static void set_text_child(xmlNodePtr parent, const char *name, const char *text)
-{
-  xmlNodePtr c = child(parent, name);
-  if (c)
-    xmlNodeSetContent(c, BAD_CAST text);
-  else
-    xmlNewTextChild(parent, NULL, BAD_CAST name, BAD_CAST text);
-}
-
-static unsigned long long to_kib(xmlNodePtr n)
-{
-  xmlChar *txt = xmlNodeGetContent(n), *unit = xmlGetProp(n, BAD_CAST "unit");
-  unsigned long long v = txt ? strtoull((const char *) txt, NULL, 10) : 0;
-  const char *u = unit ? (const char *) unit : "KiB";
-
-  if (KB_STREQ(u, "b") || KB_STREQ(u, "bytes"))
-    v /= 1024;
-  else if (KB_STREQ(u, "MiB") || KB_STREQ(u, "M"))
-    v *= 1024;
-  else if (KB_STREQ(u, "GiB") || KB_STREQ(u, "G"))
-    v *= 1024 * 1024;
-  else if (KB_STREQ(u, "KB"))
-    v = v * 1000 / 1024;
-  else if (KB_STREQ(u, "MB"))
-    v = v * 1000 * 1000 / 1024;
-  else if (KB_STREQ(u, "GB"))
-    v = v * 1000 * 1000 * 1000 / 1024;
-  xmlFree(txt);
-  xmlFree(unit);
-  return v;
-}
-
-int vl_domain_xml(const char *saved, const char *name, const char *description,
-                  char *const *targets, char *const *overlays, const char *scratch,
-                  char **ret_xml, unsigned *ret_vcpus, unsigned long long *ret_mem_kib,
-                  char **ret_error)
-{
-  xmlDocPtr doc;
-  xmlNodePtr root, devs, os, n, next, g, l;
-  xmlChar *out = NULL;
-  int outlen = 0;
-  bool have_video = false;
-  size_t ndisks = 0;
-
-  doc = xmlReadMemory(saved, (int) strlen(saved), "domain.xml", NULL,
-                      XML_PARSE_NONET | XML_PARSE_NOERROR | XML_PARSE_NOWARNING);
-  if (!doc) {
-    *ret_error = strdup("the saved domain XML does not parse");
-    return -EINVAL;
-  }
-  root = xmlDocGetRootElement(doc);
-  if (!root || !xmlStrEqual(root->name, BAD_CAST "domain") || !(devs = child(root, "devices"))) {
-    xmlFreeDoc(doc);
-    *ret_error = strdup("the saved domain XML has no <domain>/<devices>");
-    return -EINVAL;
-  }
-  xmlUnsetProp(root, BAD_CAST "id");
-  remove_children(root, "uuid");       /* libvirt makes a new one */
-  remove_children(root, "seclabel");   /* a static label belongs to the original */
-  set_text_child(root, "name", name);
-  set_text_child(root, "description", description);
-  set_text_child(root, "on_poweroff", "destroy");
-  set_text_child(root, "on_crash", "destroy");
-
-  /* UEFI variables: a copy of the template in the scratch folder, never
-   * the original VM's store. */
-  os = child(root, "os");
-  if (os && (n = child(os, "nvram"))) {
-    CLEANUP_FREE char *nv = kb_printf("%s/nvram.fd", scratch);
-    if (!nv)
-      goto nomem;
-    xmlNodeSetContent(n, BAD_CAST nv);
-  }
-
-  for (n = devs->children; n; n = next) {
-    next = n->next;
-    if (n->type != XML_ELEMENT_NODE)
-      continue;
-    if (in_list((const char *) n->name, dropped_devices)) {
-      xmlUnlinkNode(n);
-      xmlFreeNode(n);
-      continue;
-    }
-    if (xmlStrEqual(n->name, BAD_CAST "video"))
-      have_video = true;
-    if (xmlStrEqual(n->name, BAD_CAST "disk")) {
-      xmlChar *device = xmlGetProp(n, BAD_CAST "device");
-      xmlNodePtr t = child(n, "target");
-      xmlChar *dev = t ? xmlGetProp(t, BAD_CAST "dev") : NULL;
-      const char *overlay = NULL;
-      size_t i;
-
-      if (dev && (!device || xmlStrEqual(device, BAD_CAST "disk")))
-        for (i = 0; targets[i]; i++)
-          if (KB_STREQ(targets[i], (const char *) dev))
-            overlay = overlays[i];
-      xmlFree(device);
-      xmlFree(dev);
-      if (!overlay) {
-        /* Not in the backup (cdrom, an excluded disk): not in the VM. */
-        xmlUnlinkNode(n);
-        xmlFreeNode(n);
-        continue;
-      }
-      xmlSetProp(n, BAD_CAST "type", BAD_CAST "file");
-      xmlSetProp(n, BAD_CAST "device", BAD_CAST "disk");
-      remove_children(n, "source");
-      remove_children(n, "backingStore");
-      remove_children(n, "driver");
-      remove_children(n, "mirror");
-      remove_children(n, "readonly");
-      remove_children(n, "shareable");
-      remove_children(n, "auth");
-      remove_children(n, "encryption");
-      remove_children(n, "seclabel");
-      g = xmlNewChild(n, NULL, BAD_CAST "driver", NULL);
-      xmlSetProp(g, BAD_CAST "name", BAD_CAST "qemu");
-      xmlSetProp(g, BAD_CAST "type", BAD_CAST "qcow2");
-      l = xmlNewChild(n, NULL, BAD_CAST "source", NULL);
-      xmlSetProp(l, BAD_CAST "file", BAD_CAST overlay);
-      ndisks++;
-    }
-  }
-  if (ndisks == 0) {
-    xmlFreeDoc(doc);
-    *ret_error = strdup("no disk of the saved domain XML is in the backup");
-    return -EINVAL;
-  }
-  /* The guest agent (its socket path chosen by libvirt), VNC on loopback. */
-  n = xmlNewChild(devs, NULL, BAD_CAST "channel", NULL);
-  xmlSetProp(n, BAD_CAST "type", BAD_CAST "unix");
-  l = xmlNewChild(n, NULL, BAD_CAST "target", NULL);
-  xmlSetProp(l, BAD_CAST "type", BAD_CAST "virtio");
-  xmlSetProp(l, BAD_CAST "name", BAD_CAST "org.qemu.guest_agent.0");
-  g = xmlNewChild(devs, NULL, BAD_CAST "graphics", NULL);
-  xmlSetProp(g, BAD_CAST "type", BAD_CAST "vnc");
-  xmlSetProp(g, BAD_CAST "port", BAD_CAST "-1");
-  xmlSetProp(g, BAD_CAST "autoport", BAD_CAST "yes");
-  xmlSetProp(g, BAD_CAST "listen", BAD_CAST "127.0.0.1");
-  l = xmlNewChild(g, NULL, BAD_CAST "listen", NULL);
-  xmlSetProp(l, BAD_CAST "type", BAD_CAST "address");
-  xmlSetProp(l, BAD_CAST "address", BAD_CAST "127.0.0.1");
-  if (!have_video) {
-    n = xmlNewChild(devs, NULL, BAD_CAST "video", NULL);
-    l = xmlNewChild(n, NULL, BAD_CAST "model", NULL);
-    xmlSetProp(l, BAD_CAST "type", BAD_CAST "vga");
-  }
-
-  *ret_vcpus = 1;
-  if ((n = child(root, "vcpu"))) {
-    xmlChar *t = xmlNodeGetContent(n);
-    if (t && atoi((const char *) t) > 0)
-      *ret_vcpus = (unsigned) atoi((const char *) t);
-    xmlFree(t);
-  }
-  *ret_mem_kib = 0;
-  if ((n = child(root, "currentMemory")) || (n = child(root, "memory")))
-    *ret_mem_kib = to_kib(n);
-
-  xmlDocDumpMemory(doc, &out, &outlen);
-  xmlFreeDoc(doc);
-  if (!out)
-    goto nomem_nodoc;
-  *ret_xml = strdup((const char *) out);
-  xmlFree(out);
-  if (!*ret_xml)
-    goto nomem_nodoc;
-  return 0;
-nomem:
-  xmlFreeDoc(doc);
-nomem_nodoc:
-  *ret_error = strdup("out of memory");
-  return -ENOMEM;
-}
 
 /* Folders qemu must reach: 0710 with qemu's group (see kboss-backup). */
 static int open_to_qemu(const char *dir)
@@ -257,8 +44,9 @@ static int open_to_qemu(const char *dir)
 int vl_vm_prepare(struct vl_ctx *c, const struct kb_backup_ref *ref, struct vl_vm *vm, char **ret_error)
 {
   const char *scratch = kb_config_str(c->cfg, NULL, "scratch.path");
-  CLEANUP_FREE char *meta = kb_catalog_backup_dir(c->cat, ref->vm_uuid, ref->chain, ref->id);
   CLEANUP_FREE char *xmlpath = NULL, *saved = NULL, *data = NULL, *chaindir = NULL, *desc = NULL;
+  CLEANUP_FREE char *nvram = NULL;
+  CLEANUP_FREE struct kb_domxml_disk *disk_opts = NULL;
   char **disks = NULL;
   size_t i, n;
   int r;
@@ -266,7 +54,7 @@ int vl_vm_prepare(struct vl_ctx *c, const struct kb_backup_ref *ref, struct vl_v
   memset(vm, 0, sizeof *vm);
   vm->name = kb_printf(VL_DOMAIN_PREFIX "%s", ref->id);
   vm->scratch = kb_printf("%s/%s", scratch, vm->name);
-  xmlpath = meta ? kb_printf("%s/domain.xml", meta) : NULL;
+  xmlpath = kb_catalog_backup_domain_path(c->cat, ref->vm_uuid, ref->chain, ref->id);
   data = kb_backup_data_dir(c->cat, ref);
   if (!vm->name || !vm->scratch || !xmlpath || !data) {
     *ret_error = kb_printf("backup %s: bad names or paths in its record", ref->id);
@@ -349,10 +137,37 @@ int vl_vm_prepare(struct vl_ctx *c, const struct kb_backup_ref *ref, struct vl_v
     (void) chmod(vm->overlays[i], 0600);
   }
   desc = kb_printf("kboss validation VM of backup %s (catalog %s)", ref->id, kb_catalog_root(c->cat));
-  if (!desc)
+  nvram = kb_printf("%s/nvram.fd", vm->scratch);
+  disk_opts = calloc(n + 1, sizeof *disk_opts);
+  if (!desc || !nvram || !disk_opts)
     return -ENOMEM;
-  return vl_domain_xml(saved, vm->name, desc, vm->targets, vm->overlays, vm->scratch, &vm->xml,
-                       &vm->vcpus, &vm->mem_kib, ret_error);
+  for (i = 0; i < n; i++) {
+    disk_opts[i].target = disks[i];
+    disk_opts[i].file = vm->overlays[i];
+    disk_opts[i].format = "qcow2";
+    disk_opts[i].chain = vm->chains[i]->files;   /* qemu opens exactly these */
+  }
+  {
+    struct kb_domxml_opts o = {
+      .name = vm->name, .description = desc, .disks = disk_opts, .ndisks = n,
+      .network = false, .destroy_on_reboot = false, .nvram = nvram,
+    };
+    struct kb_domxml_info info;
+    char **notices = NULL, *why = NULL;
+
+    r = kb_domxml_build(saved, &o, &vm->xml, &info, &notices, &why);
+    if (r < 0) {
+      *ret_error = kb_printf("backup %s: %s", ref->id, why ? why : strerror(-r));
+      free(why);
+      return r;
+    }
+    for (i = 0; notices[i]; i++)
+      kb_info("backup %s: %s", ref->id, notices[i]);
+    kb_strv_free(notices);
+    vm->vcpus = info.vcpus;
+    vm->mem_kib = info.mem_kib;
+  }
+  return 0;
 }
 
 int vl_vm_start(struct vl_ctx *c, struct vl_vm *vm, char **ret_error)
@@ -393,9 +208,7 @@ void vl_vm_teardown(struct vl_vm *vm)
  * holder)? Validation VMs are only run under that lock. */
 static bool backup_busy(struct vl_ctx *c, const char *backup)
 {
-  CLEANUP_FREE char *locks = kb_catalog_locks_dir(c->cat);
-  CLEANUP_FREE char *path = locks ? kb_printf("%s/backup-%s.lock", locks, backup) : NULL;
-  return !path || kb_lock_probe(path, NULL) != 0;
+  return kb_catalog_lock_probe(c->cat, KB_LOCK_BACKUP, backup, NULL) != 0;
 }
 
 void vl_cleanup_leftovers(struct vl_ctx *c)

@@ -59,16 +59,10 @@ void vl_vm_teardown(struct vl_vm *vm);
 void vl_cleanup_leftovers(struct vl_ctx *c);
 /* Why the validation VM may not start under the account's limits, or NULL. */
 char *vl_resource_check(struct vl_ctx *c, const struct kb_backup_ref *ref, const struct vl_vm *vm);
-/* Build the validation domain XML from the saved one (exposed for tests). */
-int vl_domain_xml(const char *saved, const char *name, const char *description,
-                  char *const *targets, char *const *overlays, const char *scratch,
-                  char **ret_xml, unsigned *ret_vcpus, unsigned long long *ret_mem_kib,
-                  char **ret_error);
-
 /* steps.c */
 void vl_step_wait_for_boot(struct vl_ctx *c, const char *vm_name, struct vl_vm *vm, struct vl_step *s);
 void vl_step_execute_command(struct vl_ctx *c, const char *vm_name, struct vl_vm *vm, struct vl_step *s);
-void vl_step_screenshot(struct vl_ctx *c, const char *vm_name, const char *meta_dir, struct vl_vm *vm,
+void vl_step_screenshot(struct vl_ctx *c, const char *vm_name, const char *png_path, struct vl_vm *vm,
                         struct vl_step *s);
 /* FILES are tops of chains in CHAINDIR: each is validated (lib/chain.h)
  * and libguestfs reads exactly that chain, served by qemu-nbd. */

@@ -7,11 +7,15 @@
 # backup must equal the source. Then the job side on synthetic catalog
 # entries holding real qcow2 files: zone and per-host limits with several
 # runners posing as hosts, retries and their interval, timeout, minimum free
-# storage, a backup in use, and a runner killed mid-job.
+# storage, a backup in use, and a runner killed mid-job. In between, the
+# cluster sizes: a full compressed with 2 MiB clusters (the default) and one
+# with 64 KiB clusters (as before backup.compression.cluster.size) are
+# parents of incrementals taken afterwards, which are compressed too; both
+# chains restore byte-equal, the newest quick-restores and validates.
 . "$(dirname "$0")/../lib/functions.sh"
 . "$(dirname "$0")/../lib/kboss.sh"
 
-plan 47
+plan 67
 start_libvirt || bail_out "libvirtd"
 kb_conf_init 8
 CATALOG_TOOL=${top_builddir:-$KBT_TOPDIR/_build}/tests/catalog-tool
@@ -42,7 +46,7 @@ import json, sys
 print(json.load(sys.stdin).get("format-specific", {}).get("data", {}).get("compression-type", "zlib"))'
 }
 
-kb_offering zs compress=true compression_library=zstd
+kb_offering zs compress=true compression_library=zstd allow_quick_restore=true validate=true validation_steps=wait_for_boot
 kb_offering zl compress=true compression_library=zlib
 make_test_vm a || bail_out "cannot define the test VM"
 kb_assign a zs
@@ -134,6 +138,64 @@ ok [ "$(kb_backup_field "$b4" compression_library)" = zlib -a "$(qcow2_ctype "$(
 ok chain_same "$b4" "the zlib backup reads as before"
 ok qemu-img check -q "$(kb_backup_file "$b4" vda)" "qemu-img check is clean on it"
 
+# ---- cluster sizes: old (64 KiB) and new (2 MiB) compressed parents ----
+kb_assign a zs
+printf 'backupValidationBootTimeout = 300\n' >> "$KB_ROOT/etc/vms.d/$(vm_domain a).conf"
+cluster_size() { qemu-img info -U --output=json "$1" | python3 -c 'import json,sys; print(json.load(sys.stdin)["cluster-size"])'; }
+snap() { # NAME: the VM's disks now
+	cp --sparse=always "$data" "$KBT_TMPDIR/$1-vdb.qcow2"
+	cp --sparse=always "$(vm_disk a)" "$KBT_TMPDIR/$1-vda.qcow2"
+}
+restores_to() { # BACKUP NAME: kboss-restore BACKUP gives the disks of snap NAME
+	qemu-io -f qcow2 -c "write -P 0xee 0 $((2 * MiB))" "$data" >/dev/null
+	kb kboss-restore --quiet "$1" >/dev/null 2>&1 || { diag "kboss-restore $1 failed"; return 1; }
+	qemu-img compare -q "$data" "$KBT_TMPDIR/$2-vdb.qcow2" && qemu-img compare -q "$(vm_disk a)" "$KBT_TMPDIR/$2-vda.qcow2"
+}
+for kind in old new; do
+	if [ $kind = old ]; then conf_set cluster.size=64; want=65536 n=1; else conf_set; want=2097152 n=2; fi
+	qemu-io -f qcow2 -c "write -P 0x5$n $((2 * MiB)) $MiB" "$data" >/dev/null
+	f=$(kb_backup a --full)
+	snap "$kind-f"
+	kb kboss-compress --quiet "$f" >/dev/null 2>&1
+	ok [ "$(cluster_size "$(kb_backup_file "$f" vdb)")" = $want -a "$(kb_backup_field "$f" compressed)" = true ] \
+		"$kind: the full is compressed with $want-byte clusters"
+	qemu-io -f qcow2 -c "write -P 0x6$n $((3 * MiB)) $((MiB / 2))" "$data" >/dev/null
+	i1=$(kb_backup a)
+	snap "$kind-i1"
+	ok [ "$(kb_backup_field "$i1" parent)" = "$f" ] "$kind: an incremental taken after the compression has the compressed full as parent"
+	conf_set
+	kb kboss-compress --quiet "$i1" >/dev/null 2>&1
+	ok [ "$(kb_backup_field "$i1" compressed)" = true -a "$(cluster_size "$(kb_backup_file "$i1" vdb)")" = 65536 ] \
+		"$kind: the incremental is compressed at the new settings (an incremental keeps its 64 KiB clusters)"
+	qemu-io -f qcow2 -c "write -P 0x7$n $((5 * MiB)) $MiB" "$data" >/dev/null
+	i2=$(kb_backup a)
+	snap "$kind-i2"
+	ok qemu-img check -q "$(kb_backup_file "$i1" vdb)" "$kind: qemu-img check is clean on the compressed incremental"
+	ok restores_to "$i2" "$kind-i2" "$kind: the chain (compressed full, compressed incremental, incremental) restores byte-equal"
+	ok restores_to "$i1" "$kind-i1" "$kind: its compressed incremental restores byte-equal"
+	ok restores_to "$f" "$kind-f" "$kind: its compressed full restores byte-equal"
+done
+# The newest chain, compressed through (2 MiB full <- 64 KiB incremental <- 64 KiB
+# incremental): quick restore and validation (which waits for pending compression).
+kb kboss-compress run >/dev/null 2>&1
+ok [ "$(kb_backup_field "$i2" compressed)" = true ] "kboss-compress run compresses the last incremental too"
+kb kboss-restore --quick "$i2" > "$KBT_TMPDIR/quick.log" 2>&1 &
+qpid=$!
+for i in $(seq 1 600); do [ "$(vm_state a)" = running ] && break; sleep 0.2; done
+wait_agent a 300
+ok [ $? = 0 ] "a quick restore of it boots: the guest agent answers"
+wait $qpid
+rc=$?
+ok [ $rc = 0 ] "the quick restore consolidates (exit $rc): $(tail -n1 "$KBT_TMPDIR/quick.log")"
+stop_vm a >/dev/null 2>&1
+ok qemu-img compare -q "$data" "$KBT_TMPDIR/new-i2-vdb.qcow2" "the quick-restored data disk equals the one at backup time (the guest ran from the root disk)"
+out=$(kb kboss-validate "$i2" 2>&1)
+rc=$?
+ok [ $rc = 0 ] "kboss-validate of it passes (exit $rc): $(kb_backup_record "$i2" | grep '^step.wait_for_boot')"
+diag "$out"
+ok [ "$(kb_backup_field "$f" compressed)" = true ] "(its full is still recorded compressed)"
+kb kboss-compress run >/dev/null 2>&1   # the old chain's last job, before the job tests
+
 # ---- synthetic backups with real files: limits ----
 img=$KBT_TMPDIR/img8.qcow2
 kb_ref_image "$img" 64M "0 $((4 * MiB)) 0x11" "$((16 * MiB)) $((4 * MiB)) 0x22"
@@ -212,9 +274,10 @@ ok cmp -s "$slowfile" "$KBT_TMPDIR/slow.copy" "the original is intact after the 
 ok no_temps "$slowfile" "the temporary file is removed after the timeout"
 
 # ---- minimum free storage ----
-conf_set minimum.free.storage=1000000000 max.job.retries=1
+conf_set minimum.free.storage=1000 max.job.retries=1
 set -- $(fake full zs)
 fullfile=$2 job=compression-$1
+"$CATALOG_TOOL" set-backup "$1" size 1000000000000   # 1000 x 1 TB is more than any store has
 cp "$fullfile" "$KBT_TMPDIR/full.copy"
 kb kboss-compress run >/dev/null 2>&1
 err=$(job_field "$job" last_error)

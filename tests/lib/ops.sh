@@ -8,6 +8,11 @@
 #   ops_fake_lock PATH PID                   a lock file naming the live
 #                                            process PID as its holder
 #   ops_vm_dir NAME                          catalog folder of test VM NAME
+#   ops_file_plant DIR NAME SRC              write SRC as a new generation of
+#                                            the catalog file DIR/NAME (say
+#                                            domain.xml), its file-name
+#                                            checksum recomputed, as any host
+#                                            with write access to the export can
 #   ops_fake_restoring UUID PID              the local marker of a restore of
 #                                            VM UUID by the live process PID
 
@@ -36,6 +41,17 @@ ops_doc_set() {
 	sum=$(xxh64sum < "$out.tmp" | cut -d' ' -f1)
 	printf '# kboss-checksum: %s\n' "$sum" >> "$out.tmp"
 	chmod 0600 "$out.tmp" && mv "$out.tmp" "$out"
+}
+
+# Files (domain.xml, checkpoint XML) are NAME.<gen>.<XXH64 of the bytes>.
+ops_file_plant() {
+	local dir=$1 name=$2 src=$3 last gen sum
+	last=$(ls "$dir" | grep -E "^$name\.[0-9]+\.[0-9a-f]{16}$" | sort | tail -n1)
+	[ -n "$last" ] || { echo "ops_file_plant: no $name file in $dir" >&2; return 1; }
+	gen=${last#"$name".}
+	gen=$((10#${gen%%.*} + 1))
+	sum=$(xxh64sum < "$src" | cut -d' ' -f1)
+	install -m 0600 "$src" "$dir/$(printf '%s.%09d.%s' "$name" "$gen" "$sum")"
 }
 
 ops_fake_lock() {

@@ -1,0 +1,64 @@
+#!/usr/bin/env bash
+# Reading from a compressed backup where it matters: the time until the
+# guest agent answers (1) in a quick restore and (2) in a validation boot
+# (the wait_for_boot step), from a compressed backup against the same VM's
+# uncompressed backup. Two full backups of the test VM are taken; one is
+# compressed by kboss-compress at the default settings. BENCH_REPS (3)
+# interleaved rounds, page cache dropped before each run; medians.
+. "$(dirname "$0")/../lib/functions.sh"
+. "$(dirname "$0")/../lib/kboss.sh"
+
+REPS=${BENCH_REPS:-3}
+start_libvirt || exit 1
+kb_conf_init 8
+kb_offering qv allow_quick_restore=true validate=true validation_steps=wait_for_boot
+make_test_vm b 64 || exit 1
+dom=$(vm_domain b)
+printf '[vm]\noffering = qv\nbackupValidationBootTimeout = 600\n' > "$KB_ROOT/etc/vms.d/$dom.conf"
+
+now() { date +%s.%N; }
+secs() { python3 -c "print(f'{$2 - $1:.2f}')"; }
+median() { printf '%s\n' "$@" | sort -g | awk '{ l[NR] = $0 } END { print l[int((NR + 1) / 2)] }'; }
+drop() { sync; echo 3 > /proc/sys/vm/drop_caches; }
+
+plain=$(kb_backup b --full) && comp=$(kb_backup b --full) || { echo "bench: backup failed" >&2; exit 1; }
+kb kboss-compress --quiet "$comp" >/dev/null || { echo "bench: kboss-compress failed" >&2; exit 1; }
+cs=$(qemu-img info -U --output=json "$(kb_backup_file "$comp" vda)" | python3 -c 'import json,sys; print(json.load(sys.stdin)["cluster-size"])')
+echo "bench: backups $plain (uncompressed) and $comp (compressed, $cs-byte clusters)" >&2
+
+quick() { # BACKUP: seconds from kboss-restore --quick to the agent's answer
+	local t0 t1 pid i
+	drop
+	t0=$(now); kb kboss-restore --quiet --quick "$1" >/dev/null 2>&1 & pid=$!
+	for i in $(seq 1 1200); do [ "$(vm_state b)" = running ] && break; sleep 0.1; done
+	wait_agent b 600 >/dev/null || { echo "bench: no agent after quick restore of $1" >&2; }
+	t1=$(now)
+	secs "$t0" "$t1"
+	wait $pid
+	stop_vm b >/dev/null 2>&1
+}
+validation() { # BACKUP: seconds of the wait_for_boot step
+	drop
+	kb kboss-validate --quiet "$1" >/dev/null 2>&1
+	kb_backup_record "$1" | sed -n 's/^step.wait_for_boot = [a-z]* \([0-9.]*\)s.*/\1/p'
+}
+
+qp=() qc=() vp=() vc=()
+for r in $(seq "$REPS"); do
+	echo "bench: round $r of $REPS" >&2
+	qp+=("$(quick "$plain")"); qc+=("$(quick "$comp")")
+	vp+=("$(validation "$plain")"); vc+=("$(validation "$comp")")
+	echo "bench: quick ${qp[-1]} / ${qc[-1]} s, validation boot ${vp[-1]} / ${vc[-1]} s (uncompressed / compressed)" >&2
+done
+mqp=$(median "${qp[@]}") mqc=$(median "${qc[@]}") mvp=$(median "${vp[@]}") mvc=$(median "${vc[@]}")
+
+echo
+echo "kboss time until the guest agent answers, compressed vs uncompressed backup: test guest, compressed clusters $cs bytes, median of $REPS, load $(cut -d' ' -f1-3 /proc/loadavg) (shared machine, TCG)"
+printf '%-34s %12s %12s\n' "" uncompressed compressed
+printf '%-34s %12s %12s\n' "quick restore to agent (s)" "$mqp" "$mqc"
+printf '%-34s %12s %12s\n' "validation wait_for_boot (s)" "$mvp" "$mvc"
+awk -v qp="$mqp" -v qc="$mqc" -v vp="$mvp" -v vc="$mvc" 'BEGIN {
+  q = qc / qp; v = vc / vp
+  printf "goal: quick restore time to agent, compressed/uncompressed %.2f (target <= 1.10): %s\n", q, q <= 1.10 ? "met" : "NOT met"
+  printf "goal: validation boot time to agent, compressed/uncompressed %.2f (target <= 1.10): %s\n", v, v <= 1.10 ? "met" : "NOT met"
+}'
