@@ -372,6 +372,10 @@ int kb_virt_wait_job(virDomainPtr dom, volatile int *cancel,
                      void (*progress)(void *opaque, uint64_t done, uint64_t total), void *opaque,
                      char **ret_error)
 {
+  /* Short jobs (a small incremental) end within tens of ms: poll soon,
+   * then back off to 100 ms. */
+  useconds_t wait_us = 5 * 1000;
+
   for (;;) {
     virDomainJobInfo info;
 
@@ -390,7 +394,9 @@ int kb_virt_wait_job(virDomainPtr dom, volatile int *cancel,
     if (progress)
       progress(opaque, info.fileProcessed ? info.fileProcessed : info.dataProcessed,
                info.fileTotal ? info.fileTotal : info.dataTotal);
-    usleep(100 * 1000);
+    usleep(wait_us);
+    if (wait_us < 100 * 1000)
+      wait_us = wait_us * 2 > 100 * 1000 ? 100 * 1000 : wait_us * 2;
   }
   {
     virTypedParameterPtr params = NULL;

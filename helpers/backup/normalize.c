@@ -45,9 +45,12 @@ int bk_checkpoint_delete(struct bk_vm *v, const char *name)
     } else {
       const char *argv[] = { QEMU_IMG, "bitmap", "--remove", "-f", "qcow2", d->source, name, NULL };
       CLEANUP_FREE char *out = NULL;
-      CLEANUP_FREE char *info = NULL;
-      const char *iargv[] = { QEMU_IMG, "info", "-f", "qcow2", "--output=json", d->source, NULL };
-      if (kb_run(iargv, &info) == 0 && info && strstr(info, name) && kb_run(argv, &out) != 0)
+      CLEANUP_FREE char *why = NULL;
+      struct kb_bitmap_state st;
+      /* Read with kboss's reader (offline.c): no qemu-img info process. */
+      int rs = bk_offline_bitmap_state(d->source, name, &st, &why);
+      /* An image the reader refuses: let qemu-img try (absent is fine). */
+      if ((rs < 0 || st.present) && kb_run(argv, &out) != 0 && rs == 0)
         r = -EIO;
     }
   }
