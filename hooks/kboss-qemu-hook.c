@@ -11,7 +11,8 @@
  * It never touches secondary storage: a hung NFS export must not block the
  * start of any VM. Whether a domain concerns kboss, and whether it is being
  * restored, it decides from local facts (localstate.h): kboss's element in
- * the domain's <metadata>, /var/lib/kboss/vms/UUID, /run/kboss/restoring/UUID.
+ * the domain's <metadata>, the VM's file in the local state folder and its
+ * restoring marker in the run folder.
  * Domains that are none of kboss's business get nothing at all (no
  * configuration, no catalog). Whatever needs the catalog runs detached
  * (double fork + setsid), after libvirt has finished with the domain:
@@ -57,8 +58,9 @@
 #ifndef SBINDIR
 #define SBINDIR "/usr/local/sbin"
 #endif
-#ifndef LOCALSTATEDIR
-#define LOCALSTATEDIR "/var"
+/* The default log under $(localstatedir), set by hooks/Makefile.am. */
+#ifndef HOOK_LOG
+#error "HOOK_LOG must be defined by the build"
 #endif
 
 #define VALIDATION_PREFIX "kboss-val-"
@@ -70,7 +72,7 @@ static const char *domain_name;
 static const char *log_path(void)
 {
   const char *p = getenv("KBOSS_HOOK_LOG");
-  return p && *p == '/' ? p : LOCALSTATEDIR "/log/kboss/hook.log";
+  return p && *p == '/' ? p : HOOK_LOG;
 }
 
 static int open_log(void)
@@ -268,7 +270,6 @@ static void vm_view_clear(struct vm_view *v)
 static int vm_view_load(const char *uuid, struct vm_view *v)
 {
   CLEANUP_FREE char *errors = NULL;
-  CLEANUP_FREE char *locks = NULL, *lock = NULL;
   int r;
 
   memset(v, 0, sizeof *v);
@@ -288,9 +289,7 @@ static int vm_view_load(const char *uuid, struct vm_view *v)
   r = kb_vm_load(v->cat, uuid, &v->rec);
   if (r < 0)
     return r;     /* -ENOENT: not a kboss VM; nothing to do */
-  locks = kb_catalog_locks_dir(v->cat);
-  lock = locks ? kb_printf("%s/vm-%s.lock", locks, uuid) : NULL;
-  v->holder_live = lock ? kb_lock_probe(lock, &v->holder) : -ENOMEM;
+  v->holder_live = kb_catalog_lock_probe(v->cat, KB_LOCK_VM, uuid, &v->holder);
   if (v->holder_live < 0 && v->holder_live != -ENOENT)
     note("cannot probe the VM lock: %s", strerror(-v->holder_live));
   if (v->holder_live < 0)
@@ -411,10 +410,10 @@ static void usage(FILE *f)
           "restoring on this host.\n"
           "\n"
           "Environment (not passed by libvirt; for a wrapper script):\n"
-          "  KBOSS_CONF      configuration (default %s/kboss/kboss.conf)\n"
+          "  KBOSS_CONF      configuration (default %s)\n"
           "  KBOSS_SBINDIR   where the kboss helpers are (default %s)\n"
-          "  KBOSS_HOOK_LOG  log of notes and helper output (default %s/log/kboss/hook.log)\n",
-          kb_progname, SYSCONFDIR, SBINDIR, SYSCONFDIR, SBINDIR, LOCALSTATEDIR);
+          "  KBOSS_HOOK_LOG  log of notes and helper output (default %s)\n",
+          kb_progname, SYSCONFDIR, SBINDIR, kb_config_default_path(), SBINDIR, HOOK_LOG);
 }
 
 int main(int argc, char **argv)

@@ -195,41 +195,108 @@ static char *bad_name(void)
   return NULL;
 }
 
-char *kb_catalog_vm_dir(const struct kb_catalog *cat, const char *vm_uuid)
+/* <root>/vms/<uuid>[/SUB], checked. */
+static char *under_vm(const struct kb_catalog *cat, const char *vm_uuid, const char *sub)
 {
   if (!kb_uuid_ok(vm_uuid))
     return bad_name();
-  return checked(cat->secondary, kb_printf("%s/vms/%s", cat->root, vm_uuid));
+  return checked(cat->secondary, sub ? kb_printf("%s/vms/%s/%s", cat->root, vm_uuid, sub)
+                                     : kb_printf("%s/vms/%s", cat->root, vm_uuid));
+}
+
+/* <root>/vms/<uuid>/chains/<chain>/<backup>[/FILE], checked. */
+static char *under_backup(const struct kb_catalog *cat, const char *vm_uuid, const char *chain,
+                          const char *backup, const char *file)
+{
+  CLEANUP_FREE char *sub = NULL;
+
+  if (!kb_name_ok(chain) || !kb_name_ok(backup))
+    return bad_name();
+  sub = file ? kb_printf("chains/%s/%s/%s", chain, backup, file) : kb_printf("chains/%s/%s", chain, backup);
+  return sub ? under_vm(cat, vm_uuid, sub) : NULL;
+}
+
+char *kb_catalog_vm_dir(const struct kb_catalog *cat, const char *vm_uuid)
+{
+  return under_vm(cat, vm_uuid, NULL);
 }
 
 char *kb_catalog_chain_dir(const struct kb_catalog *cat, const char *vm_uuid, const char *chain)
 {
-  if (!kb_uuid_ok(vm_uuid) || !kb_name_ok(chain))
+  CLEANUP_FREE char *sub = kb_name_ok(chain) ? kb_printf("chains/%s", chain) : NULL;
+
+  if (!kb_name_ok(chain))
     return bad_name();
-  return checked(cat->secondary, kb_printf("%s/vms/%s/chains/%s", cat->root, vm_uuid, chain));
+  return sub ? under_vm(cat, vm_uuid, sub) : NULL;
 }
 
 char *kb_catalog_backup_dir(const struct kb_catalog *cat, const char *vm_uuid, const char *chain,
                             const char *backup)
 {
-  if (!kb_uuid_ok(vm_uuid) || !kb_name_ok(chain) || !kb_name_ok(backup))
+  return under_backup(cat, vm_uuid, chain, backup, NULL);
+}
+
+char *kb_catalog_checkpoints_dir(const struct kb_catalog *cat, const char *vm_uuid)
+{
+  return under_vm(cat, vm_uuid, "checkpoints");
+}
+
+char *kb_catalog_checkpoint_path(const struct kb_catalog *cat, const char *vm_uuid, const char *name)
+{
+  CLEANUP_FREE char *sub = kb_name_ok(name) ? kb_printf("checkpoints/%s.xml", name) : NULL;
+
+  if (!kb_name_ok(name))
     return bad_name();
-  return checked(cat->secondary, kb_printf("%s/vms/%s/chains/%s/%s", cat->root, vm_uuid, chain, backup));
+  return sub ? under_vm(cat, vm_uuid, sub) : NULL;
+}
+
+char *kb_catalog_vm_domain_path(const struct kb_catalog *cat, const char *vm_uuid)
+{
+  return under_vm(cat, vm_uuid, "domain.xml");
+}
+
+char *kb_catalog_backup_domain_path(const struct kb_catalog *cat, const char *vm_uuid, const char *chain,
+                                    const char *backup)
+{
+  return under_backup(cat, vm_uuid, chain, backup, "domain.xml");
+}
+
+char *kb_catalog_screenshot_path(const struct kb_catalog *cat, const char *vm_uuid, const char *chain,
+                                 const char *backup)
+{
+  return under_backup(cat, vm_uuid, chain, backup, "screenshot.png");
+}
+
+char *kb_catalog_data_chain_dir(const struct kb_catalog *cat, const char *store, const char *vm_uuid,
+                                const char *chain)
+{
+  size_t i;
+
+  if (!kb_name_ok(store) || !kb_uuid_ok(vm_uuid) || !kb_name_ok(chain))
+    return bad_name();
+  for (i = 0; i < cat->nstores; i++)
+    if (KB_STREQ(cat->stores[i].name, store)) {
+      const char *sp = strcmp(cat->stores[i].path, "/") ? cat->stores[i].path : "";
+      return checked(cat->stores[i].path, kb_printf("%s/kboss/vms/%s/chains/%s", sp, vm_uuid, chain));
+    }
+  errno = ENOENT;
+  return NULL;
 }
 
 char *kb_catalog_data_dir(const struct kb_catalog *cat, const char *store, const char *vm_uuid,
                           const char *chain, const char *backup)
 {
+  CLEANUP_FREE char *dir = NULL;
   size_t i;
 
-  if (!kb_name_ok(store) || !kb_uuid_ok(vm_uuid) || !kb_name_ok(chain) || !kb_name_ok(backup))
+  if (!kb_name_ok(backup))
     return bad_name();
+  dir = kb_catalog_data_chain_dir(cat, store, vm_uuid, chain);
+  if (!dir)
+    return NULL;
   for (i = 0; i < cat->nstores; i++)
-    if (KB_STREQ(cat->stores[i].name, store)) {
-      const char *sp = strcmp(cat->stores[i].path, "/") ? cat->stores[i].path : "";
-      return checked(cat->stores[i].path,
-                     kb_printf("%s/kboss/vms/%s/chains/%s/%s", sp, vm_uuid, chain, backup));
-    }
+    if (KB_STREQ(cat->stores[i].name, store))
+      return checked(cat->stores[i].path, kb_printf("%s/%s", dir, backup));
   errno = ENOENT;
   return NULL;
 }
@@ -432,22 +499,90 @@ int kb_catalog_new_id(char *buf, size_t len)
   return 0;
 }
 
+bool kb_backup_id_ok(const char *id)
+{
+  /* What kb_catalog_new_id() makes: YYYYmmddTHHMMSSZ-xxxxxx. */
+  static const char shape[] = "ddddddddTddddddZ-hhhhhh";
+  size_t i;
+
+  if (!id || strlen(id) != sizeof shape - 1)
+    return false;
+  for (i = 0; shape[i]; i++) {
+    char c = id[i];
+    switch (shape[i]) {
+    case 'd':
+      if (c < '0' || c > '9')
+        return false;
+      break;
+    case 'h':
+      if (!((c >= '0' && c <= '9') || (c >= 'a' && c <= 'f')))
+        return false;
+      break;
+    default:
+      if (c != shape[i])
+        return false;
+    }
+  }
+  return true;
+}
+
 /* --- Locks --- */
+
+char *kb_catalog_lock_path(const struct kb_catalog *cat, enum kb_lock_kind kind, const char *name)
+{
+  CLEANUP_FREE char *locks = NULL;
+
+  switch (kind) {
+  case KB_LOCK_VM:
+    if (!kb_uuid_ok(name))
+      return bad_name();
+    break;
+  case KB_LOCK_BACKUP:
+  case KB_LOCK_JOB:
+    if (!kb_name_ok(name))
+      return bad_name();
+    break;
+  default:
+    return bad_name();
+  }
+  locks = kb_catalog_locks_dir(cat);
+  if (!locks)
+    return NULL;
+  return kb_printf("%s/%s-%s.lock", locks,
+                   kind == KB_LOCK_VM ? "vm" : kind == KB_LOCK_BACKUP ? "backup" : "job", name);
+}
+
+int kb_catalog_lock(const struct kb_catalog *cat, enum kb_lock_kind kind, const char *name,
+                    const char *purpose, int timeout_ms, struct kb_lock **ret)
+{
+  CLEANUP_FREE char *locks = kb_catalog_locks_dir(cat);
+  CLEANUP_FREE char *path = kb_catalog_lock_path(cat, kind, name);
+  int r;
+
+  if (!locks || !path)
+    return errno ? -errno : -ENOMEM;
+  r = kb_catalog_mkdirs(cat, locks);
+  if (r < 0)
+    return r;
+  return kb_lock_take(path, purpose, timeout_ms, ret);
+}
+
+int kb_catalog_lock_probe(const struct kb_catalog *cat, enum kb_lock_kind kind, const char *name,
+                          char **ret_holder)
+{
+  CLEANUP_FREE char *path = kb_catalog_lock_path(cat, kind, name);
+
+  if (ret_holder)
+    *ret_holder = NULL;
+  if (!path)
+    return errno ? -errno : -ENOMEM;
+  return kb_lock_probe(path, ret_holder);
+}
 
 int kb_catalog_lock_vm(const struct kb_catalog *cat, const char *vm_uuid, const char *purpose,
                        int timeout_ms, struct kb_lock **ret)
 {
-  CLEANUP_FREE char *locks = kb_catalog_locks_dir(cat);
-  CLEANUP_FREE char *path = NULL;
-
-  if (!kb_uuid_ok(vm_uuid))
-    return -EINVAL;
-  if (!locks)
-    return -errno;
-  path = kb_printf("%s/vm-%s.lock", locks, vm_uuid);
-  if (!path)
-    return -ENOMEM;
-  return kb_lock_take(path, purpose, timeout_ms, ret);
+  return kb_catalog_lock(cat, KB_LOCK_VM, vm_uuid, purpose, timeout_ms, ret);
 }
 
 /* "<kind>.zone." or "<kind>.host-<host>." */

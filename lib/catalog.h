@@ -7,7 +7,11 @@
  *   <secondary>/kboss/vms/<vm-uuid>/chains/<chain>/<backup>/backup.ini
  *   <store>/kboss/vms/<vm-uuid>/chains/<chain>/<backup>/<disk>.qcow2
  *   <secondary>/kboss/jobs/<job>.ini
- *   <secondary>/kboss/locks/...
+ *   <secondary>/kboss/locks/vm-<vm-uuid>.lock, backup-<backup>.lock, job-<job>.lock
+ *   <secondary>/kboss/locks/<kind>.zone.<i>, <kind>.host-<host>.<i>   (slots)
+ *
+ * This module and record.h own every one of these names: programs ask for
+ * a path, a lock or a record change and never spell one.
  *
  * "name.ini" above is really a set of generations (see docs/storage.md):
  * metadata is written without relying on atomic rename or fsync, as NFS
@@ -81,6 +85,21 @@ char *kb_catalog_backup_dir(const struct kb_catalog *cat, const char *vm_uuid, c
  * host's configuration). */
 char *kb_catalog_data_dir(const struct kb_catalog *cat, const char *store, const char *vm_uuid,
                           const char *chain, const char *backup);
+/* The folder of a chain's data on STORE (every backup's data folder is in it). */
+char *kb_catalog_data_chain_dir(const struct kb_catalog *cat, const char *store, const char *vm_uuid,
+                                const char *chain);
+/* Saved XML: the VM's domain (<vm>/domain.xml), a backup's copy of it
+ * (<backup>/domain.xml), libvirt checkpoints (<vm>/checkpoints/<name>.xml).
+ * These are kb_meta_write_file() paths: read them with kb_meta_read_file(). */
+char *kb_catalog_vm_domain_path(const struct kb_catalog *cat, const char *vm_uuid);
+char *kb_catalog_backup_domain_path(const struct kb_catalog *cat, const char *vm_uuid, const char *chain,
+                                    const char *backup);
+/* The PNG of a backup's last validation screenshot (<backup>/screenshot.png,
+ * a kb_meta_write_file() path). */
+char *kb_catalog_screenshot_path(const struct kb_catalog *cat, const char *vm_uuid, const char *chain,
+                                 const char *backup);
+char *kb_catalog_checkpoints_dir(const struct kb_catalog *cat, const char *vm_uuid);
+char *kb_catalog_checkpoint_path(const struct kb_catalog *cat, const char *vm_uuid, const char *name);
 char *kb_catalog_jobs_dir(const struct kb_catalog *cat);
 char *kb_catalog_locks_dir(const struct kb_catalog *cat);
 /* The path builders check that no existing component below the mount point
@@ -108,9 +127,25 @@ int kb_catalog_find_backup(const struct kb_catalog *cat, const char *backup_id,
 
 /* New ids: chains and backups are "YYYYmmddTHHMMSSZ-xxxxxx" (time-sortable). */
 int kb_catalog_new_id(char *buf, size_t len);
+/* Whether ID has exactly that shape (kboss made it: a backup, a chain, or
+ * the libvirt checkpoint named after a backup). Lookups of an existing
+ * record only need kb_name_ok(). */
+bool kb_backup_id_ok(const char *id);
 
 /* --- Locks --- */
-/* Per-VM exclusive lock (locks/vm-<uuid>.lock). */
+/* The catalog's named locks: a VM (by UUID: backup, restore, delete, the
+ * hook's probe), a backup (by id: its files are swapped, read or removed),
+ * a job (by id: whoever holds it runs the job). */
+enum kb_lock_kind { KB_LOCK_VM, KB_LOCK_BACKUP, KB_LOCK_JOB };
+/* Its lock file (NULL, errno EINVAL, on a bad name). */
+char *kb_catalog_lock_path(const struct kb_catalog *cat, enum kb_lock_kind kind, const char *name);
+/* Take it (kb_lock_take: TIMEOUT_MS 0 tries once; -EBUSY when held). */
+int kb_catalog_lock(const struct kb_catalog *cat, enum kb_lock_kind kind, const char *name,
+                    const char *purpose, int timeout_ms, struct kb_lock **ret);
+/* Held by a live holder? 1 yes, 0 no, -errno (kb_lock_probe). */
+int kb_catalog_lock_probe(const struct kb_catalog *cat, enum kb_lock_kind kind, const char *name,
+                          char **ret_holder);
+/* kb_catalog_lock(cat, KB_LOCK_VM, ...). */
 int kb_catalog_lock_vm(const struct kb_catalog *cat, const char *vm_uuid, const char *purpose,
                        int timeout_ms, struct kb_lock **ret);
 /* A concurrency slot: zone-wide (HOST NULL) "locks/<kind>.zone.<i>" or per

@@ -622,6 +622,11 @@ static int check_whole(struct kbc_parse *p)
   return 0;
 }
 
+const char *kb_config_default_path(void)
+{
+  return SYSCONFDIR "/kboss/kboss.conf";
+}
+
 int kb_config_load(const char *path, struct kb_config **ret, char **ret_errors)
 {
   struct kb_config *cfg;
@@ -638,7 +643,7 @@ int kb_config_load(const char *path, struct kb_config **ret, char **ret_errors)
   if (!path || !*path)
     path = getenv("KBOSS_CONF");
   if (!path || !*path)
-    path = SYSCONFDIR "/kboss/kboss.conf";
+    path = kb_config_default_path();
 
   cfg = calloc(1, sizeof *cfg);
   if (!cfg)

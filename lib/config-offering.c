@@ -244,6 +244,13 @@ const struct kb_offering *kb_config_offering(const struct kb_config *cfg, const 
   return NULL;
 }
 
+char *kb_config_offering_path(const struct kb_config *cfg, const char *name)
+{
+  if (!kb_name_ok(name))
+    return NULL;
+  return kb_printf("%s/offerings.d/%s.conf", cfg->dir, name);
+}
+
 const struct kb_offering *kb_config_offering_at(const struct kb_config *cfg, unsigned n)
 {
   return n < cfg->n_offerings ? &cfg->offerings[n] : NULL;

@@ -103,25 +103,15 @@ static char *edit_vm_text(const char *old, const char *key, const char *value)
   return buf;
 }
 
-int kb_config_vm_set(struct kb_config *cfg, const char *vm, const char *key, const char *value,
-                     bool as_user, char **ret_error)
+/* Whether KEY may be set to VALUE (NULL: removed) for VM by this caller. */
+static int check_vm_value(const struct kb_config *cfg, const char *vm, const char *key, const char *value,
+                          bool as_user, char **ret_error)
 {
   const struct kb_setting_def *d = kb_setting_find(key);
   bool special = key && (strcmp(key, "account") == 0 || strcmp(key, "offering") == 0);
-  CLEANUP_FREE char *dir = NULL;
-  CLEANUP_FREE char *path = NULL;
-  CLEANUP_FREE char *old = NULL;
-  CLEANUP_FREE char *text = NULL;
   char why[256];
-  struct kbc_vm vc, *slot;
-  struct kbc_parse p = { 0 };
-  char *errbuf = NULL;
-  size_t errlen = 0, old_len = 0;
-  int r;
 
 #define FAIL(err, ...) do { if (ret_error) *ret_error = kb_printf(__VA_ARGS__); return (err); } while (0)
-  if (ret_error)
-    *ret_error = NULL;
   if (!kb_name_ok(vm))
     FAIL(-EINVAL, "\"%s\" is not a valid VM name", vm ? vm : "");
   if (!special && (!d || d->scope != KB_SCOPE_VM))
@@ -145,6 +135,29 @@ int kb_config_vm_set(struct kb_config *cfg, const char *vm, const char *key, con
     } else if (kb_setting_check(d, value, why, sizeof why) < 0)
       FAIL(-EINVAL, "%s: %s", key, why);
   }
+  return 0;
+#undef FAIL
+}
+
+int kb_config_vm_set(struct kb_config *cfg, const char *vm, const char *key, const char *value,
+                     bool as_user, char **ret_error)
+{
+  CLEANUP_FREE char *dir = NULL;
+  CLEANUP_FREE char *path = NULL;
+  CLEANUP_FREE char *old = NULL;
+  CLEANUP_FREE char *text = NULL;
+  struct kbc_vm vc, *slot;
+  struct kbc_parse p = { 0 };
+  char *errbuf = NULL;
+  size_t errlen = 0, old_len = 0;
+  int r;
+
+#define FAIL(err, ...) do { if (ret_error) *ret_error = kb_printf(__VA_ARGS__); return (err); } while (0)
+  if (ret_error)
+    *ret_error = NULL;
+  r = check_vm_value(cfg, vm, key, value, as_user, ret_error);
+  if (r < 0)
+    return r;
 
   dir = kb_printf("%s/vms.d", cfg->dir);
   path = kb_printf("%s/%s.conf", dir ? dir : "", vm);

@@ -36,6 +36,18 @@ json_object *kb_doc_to_json(const struct kb_doc *doc)
   return root;
 }
 
+json_object *kb_json_str(const char *s)
+{
+  CLEANUP_FREE char *esc = NULL;
+
+  if (!s)
+    return NULL;
+  /* Many values come from the export: control bytes and invalid UTF-8
+   * escaped as everywhere else (kb_escape_text), then JSON-escaped. */
+  esc = kb_escape_text(s, true);
+  return json_object_new_string(esc ? esc : "");
+}
+
 void kb_json_print(json_object *obj)
 {
   puts(json_object_to_json_string_ext(obj, JSON_C_TO_STRING_PRETTY | JSON_C_TO_STRING_NOSLASHESCAPE));

@@ -114,6 +114,9 @@ struct kb_value {
  * ini_max_line, ini_allow_multiline...); loading sets them, so do not load
  * from two threads at once. */
 int kb_config_load(const char *path, struct kb_config **ret, char **ret_errors);
+/* SYSCONFDIR/kboss/kboss.conf: what kb_config_load reads without PATH or
+ * $KBOSS_CONF (for --help texts). */
+const char *kb_config_default_path(void);
 void kb_config_free(struct kb_config *cfg);
 const char *kb_config_path(const struct kb_config *cfg);
 const char *kb_config_dir(const struct kb_config *cfg);
@@ -141,6 +144,9 @@ const char *kb_config_str(const struct kb_config *cfg, const char *vm, const cha
 /* Offerings and stores. */
 const struct kb_offering *kb_config_offering(const struct kb_config *cfg, const char *name);
 const struct kb_offering *kb_config_offering_at(const struct kb_config *cfg, unsigned n);
+/* Where offering NAME's file is or would be: offerings.d/NAME.conf beside
+ * kboss.conf (NULL for a bad name). */
+char *kb_config_offering_path(const struct kb_config *cfg, const char *name);
 const struct kb_store *kb_config_store(const struct kb_config *cfg, const char *name);
 const struct kb_store *kb_config_store_at(const struct kb_config *cfg, unsigned n);
 

@@ -61,34 +61,6 @@ bool kb_xml_has_kboss_metadata(const char *xml)
   return found;
 }
 
-static bool has_element(virDomainPtr dom, unsigned where)
-{
-  char *have = virDomainGetMetadata(dom, VIR_DOMAIN_METADATA_ELEMENT, KB_DOMAIN_NS, where);
-  bool found = have != NULL;
-
-  free(have);
-  return found;
-}
-
-int kb_virt_mark_domain(virDomainPtr dom)
-{
-  int active = virDomainIsActive(dom), persistent = virDomainIsPersistent(dom);
-  unsigned flags = 0;
-
-  if (active < 0 || persistent < 0)
-    return -EIO;
-  if (persistent && !has_element(dom, VIR_DOMAIN_AFFECT_CONFIG))
-    flags |= VIR_DOMAIN_AFFECT_CONFIG;
-  if (active && !has_element(dom, VIR_DOMAIN_AFFECT_LIVE))
-    flags |= VIR_DOMAIN_AFFECT_LIVE;
-  if (!flags)
-    return 0;
-  if (virDomainSetMetadata(dom, VIR_DOMAIN_METADATA_ELEMENT, "<vm/>", KB_DOMAIN_NS_PREFIX, KB_DOMAIN_NS,
-                           flags) < 0)
-    return -EIO;
-  return 0;
-}
-
 static char *vm_file(const char *uuid)
 {
   if (!kb_uuid_ok(uuid)) {

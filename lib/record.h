@@ -24,6 +24,12 @@
 #define KB_BACKUP_READY "Ready"
 #define KB_BACKUP_INVALID "Invalid"
 
+/* A backup's last validation (backup.ini [validation] state). */
+#define KB_VALIDATION_RUNNING "Running"
+#define KB_VALIDATION_PASSED "Passed"
+#define KB_VALIDATION_FAILED "Failed"
+#define KB_VALIDATION_INTERRUPTED "Interrupted"
+
 /* Load/save the records; load returns -ENOENT when absent. */
 int kb_vm_load(const struct kb_catalog *cat, const char *vm_uuid, struct kb_doc **ret);
 int kb_vm_save(const struct kb_catalog *cat, const char *vm_uuid, const struct kb_doc *doc);
@@ -70,6 +76,89 @@ int kb_backup_lineage(const struct kb_catalog *cat, const struct kb_backup_ref *
 
 /* Disks of a backup record: NULL-terminated target names ("vda"). */
 int kb_backup_disks(const struct kb_doc *backup, char ***ret);
+
+/* --- State of a backup record --- */
+
+/* Complete: Ready or Invalid (not Running, not a record without state). */
+bool kb_backup_complete(const struct kb_doc *backup);
+/* The VM a quick restore runs on the backup (in_use_by), or NULL. */
+const char *kb_backup_in_use_by(const struct kb_doc *backup);
+
+/* --- Record transitions: every change of vm.ini, chain.ini and backup.ini
+ * that more than one program makes, or that touches more than one record --- */
+
+/* Add a backup: BACKUP_ID (already saved Ready) becomes CHAIN's newest:
+ * chain.ini (CHAIN_REC) length + 1 and last_backup, ended once ISOLATED or
+ * CHAIN_SIZE backups long, saved; vm.ini (VM_REC: not saved, the caller
+ * saves it with the VM's state) last_backup, last_backup_time and, unless
+ * ISOLATED, current_chain and last_checkpoint. */
+int kb_chain_add_backup(const struct kb_catalog *cat, const char *vm_uuid, const char *chain,
+                        struct kb_doc *chain_rec, struct kb_doc *vm_rec, const char *backup_id,
+                        bool isolated, long long chain_size);
+
+/* Remove a backup: its data folder on its store, its catalog folder, its
+ * jobs. REF->doc NULL (an unreadable record): the catalog folder only. */
+int kb_backup_remove(const struct kb_catalog *cat, const struct kb_backup_ref *ref);
+
+/* Remove a chain: its catalog folder and its data folder on STORE (NULL:
+ * the store chain.ini names). When it is VM_REC's current chain,
+ * current_chain and last_checkpoint are cleared in VM_REC (not saved). */
+int kb_chain_remove(const struct kb_catalog *cat, const char *vm_uuid, const char *chain,
+                    const char *store, struct kb_doc *vm_rec);
+
+/* End CHAIN (kb_chain_end) if it is the VM's current chain, under the
+ * caller's VM lock: 1 ended, 0 not the current chain, or -errno. */
+int kb_chain_end_if_current(const struct kb_catalog *cat, const char *vm_uuid, const char *chain,
+                            const char *reason);
+
+/* Mark a backup and every backup it depends on as in use by a quick
+ * restore running on VM_UUID (NULL: no longer in use), each under its
+ * backup lock (so a compression cannot swap files between its own check
+ * and its rename). REF->doc is updated too. */
+int kb_backup_mark_in_use(const struct kb_catalog *cat, struct kb_backup_ref *ref, const char *vm_uuid);
+
+/* Mark a backup record Invalid (its files no longer match their hashes):
+ * state Invalid, validated false. The caller saves it. */
+int kb_backup_mark_invalid(struct kb_doc *backup);
+
+/* Every backup of a chain with its record, for removing some of them. */
+struct kb_chain_view {
+  char **ids;               /* oldest first */
+  struct kb_doc **docs;     /* NULL where unreadable */
+  size_t n;
+};
+int kb_chain_view_load(const struct kb_catalog *cat, const char *vm_uuid, const char *chain,
+                       struct kb_chain_view *ret);
+void kb_chain_view_clear(struct kb_chain_view *cv);
+/* Set DEL[i] for BACKUP and every backup of CV depending on it (through
+ * parent links); returns how many are set. */
+size_t kb_chain_view_dependents(const struct kb_chain_view *cv, const char *backup, bool *del);
+
+/* What kb_chain_forget() changed, for the caller to say. */
+struct kb_forget_result {
+  bool chain_removed;       /* no backup was left: the chain is gone */
+  bool chain_ended;         /* the VM's current chain ended, backups remain */
+};
+/* After the backups DEL marks were removed (kb_backup_remove): chain.ini
+ * gets its newest remaining backup and length (ended when its newest went),
+ * or the empty chain is removed; vm.ini loses last_backup, current_chain
+ * and last_checkpoint (and that checkpoint's saved XML) where they named a
+ * removed backup. Call under the VM lock. */
+int kb_chain_forget(const struct kb_catalog *cat, const char *vm_uuid, const char *chain,
+                    const struct kb_chain_view *cv, const bool *del, struct kb_forget_result *ret);
+
+/* --- How every program words the common catalog errors (malloc'd) --- */
+
+/* A failed kb_backup_find(): "backup ID: no such backup in the catalog"
+ * (-ENOENT), "backup ID: not a backup id" (-EINVAL), "backup ID: <errno>". */
+char *kb_msg_backup_find(const char *id, int err);
+/* A lock not taken: "LABEL is busy: another kboss operation holds it
+ * (HOLDER)" for -EBUSY (the holder read from the lock), else "LABEL:
+ * cannot take its lock: <errno>". LABEL: "VM web1", "backup ID". */
+char *kb_msg_lock(const struct kb_catalog *cat, enum kb_lock_kind kind, const char *name,
+                  const char *label, int err);
+/* "backup ID is not complete (STATE)". */
+char *kb_msg_backup_incomplete(const char *id, const struct kb_doc *backup);
 
 /* --- Jobs (compression, validation, hash check) --- */
 #define KB_JOB_COMPRESSION "compression"

@@ -14,7 +14,10 @@
 
 #define ANY -INFINITY, INFINITY
 /* Every integer setting has a finite range, so that what programs compute
- * from one (seconds * 1000, hours * 3600, MB/s * 2^20) fits its type.
+ * from one (seconds * 1000, hours * 3600, MB/s * 2^20) fits its type. The
+ * one real setting needs no upper bound: a double does not overflow into
+ * undefined behaviour, and infinity and NaN are refused. (A huge multiple
+ * of free space is how tests make a store too small.)
  * Concurrency limits: below 1 means no limit; at most 1024 slots. */
 #define SLOTS -1, 1024
 
@@ -40,7 +43,7 @@ const struct kb_setting_def kb_setting_defs[] = {
     "Minutes between attempts at a compression job." },
   { "backup.compression.timeout", KB_TYPE_INT, KB_SCOPE_ZONE, "28800", 1, 604800,
     "Seconds a compression job may run." },
-  { "backup.compression.minimum.free.storage", KB_TYPE_REAL, KB_SCOPE_ZONE, "1", 0, 1000,
+  { "backup.compression.minimum.free.storage", KB_TYPE_REAL, KB_SCOPE_ZONE, "1", 0, INFINITY,
     "Free space needed on the store to compress, as a multiple of the backup's size." },
   { "backup.compression.coroutines", KB_TYPE_INT, KB_SCOPE_CLUSTER, "1", 1, 64,
     "Compression threads per job." },

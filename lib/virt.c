@@ -13,6 +13,7 @@
 #include <libxml/tree.h>
 #include <libxml/xpath.h>
 
+#include "localstate.h"
 #include "util.h"
 #include "virt.h"
 
@@ -371,6 +372,10 @@ int kb_virt_wait_job(virDomainPtr dom, volatile int *cancel,
                      void (*progress)(void *opaque, uint64_t done, uint64_t total), void *opaque,
                      char **ret_error)
 {
+  /* Short jobs (a small incremental) end within tens of ms: poll soon,
+   * then back off to 100 ms. */
+  useconds_t wait_us = 5 * 1000;
+
   for (;;) {
     virDomainJobInfo info;
 
@@ -389,7 +394,9 @@ int kb_virt_wait_job(virDomainPtr dom, volatile int *cancel,
     if (progress)
       progress(opaque, info.fileProcessed ? info.fileProcessed : info.dataProcessed,
                info.fileTotal ? info.fileTotal : info.dataTotal);
-    usleep(100 * 1000);
+    usleep(wait_us);
+    if (wait_us < 100 * 1000)
+      wait_us = wait_us * 2 > 100 * 1000 ? 100 * 1000 : wait_us * 2;
   }
   {
     virTypedParameterPtr params = NULL;
@@ -448,4 +455,34 @@ gid_t kb_qemu_gid(void)
   else
     cached = (gid_t) -1;
   return cached;
+}
+
+/* kboss's <metadata> element (localstate.h): here, with the other libvirt
+ * calls, so that the hook, which only reads local facts, needs no libvirt. */
+static bool has_element(virDomainPtr dom, unsigned where)
+{
+  char *have = virDomainGetMetadata(dom, VIR_DOMAIN_METADATA_ELEMENT, KB_DOMAIN_NS, where);
+  bool found = have != NULL;
+
+  free(have);
+  return found;
+}
+
+int kb_virt_mark_domain(virDomainPtr dom)
+{
+  int active = virDomainIsActive(dom), persistent = virDomainIsPersistent(dom);
+  unsigned flags = 0;
+
+  if (active < 0 || persistent < 0)
+    return -EIO;
+  if (persistent && !has_element(dom, VIR_DOMAIN_AFFECT_CONFIG))
+    flags |= VIR_DOMAIN_AFFECT_CONFIG;
+  if (active && !has_element(dom, VIR_DOMAIN_AFFECT_LIVE))
+    flags |= VIR_DOMAIN_AFFECT_LIVE;
+  if (!flags)
+    return 0;
+  if (virDomainSetMetadata(dom, VIR_DOMAIN_METADATA_ELEMENT, "<vm/>", KB_DOMAIN_NS_PREFIX, KB_DOMAIN_NS,
+                           flags) < 0)
+    return -EIO;
+  return 0;
 }

@@ -21,12 +21,12 @@
 /* Seconds to wait for the guest agent. */
 #define AGENT_TIMEOUT 10
 
-enum bk_fs_state bk_guest_fs_state(virDomainPtr dom)
+enum bk_fs_state bk_guest_fs_state(virDomainPtr dom, int timeout_s)
 {
   /* libvirt has no API for the freeze state; the raw agent command marks
    * the domain "tainted: custom-ga-command" in its log once per qemu run. */
   CLEANUP_FREE char *reply = virDomainQemuAgentCommand(dom, "{\"execute\":\"guest-fsfreeze-status\"}",
-                                                       AGENT_TIMEOUT, 0);
+                                                       timeout_s, 0);
   char compact[64];
   size_t n = 0;
   const char *p;
@@ -48,10 +48,18 @@ enum bk_fs_state bk_guest_fs_state(virDomainPtr dom)
 int bk_freeze(struct bk_vm *v, const char *by, char **ret_error)
 {
   CLEANUP_FREE char *why = NULL;
+  enum bk_fs_state st;
   int r, code;
 
   (void) virDomainAgentSetResponseTimeout(v->dom, AGENT_TIMEOUT, 0);
-  if (bk_guest_fs_state(v->dom) == BK_FS_FROZEN) {
+  st = bk_guest_fs_state(v->dom, AGENT_TIMEOUT);
+  if (st == BK_FS_UNKNOWN) {
+    /* Nothing is recorded or frozen when the agent cannot even say. */
+    *ret_error = kb_printf("VM %s: cannot quiesce: the guest agent does not answer (%s)", v->name,
+                           virGetLastErrorCode() != VIR_ERR_OK ? kb_virt_error() : "no reply it understood");
+    return -EIO;
+  }
+  if (st == BK_FS_FROZEN) {
     *ret_error = kb_printf("VM %s: cannot quiesce: its filesystems are already frozen, not by kboss "
                            "(guest-fsfreeze-status: frozen); kboss does not take over another tool's "
                            "freeze. Back up without --quiesce (frozen filesystems are consistent as they "
@@ -79,6 +87,7 @@ int bk_freeze(struct bk_vm *v, const char *by, char **ret_error)
               "and the next kboss-backup run thaws it", v->name);
   } else {
     /* The agent answered with an error: it thawed whatever it had frozen. */
+    kb_watchdog_note("frozen", NULL);
     (void) kb_vm_clear_frozen(v->cat, v->uuid, v->rec);
   }
   *ret_error = kb_printf("VM %s: cannot quiesce: the guest agent did not freeze the filesystems (%s)", v->name,
@@ -111,8 +120,9 @@ void bk_normalize_freeze(struct bk_vm *v)
       (void) kb_vm_clear_frozen(v->cat, v->uuid, v->rec);
     return;
   }
+  /* Short waits: this runs before every backup, quiesced or not. */
   (void) virDomainAgentSetResponseTimeout(v->dom, 5, 0);
-  st = bk_guest_fs_state(v->dom);
+  st = bk_guest_fs_state(v->dom, 5);
   switch (owner) {
   case KB_FREEZE_NONE:
     if (st == BK_FS_FROZEN)

@@ -10,6 +10,7 @@
 
 #include "backup.h"
 #include "log.h"
+#include "record.h"
 #include "util.h"
 
 volatile sig_atomic_t bk_cancel;
@@ -40,12 +41,12 @@ static void usage(FILE *f)
           "      --redefine-checkpoints  give libvirt back the VM's last checkpoint from\n"
           "                       the catalog if it forgot it (run by the qemu hook)\n"
           "      --json           print the backup's record as JSON\n"
-          "  -c, --config FILE    configuration (default $KBOSS_CONF or %s/kboss/kboss.conf)\n"
+          "  -c, --config FILE    configuration (default $KBOSS_CONF or %s)\n"
           "  -v, --verbose        more messages;  --quiet: errors only\n"
           "  -h, --help           this help;  -V, --version: the version\n"
           "\n"
           "Exit status: 0 success, 1 failure, 2 bad usage or configuration.\n",
-          kb_progname, kb_progname, kb_progname, kb_progname, SYSCONFDIR);
+          kb_progname, kb_progname, kb_progname, kb_progname, kb_config_default_path());
 }
 
 int main(int argc, char **argv)
@@ -139,13 +140,13 @@ int main(int argc, char **argv)
       printf("VM %s is Ready\n", v.name);
   } else {
     const char *state = kb_doc_get(v.rec, "vm", "state");
-    if (state && (KB_STREQ(state, "Restoring") || KB_STREQ(state, "Consolidating"))) {
+    if (state && (KB_STREQ(state, KB_VM_RESTORING) || KB_STREQ(state, KB_VM_CONSOLIDATING))) {
       err = kb_printf("VM %s is %s: no backup until that finishes", v.name, state);
       r = -EBUSY;
     } else {
       /* Whatever a killed or failed run left is cleaned first; the lock
        * we hold says no other run is under way. */
-      if (state && !KB_STREQ(state, "Ready")) {
+      if (state && !KB_STREQ(state, KB_VM_READY)) {
         kb_info("VM %s is %s: normalizing it first", v.name, state);
         r = bk_normalize(&v, &err);
         if (r < 0)

@@ -12,12 +12,6 @@
 #include "record.h"
 #include "util.h"
 
-static bool looks_like_kboss_id(const char *name)
-{
-  return name && strlen(name) == 23 && name[8] == 'T' && name[15] == 'Z' && name[16] == '-' &&
-         kb_name_ok(name);
-}
-
 int bk_checkpoint_delete(struct bk_vm *v, const char *name)
 {
   virDomainCheckpointPtr cp = virDomainCheckpointLookupByName(v->dom, name, 0);
@@ -51,9 +45,12 @@ int bk_checkpoint_delete(struct bk_vm *v, const char *name)
     } else {
       const char *argv[] = { QEMU_IMG, "bitmap", "--remove", "-f", "qcow2", d->source, name, NULL };
       CLEANUP_FREE char *out = NULL;
-      CLEANUP_FREE char *info = NULL;
-      const char *iargv[] = { QEMU_IMG, "info", "-f", "qcow2", "--output=json", d->source, NULL };
-      if (kb_run(iargv, &info) == 0 && info && strstr(info, name) && kb_run(argv, &out) != 0)
+      CLEANUP_FREE char *why = NULL;
+      struct kb_bitmap_state st;
+      /* Read with kboss's reader (offline.c): no qemu-img info process. */
+      int rs = bk_offline_bitmap_state(d->source, name, &st, &why);
+      /* An image the reader refuses: let qemu-img try (absent is fine). */
+      if ((rs < 0 || st.present) && kb_run(argv, &out) != 0 && rs == 0)
         r = -EIO;
     }
   }
@@ -64,7 +61,6 @@ int bk_checkpoint_delete(struct bk_vm *v, const char *name)
 int bk_discard_backup(struct bk_vm *v, const char *chain, const char *backup, char **ret_error)
 {
   struct kb_backup_ref ref = { NULL, NULL, NULL, NULL };
-  CLEANUP_FREE char *data = NULL, *meta = NULL;
   int r;
 
   ref.vm_uuid = strdup(v->uuid);
@@ -83,21 +79,15 @@ int bk_discard_backup(struct bk_vm *v, const char *chain, const char *backup, ch
       if (virDomainGetState(v->dom, &state, &reason, 0) == 0 && state == VIR_DOMAIN_PAUSED)
         (void) virDomainDestroy(v->dom);
     }
-    data = kb_backup_data_dir(v->cat, &ref);
   }
-  meta = kb_catalog_backup_dir(v->cat, v->uuid, chain, backup);
   if (kb_doc_get(ref.doc, "backup", "checkpoint") || !ref.doc) {
-    if (looks_like_kboss_id(backup) && bk_checkpoint_delete(v, backup) < 0) {
+    if (kb_backup_id_ok(backup) && bk_checkpoint_delete(v, backup) < 0) {
       *ret_error = kb_printf("backup %s: cannot remove its checkpoint from VM %s", backup, v->name);
       kb_backup_ref_clear(&ref);
       return -EIO;
     }
   }
-  r = 0;
-  if (data && kb_rm_rf(data) < 0)
-    r = -EIO;
-  if (meta && kb_rm_rf(meta) < 0)
-    r = -EIO;
+  r = ref.vm_uuid && ref.chain && ref.id ? kb_backup_remove(v->cat, &ref) : -ENOMEM;
   kb_backup_ref_clear(&ref);
   if (r < 0)
     *ret_error = kb_printf("backup %s: cannot remove its files", backup);
@@ -173,33 +163,12 @@ int bk_normalize(struct bk_vm *v, char **ret_error)
       kb_doc_free(doc);
     }
     kb_strv_free(backups);
-    if (!any) {
-      /* A chain whose only backup never completed. */
-      CLEANUP_FREE char *cd = kb_catalog_chain_dir(v->cat, v->uuid, chains[c]);
-      struct kb_doc *ch = NULL;
-      if (kb_chain_load(v->cat, v->uuid, chains[c], &ch) == 0) {
-        const char *store = kb_doc_get(ch, "chain", "store");
-        const struct kb_store *s = store ? kb_config_store(v->cfg, store) : NULL;
-        if (s) {
-          CLEANUP_FREE char *dd = kb_printf("%s/kboss/vms/%s/chains/%s", s->path, v->uuid, chains[c]);
-          if (dd)
-            (void) kb_rm_rf(dd);
-        }
-        kb_doc_free(ch);
-      }
-      if (cd)
-        (void) kb_rm_rf(cd);
-      {
-        const char *cur = kb_doc_get(v->rec, "vm", "current_chain");
-        if (cur && KB_STREQ(cur, chains[c])) {
-          (void) kb_doc_set(v->rec, "vm", "current_chain", NULL);
-          (void) kb_doc_set(v->rec, "vm", "last_checkpoint", NULL);
-          keep = NULL;
-        }
-      }
-    }
+    /* A chain whose only backup never completed. */
+    if (!any)
+      (void) kb_chain_remove(v->cat, v->uuid, chains[c], NULL, v->rec);
   }
   kb_strv_free(chains);
+  keep = kb_doc_get(v->rec, "vm", "last_checkpoint");
 
   /* Checkpoints libvirt still has that no completed backup needs. */
   {
@@ -208,7 +177,7 @@ int bk_normalize(struct bk_vm *v, char **ret_error)
     for (i = 0; i < n; i++) {
       CLEANUP_FREE char *name = strdup(virDomainCheckpointGetName(cps[i]));
       virDomainCheckpointFree(cps[i]);
-      if (name && looks_like_kboss_id(name) && (!keep || !KB_STREQ(name, keep))) {
+      if (name && kb_backup_id_ok(name) && (!keep || !KB_STREQ(name, keep))) {
         kb_info("VM %s: removing checkpoint %s that no backup needs", v->name, name);
         if (bk_checkpoint_delete(v, name) < 0)
           clean = false;
@@ -231,7 +200,7 @@ int bk_normalize(struct bk_vm *v, char **ret_error)
           continue;
         for (k = 0; names[k]; k++) {
           virDomainCheckpointPtr cp;
-          if (!looks_like_kboss_id(names[k]) || (keep && KB_STREQ(names[k], keep)))
+          if (!kb_backup_id_ok(names[k]) || (keep && KB_STREQ(names[k], keep)))
             continue;
           cp = virDomainCheckpointLookupByName(v->dom, names[k], 0);
           if (cp) {

@@ -17,7 +17,7 @@
 int bk_redefine_checkpoints(struct bk_vm *v, char **ret_error)
 {
   const char *name = kb_doc_get(v->rec, "vm", "last_checkpoint");
-  CLEANUP_FREE char *dir = NULL, *path = NULL, *saved = NULL, *redef = NULL;
+  CLEANUP_FREE char *path = NULL, *saved = NULL, *redef = NULL;
   virDomainCheckpointPtr cp;
   int r;
 
@@ -31,8 +31,7 @@ int bk_redefine_checkpoints(struct bk_vm *v, char **ret_error)
     kb_info("VM %s: libvirt knows checkpoint %s", v->name, name);
     return 0;
   }
-  dir = kb_catalog_vm_dir(v->cat, v->uuid);
-  path = dir ? kb_printf("%s/checkpoints/%s.xml", dir, name) : NULL;
+  path = kb_catalog_checkpoint_path(v->cat, v->uuid, name);
   if (!path)
     return -ENOMEM;
   r = kb_meta_read_file(path, &saved, NULL);

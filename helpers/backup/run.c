@@ -29,6 +29,7 @@ struct bk_disk {
   bool drop_bitmap;          /* its old bitmap is present but unusable */
   char *file;                /* "vda.qcow2" */
   char *path;                /* target on the store */
+  char *backing;             /* incremental: relative backing file */
   unsigned long long capacity;
 };
 
@@ -49,6 +50,7 @@ struct bk_job {
   struct kb_doc *chain_rec;
   struct kb_doc *rec;        /* backup.ini */
   char *meta_dir, *data_dir;
+  bool offline;              /* stopped VM: offline.c, no qemu */
   bool was_active, started_paused, frozen, job_begun, recorded;
   struct kb_progress progress;
 };
@@ -61,6 +63,7 @@ static void job_clear(struct bk_job *j)
     free(j->bd[i].why);
     free(j->bd[i].file);
     free(j->bd[i].path);
+    free(j->bd[i].backing);
   }
   free(j->bd);
   kb_disks_clear(&j->disks);
@@ -254,8 +257,13 @@ static void check_disk(struct bk_job *j, struct bk_disk *b, char **cp_disks, boo
     b->reason = "disk added since the previous backup";
     return;
   }
-  r = kb_virt_bitmap_state(j->v->dom, b->d->source, j->since, &st);
-  if (r < 0) {
+  if (j->offline)
+    r = bk_offline_bitmap_state(b->d->source, j->since, &st, &b->why);
+  else
+    r = kb_virt_bitmap_state(j->v->dom, b->d->source, j->since, &st);
+  if (r < 0 && b->why)
+    b->reason = b->why;
+  else if (r < 0) {
     b->why = kb_printf("cannot read the disk's bitmaps: %s", strerror(-r));
     b->reason = b->why;
   } else if (!st.present)
@@ -285,8 +293,7 @@ static bool ensure_checkpoint(struct bk_job *j, char ***ret_cp_disks)
 
   cp = virDomainCheckpointLookupByName(v->dom, j->since, 0);
   if (!cp) {
-    CLEANUP_FREE char *dir = kb_catalog_vm_dir(v->cat, v->uuid);
-    CLEANUP_FREE char *path = dir ? kb_printf("%s/checkpoints/%s.xml", dir, j->since) : NULL;
+    CLEANUP_FREE char *path = kb_catalog_checkpoint_path(v->cat, v->uuid, j->since);
     CLEANUP_FREE char *saved = NULL, *redef = NULL;
 
     if (!path || kb_meta_read_file(path, &saved, NULL) < 0) {
@@ -364,7 +371,7 @@ static int plan_disks(struct bk_job *j, char **ret_error)
       return -EIO;
     }
     j->bd[i].capacity = info.capacity;
-    if (j->bd[i].drop_bitmap && kb_virt_bitmap_remove(v->dom, j->bd[i].d->source, j->since) < 0)
+    if (j->bd[i].drop_bitmap && !j->offline && kb_virt_bitmap_remove(v->dom, j->bd[i].d->source, j->since) < 0)
       kb_warn("VM %s: disk %s: cannot remove its unusable bitmap %s", v->name, j->bd[i].d->target, j->since);
   }
   kb_strv_free(cp_disks);
@@ -413,6 +420,22 @@ static int create_targets(struct bk_job *j, char **ret_error)
         b->reason = "the previous backup has no copy of this disk";
       } else
         backing = kb_printf("../%s/%s", j->parent, pfile);
+    }
+    if (j->offline) {
+      /* offline.c writes the file itself. */
+      b->backing = b->incremental ? strdup(backing) : NULL;
+      if (b->incremental && !b->backing)
+        return -ENOMEM;
+      continue;
+    }
+    if (!getenv("KBOSS_TARGETS_QEMU_IMG")) {
+      /* kboss's writer (offline.c): no qemu-img process per disk. */
+      r = bk_qcow2_create(b->path, b->capacity, b->incremental ? backing : NULL);
+      if (r < 0) {
+        *ret_error = kb_printf("disk %s: cannot create %s: %s", b->d->target, b->path, strerror(-r));
+        return r;
+      }
+      continue;
     }
     argv[n++] = QEMU_IMG;
     argv[n++] = "create";
@@ -572,26 +595,8 @@ static int finish_records(struct bk_job *j, uint64_t *ret_total)
   j->recorded = true;
 
   /* The chain, then the VM: after this the backup is the chain's newest. */
-  {
-    long long len = kb_doc_get_ll(j->chain_rec, "chain", "length", 0) + 1;
-    bool ended = j->opts->isolated || len >= chain_size(j);
-    r = kb_doc_set_ll(j->chain_rec, "chain", "length", len);
-    if (r == 0) r = kb_doc_set(j->chain_rec, "chain", "last_backup", j->id);
-    if (r == 0 && ended) {
-      r = kb_doc_set(j->chain_rec, "chain", "ended", "true");
-      if (r == 0)
-        r = kb_doc_set(j->chain_rec, "chain", "end_reason",
-                       j->opts->isolated ? "isolated backup" : "chain size reached");
-    }
-    if (r == 0)
-      r = kb_chain_save(v->cat, v->uuid, j->chain, j->chain_rec);
-  }
-  if (r == 0 && !j->opts->isolated) {
-    r = kb_doc_set(v->rec, "vm", "current_chain", j->chain);
-    if (r == 0) r = kb_doc_set(v->rec, "vm", "last_checkpoint", j->id);
-  }
-  if (r == 0) r = kb_doc_set(v->rec, "vm", "last_backup", j->id);
-  if (r == 0) r = kb_doc_set(v->rec, "vm", "last_backup_time", now);
+  r = kb_chain_add_backup(v->cat, v->uuid, j->chain, j->chain_rec, v->rec, j->id, j->opts->isolated,
+                          chain_size(j));
   if (r == 0) r = bk_vm_set_state(v, KB_VM_READY, NULL);
   *ret_total = total;
   return r;
@@ -600,24 +605,21 @@ static int finish_records(struct bk_job *j, uint64_t *ret_total)
 static int save_xml_files(struct bk_job *j)
 {
   struct bk_vm *v = j->v;
-  CLEANUP_FREE char *vmdir = kb_catalog_vm_dir(v->cat, v->uuid);
-  CLEANUP_FREE char *p1 = NULL, *p2 = NULL, *p3 = NULL, *cpdir = NULL;
+  CLEANUP_FREE char *p1 = kb_catalog_vm_domain_path(v->cat, v->uuid);
+  CLEANUP_FREE char *p2 = kb_catalog_backup_domain_path(v->cat, v->uuid, j->chain, j->id);
+  CLEANUP_FREE char *p3 = NULL, *cpdir = NULL;
   int r;
 
-  if (!vmdir)
-    return -EINVAL;
-  p1 = kb_printf("%s/domain.xml", vmdir);
-  p2 = kb_printf("%s/domain.xml", j->meta_dir);
   if (!p1 || !p2)
-    return -ENOMEM;
+    return -EINVAL;
   r = kb_meta_write_file(p1, j->inactive_xml, strlen(j->inactive_xml));
   if (r == 0)
     r = kb_meta_write_file(p2, j->inactive_xml, strlen(j->inactive_xml));
   if (r < 0 || j->opts->isolated)
     return r;
-  cpdir = kb_printf("%s/checkpoints", vmdir);
+  cpdir = kb_catalog_checkpoints_dir(v->cat, v->uuid);
   if (!cpdir)
-    return -ENOMEM;
+    return -EINVAL;
   r = kb_mkdir_p(cpdir, 0700);
   if (r < 0)
     return r;
@@ -628,9 +630,9 @@ static int save_xml_files(struct bk_job *j)
       virDomainCheckpointFree(cp);
     if (!xml)
       return -EIO;
-    p3 = kb_printf("%s/%s.xml", cpdir, j->id);
+    p3 = kb_catalog_checkpoint_path(v->cat, v->uuid, j->id);
     if (!p3)
-      return -ENOMEM;
+      return -EINVAL;
     return kb_meta_write_file(p3, xml, strlen(xml));
   }
 }
@@ -642,16 +644,14 @@ static void prune_checkpoints(struct bk_job *j)
   struct bk_vm *v = j->v;
   virDomainCheckpointPtr *cps = NULL;
   const char *keep = kb_doc_get(v->rec, "vm", "last_checkpoint");
-  CLEANUP_FREE char *vmdir = kb_catalog_vm_dir(v->cat, v->uuid);
   int i, n;
 
   n = virDomainListAllCheckpoints(v->dom, &cps, 0);
   for (i = 0; i < n; i++) {
     const char *name = virDomainCheckpointGetName(cps[i]);
-    if (name && (!keep || !KB_STREQ(name, keep)) && kb_name_ok(name) &&
-        strstr(name, "Z-") && strlen(name) == 23) {
+    if (name && (!keep || !KB_STREQ(name, keep)) && kb_backup_id_ok(name)) {
       CLEANUP_FREE char *n2 = strdup(name);
-      CLEANUP_FREE char *xml = vmdir && n2 ? kb_printf("%s/checkpoints/%s.xml", vmdir, n2) : NULL;
+      CLEANUP_FREE char *xml = n2 ? kb_catalog_checkpoint_path(v->cat, v->uuid, n2) : NULL;
       virDomainCheckpointFree(cps[i]);
       cps[i] = NULL;
       if (n2 && bk_checkpoint_delete(v, n2) == 0 && xml)
@@ -691,17 +691,8 @@ static void undo(struct bk_job *j, const char *error)
     clean = false;
   if (j->meta_dir && kb_rm_rf(j->meta_dir) < 0)
     clean = false;
-  if (j->new_chain && j->chain) {
-    CLEANUP_FREE char *cd = kb_catalog_chain_dir(v->cat, v->uuid, j->chain);
-    const struct kb_store *s = j->store ? kb_config_store(v->cfg, j->store) : NULL;
-    if (cd)
-      (void) kb_rm_rf(cd);
-    if (s) {
-      CLEANUP_FREE char *dd = kb_printf("%s/kboss/vms/%s/chains/%s", s->path, v->uuid, j->chain);
-      if (dd)
-        (void) kb_rm_rf(dd);
-    }
-  }
+  if (j->new_chain && j->chain)
+    (void) kb_chain_remove(v->cat, v->uuid, j->chain, j->store, NULL);
   if (j->started_paused && virDomainIsActive(v->dom) == 1 && virDomainDestroy(v->dom) < 0) {
     kb_err("VM %s: cannot stop it again: %s", v->name, kb_virt_error());
     clean = false;
@@ -738,6 +729,40 @@ static void print_result(struct bk_job *j, uint64_t total, int64_t ms)
            j->bd[i].incremental ? "" : "  (", j->bd[i].incremental ? "" : j->bd[i].reason,
            j->bd[i].incremental ? "" : ")");
   }
+}
+
+/* The stopped VM's copy and checkpoint, by offline.c. */
+static int run_offline(struct bk_job *j, const char *cpxml, char **ret_error)
+{
+  struct bk_offline_disk *od = calloc(j->nbd + 1, sizeof *od);
+  size_t i;
+  int r;
+
+  if (!od)
+    return -ENOMEM;
+  for (i = 0; i < j->nbd; i++) {
+    struct bk_disk *b = &j->bd[i];
+    od[i].target = b->d->target;
+    od[i].source = b->d->source;
+    od[i].format = b->d->format;
+    od[i].path = b->path;
+    od[i].backing = b->incremental ? b->backing : NULL;
+    od[i].since = b->incremental ? j->since : NULL;
+    od[i].drop = b->drop_bitmap ? j->since : NULL;
+    od[i].bitmap = b->bitmap;
+    od[i].capacity = b->capacity;
+  }
+  kb_progress_start(&j->progress, "backup", 0);
+  r = bk_offline_copy(j->v, od, j->nbd, &j->progress, ret_error);
+  kb_progress_end(&j->progress);
+  if (r == 0) {
+    j->job_begun = true;   /* from here a checkpoint may exist */
+    if (!j->opts->isolated)
+      kb_watchdog_note("checkpoint", j->id);
+    r = bk_offline_checkpoint(j->v, j->id, j->opts->isolated ? NULL : cpxml, od, j->nbd, ret_error);
+  }
+  free(od);
+  return r;
 }
 
 /* Tests: KBOSS_TEST_HOLD_AFTER_FREEZE_MS keeps the guest frozen that long
@@ -781,9 +806,13 @@ int bk_run(struct bk_vm *v, const struct bk_opts *opts, char **ret_error)
   if (r < 0)
     goto fail_early;
 
-  /* A stopped VM is started paused for the length of the job: qemu reads
-   * its disks and bitmaps, the guest never runs. */
-  if (!j.was_active) {
+  /* A stopped VM is backed up without qemu (offline.c); starting it paused
+   * for a push job remains for KBOSS_OFFLINE=0. */
+  {
+    const char *e = getenv("KBOSS_OFFLINE");
+    j.offline = !j.was_active && !(e && KB_STREQ(e, "0"));
+  }
+  if (!j.was_active && !j.offline) {
     if (virDomainCreateWithFlags(v->dom, VIR_DOMAIN_START_PAUSED) < 0) {
       *ret_error = kb_printf("VM %s is stopped and could not be started paused for the backup: %s", v->name,
                              kb_virt_error());
@@ -843,7 +872,7 @@ int bk_run(struct bk_vm *v, const struct bk_opts *opts, char **ret_error)
     goto fail;
   }
 
-  if (opts->quiesce) {
+  if (opts->quiesce && !j.offline) {
     /* Recorded as this run's before the agent freezes: only such a freeze
      * is ever thawed by kboss. */
     r = bk_freeze(v, j.id, ret_error);
@@ -851,6 +880,12 @@ int bk_run(struct bk_vm *v, const struct bk_opts *opts, char **ret_error)
       goto fail;
     j.frozen = true;
     test_hold_after_freeze();
+  }
+  if (j.offline) {
+    r = run_offline(&j, cpxml, ret_error);
+    if (r < 0)
+      goto fail;
+    goto copied;
   }
   j.job_begun = true;   /* from here a checkpoint may exist */
   kb_watchdog_note("job", "1");
@@ -894,6 +929,7 @@ int bk_run(struct bk_vm *v, const struct bk_opts *opts, char **ret_error)
     *ret_error = kb_printf("VM %s: its filesystems could not be thawed", v->name);
     goto fail;
   }
+copied:
   r = save_xml_files(&j);
   if (r < 0) {
     *ret_error = kb_printf("VM %s: cannot save the domain and checkpoint XML: %s", v->name, strerror(-r));

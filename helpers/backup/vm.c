@@ -72,16 +72,10 @@ int bk_vm_open(struct kb_config *cfg, const char *vm, const char *purpose, bool 
   }
   r = kb_catalog_lock_vm(v.cat, v.uuid, purpose, 0, &v.lock);
   if (r < 0) {
-    CLEANUP_FREE char *holder = NULL;
-    CLEANUP_FREE char *dir = kb_catalog_locks_dir(v.cat);
-    CLEANUP_FREE char *path = dir ? kb_printf("%s/vm-%s.lock", dir, v.uuid) : NULL;
-    if (path)
-      (void) kb_lock_probe(path, &holder);
+    CLEANUP_FREE char *label = kb_printf("VM %s", vm);
+    char *msg = label ? kb_msg_lock(v.cat, KB_LOCK_VM, v.uuid, label, r) : NULL;
     bk_vm_close(&v);
-    if (r == -EBUSY)
-      return fail(ret_error, r, kb_printf("VM %s is busy: another kboss operation holds it (%s)", vm,
-                                          holder ? holder : "holder unknown"));
-    return fail(ret_error, r, kb_printf("VM %s: cannot take its lock: %s", vm, strerror(-r)));
+    return fail(ret_error, r, msg);
   }
   /* Local facts for the qemu hook, which must not read the export. */
   (void) kb_local_mark_vm(v.uuid);

@@ -59,13 +59,6 @@ void cp_test_log(const char *what, const char *job_id)
     close(fd);
 }
 
-static char *job_lock_path(const struct kb_catalog *cat, const char *job_id)
-{
-  CLEANUP_FREE char *locks = kb_catalog_locks_dir(cat);
-
-  return locks ? kb_printf("%s/job-%s.lock", locks, job_id) : NULL;
-}
-
 /* A failed attempt: scheduled again after the retry interval, or Failed
  * once the attempts are used up. The attempt was already counted. */
 static void record_failure(struct kb_doc *job, const struct cp_settings *s, const char *why)
@@ -190,11 +183,120 @@ static int check_free_space(const struct kb_catalog *cat, const struct kb_backup
 /* Codes of one attempt, also the exit codes of the forked runner. */
 enum { AT_DONE = 0, AT_FAILED = 1, AT_SKIPPED = 10, AT_POSTPONED = 11, AT_NO_SLOT = 12 };
 
+/* Whether the job's backup can be compressed now (true: REF loaded). If
+ * not, *RET_CODE says what becomes of the job: AT_DONE (already
+ * compressed), AT_FAILED (gone or Invalid: the job fails for good),
+ * AT_POSTPONED (not Ready yet, in use), with the reason in *RET_ERR. */
+static bool backup_ready(const struct kb_catalog *cat, struct kb_doc *job, const char *job_id,
+                         struct kb_backup_ref *ref, int *ret_code, char **ret_err)
+{
+  const char *id = kb_doc_get(job, "job", "backup"), *st;
+
+  if (kb_backup_find(cat, id ? id : "", ref) < 0) {
+    *ret_err = kb_printf("backup %s no longer exists", id);
+    final_failure(job, *ret_err);
+    *ret_code = AT_FAILED;
+    return false;
+  }
+  if (cp_swap_pending(ref->doc)) {
+    /* Left by a run that was killed and whose recovery could not finish
+     * it then (e.g. the backup was locked): finish it now. */
+    if (cp_finish_swap(cat, ref, ret_err) < 0) {
+      *ret_code = AT_POSTPONED;
+      return false;
+    }
+    kb_backup_ref_clear(ref);
+    if (kb_backup_find(cat, id, ref) < 0) {
+      *ret_err = kb_printf("backup %s no longer exists", id);
+      final_failure(job, *ret_err);
+      *ret_code = AT_FAILED;
+      return false;
+    }
+  }
+  if (kb_doc_get_bool(ref->doc, "backup", "compressed", false)) {
+    (void) kb_doc_set(job, "job", "state", KB_JOB_DONE);
+    (void) kb_doc_set(job, "job", "last_error", NULL);
+    kb_info("job %s: backup %s is already compressed", job_id, ref->id);
+    *ret_code = AT_DONE;
+    return false;
+  }
+  st = kb_doc_get(ref->doc, "backup", "state");
+  if (st && KB_STREQ(st, KB_BACKUP_INVALID)) {
+    *ret_err = kb_printf("backup %s is Invalid", ref->id);
+    final_failure(job, *ret_err);
+    *ret_code = AT_FAILED;
+    return false;
+  }
+  *ret_code = AT_POSTPONED;
+  if (!st || !KB_STREQ(st, KB_BACKUP_READY)) {
+    *ret_err = kb_printf("backup %s is %s, not Ready", ref->id, st ? st : "in no state");
+    return false;
+  }
+  return find_in_use(ref->doc, ret_err) == 0;
+}
+
+/* From here on it is an attempt: counted, with this host and process. */
+static void begin_attempt(struct kb_doc *job)
+{
+  char now[32];
+
+  kb_format_time(kb_now(), now, sizeof now);
+  (void) kb_doc_set_ll(job, "job", "attempts", kb_doc_get_ll(job, "job", "attempts", 0) + 1);
+  (void) kb_doc_set(job, "job", "host", kb_hostname());
+  (void) kb_doc_set_ll(job, "job", "pid", getpid());
+  (void) kb_doc_set(job, "job", "started", now);
+  (void) kb_doc_set(job, "job", "finished", NULL);
+  (void) kb_doc_set(job, "job", "postponed", NULL);
+}
+
+/* The job after cp_compress_backup() returned R: AT_DONE, AT_POSTPONED
+ * (the attempt is not counted) or AT_FAILED (retried later or given up). */
+static int end_attempt(struct kb_doc *job, int r, const struct cp_result *res, const struct cp_settings *s,
+                       const struct kb_backup_ref *ref, const char *err)
+{
+  char now[32], b[32], a[32];
+
+  if (r == CP_DONE) {
+    kb_format_time(kb_now(), now, sizeof now);
+    (void) kb_doc_set(job, "job", "state", KB_JOB_DONE);
+    (void) kb_doc_set(job, "job", "last_error", NULL);
+    (void) kb_doc_set(job, "job", "next_attempt", NULL);
+    (void) kb_doc_set(job, "job", "finished", now);
+    (void) kb_doc_set(job, "job", "pid", NULL);
+    kb_format_size(res->size_before, b, sizeof b);
+    kb_format_size(res->size_after, a, sizeof a);
+    printf("backup %s compressed: %s -> %s in %.1fs\n", ref->id, b, a, res->elapsed_ms / 1000.0);
+    return AT_DONE;
+  }
+  if (r == CP_POSTPONED) {
+    (void) kb_doc_set_ll(job, "job", "attempts", kb_doc_get_ll(job, "job", "attempts", 1) - 1);
+    (void) kb_doc_set(job, "job", "pid", NULL);
+    return AT_POSTPONED;
+  }
+  record_failure(job, s, err ? err : strerror(-r));
+  return AT_FAILED;
+}
+
+/* Say why the attempt failed, and whether another one follows. */
+static void report_failure(const struct kb_doc *job, const char *job_id, const struct cp_settings *s,
+                           const char *err)
+{
+  const char *st = kb_doc_get(job, "job", "state");
+  char when[32];
+
+  if (st && KB_STREQ(st, KB_JOB_FAILED)) {
+    kb_err("job %s failed after %lld attempt(s): %s", job_id, kb_doc_get_ll(job, "job", "attempts", 0), err);
+    return;
+  }
+  kb_format_time(kb_doc_get_ll(job, "job", "next_attempt", 0), when, sizeof when);
+  kb_err("job %s: attempt %lld of %lld failed: %s; next attempt at %s", job_id,
+         kb_doc_get_ll(job, "job", "attempts", 0), s->max_retries, err, when);
+}
+
 /* One attempt at JOB_ID. MANUAL: kboss-compress BACKUP (ignores the
  * schedule and the task switch, not the limits). */
 static int attempt(const struct kb_config *cfg, const struct kb_catalog *cat, const char *job_id, bool manual)
 {
-  CLEANUP_FREE char *lock_path = job_lock_path(cat, job_id);
   CLEANUP_FREE char *err = NULL;
   struct kb_lock *job_lock = NULL, *zone_slot = NULL, *host_slot = NULL;
   struct kb_doc *job = NULL;
@@ -202,17 +304,14 @@ static int attempt(const struct kb_config *cfg, const struct kb_catalog *cat, co
   struct cp_settings s;
   struct cp_result res;
   const char *st, *vm_name;
-  char now[32];
   int code = AT_SKIPPED, r;
 
   memset(&ref, 0, sizeof ref);
-  if (!lock_path)
-    return AT_FAILED;
-  r = kb_lock_take(lock_path, "compression job", 0, &job_lock);
+  r = kb_catalog_lock(cat, KB_LOCK_JOB, job_id, "compression job", 0, &job_lock);
   if (r < 0) {
     if (manual) {
       CLEANUP_FREE char *holder = NULL;
-      (void) kb_lock_probe(lock_path, &holder);
+      (void) kb_catalog_lock_probe(cat, KB_LOCK_JOB, job_id, &holder);
       kb_err("job %s is being run elsewhere: %s", job_id, holder ? holder : strerror(-r));
     }
     return r == -EBUSY ? AT_SKIPPED : AT_FAILED;
@@ -240,53 +339,10 @@ static int attempt(const struct kb_config *cfg, const struct kb_catalog *cat, co
   if (!manual && (kb_doc_get_ll(job, "job", "next_attempt", 0) > kb_now() || !s.task_enabled))
     goto out;
 
-  /* The backup itself. */
-  r = kb_backup_find(cat, kb_doc_get(job, "job", "backup") ? kb_doc_get(job, "job", "backup") : "", &ref);
-  if (r < 0) {
-    err = kb_printf("backup %s no longer exists", kb_doc_get(job, "job", "backup"));
-    final_failure(job, err);
-    code = AT_FAILED;
-    goto save;
-  }
-  if (cp_swap_pending(ref.doc)) {
-    /* Left by a run that was killed and whose recovery could not finish
-     * it then (e.g. the backup was locked): finish it now. */
-    r = cp_finish_swap(cat, &ref, &err);
-    if (r < 0) {
-      code = AT_POSTPONED;
+  if (!backup_ready(cat, job, job_id, &ref, &code, &err)) {
+    if (code == AT_POSTPONED)
       goto postpone;
-    }
-    kb_backup_ref_clear(&ref);
-    r = kb_backup_find(cat, kb_doc_get(job, "job", "backup"), &ref);
-    if (r < 0) {
-      err = kb_printf("backup %s no longer exists", kb_doc_get(job, "job", "backup"));
-      final_failure(job, err);
-      code = AT_FAILED;
-      goto save;
-    }
-  }
-  if (kb_doc_get_bool(ref.doc, "backup", "compressed", false)) {
-    (void) kb_doc_set(job, "job", "state", KB_JOB_DONE);
-    (void) kb_doc_set(job, "job", "last_error", NULL);
-    kb_info("job %s: backup %s is already compressed", job_id, ref.id);
-    code = AT_DONE;
     goto save;
-  }
-  st = kb_doc_get(ref.doc, "backup", "state");
-  if (st && KB_STREQ(st, KB_BACKUP_INVALID)) {
-    err = kb_printf("backup %s is Invalid", ref.id);
-    final_failure(job, err);
-    code = AT_FAILED;
-    goto save;
-  }
-  if (!st || !KB_STREQ(st, KB_BACKUP_READY)) {
-    err = kb_printf("backup %s is %s, not Ready", ref.id, st ? st : "in no state");
-    code = AT_POSTPONED;
-    goto postpone;
-  }
-  if ((code = find_in_use(ref.doc, &err)) != 0) {
-    code = AT_POSTPONED;
-    goto postpone;
   }
 
   /* The limits: zone-wide slots any host may take, then this host's. */
@@ -306,14 +362,7 @@ static int attempt(const struct kb_config *cfg, const struct kb_catalog *cat, co
     goto out;
   }
 
-  /* From here on it is an attempt. */
-  kb_format_time(kb_now(), now, sizeof now);
-  (void) kb_doc_set_ll(job, "job", "attempts", kb_doc_get_ll(job, "job", "attempts", 0) + 1);
-  (void) kb_doc_set(job, "job", "host", kb_hostname());
-  (void) kb_doc_set_ll(job, "job", "pid", getpid());
-  (void) kb_doc_set(job, "job", "started", now);
-  (void) kb_doc_set(job, "job", "finished", NULL);
-  (void) kb_doc_set(job, "job", "postponed", NULL);
+  begin_attempt(job);
   r = check_free_space(cat, &ref, &s, &err);
   if (r < 0) {
     record_failure(job, &s, err);
@@ -338,28 +387,9 @@ static int attempt(const struct kb_config *cfg, const struct kb_catalog *cat, co
   kb_lock_release(zone_slot);
   host_slot = zone_slot = NULL;
 
-  if (r == CP_DONE) {
-    char b[32], a[32];
-    kb_format_time(kb_now(), now, sizeof now);
-    (void) kb_doc_set(job, "job", "state", KB_JOB_DONE);
-    (void) kb_doc_set(job, "job", "last_error", NULL);
-    (void) kb_doc_set(job, "job", "next_attempt", NULL);
-    (void) kb_doc_set(job, "job", "finished", now);
-    (void) kb_doc_set(job, "job", "pid", NULL);
-    kb_format_size(res.size_before, b, sizeof b);
-    kb_format_size(res.size_after, a, sizeof a);
-    printf("backup %s compressed: %s -> %s in %.1fs\n", ref.id, b, a, res.elapsed_ms / 1000.0);
-    code = AT_DONE;
-  } else if (r == CP_POSTPONED) {
-    (void) kb_doc_set_ll(job, "job", "attempts", kb_doc_get_ll(job, "job", "attempts", 1) - 1);
-    (void) kb_doc_set(job, "job", "pid", NULL);
-    code = AT_POSTPONED;
-    goto postpone;
-  } else {
-    record_failure(job, &s, err ? err : strerror(-r));
-    code = AT_FAILED;
-  }
-  goto save;
+  code = end_attempt(job, r, &res, &s, &ref, err);
+  if (code != AT_POSTPONED)
+    goto save;
 
 postpone:
   /* Not an attempt: the schedule stays as it is, the reason is shown. */
@@ -367,17 +397,8 @@ postpone:
   (void) kb_doc_set_text(job, "job", "postponed", err);
   kb_info("job %s postponed: %s", job_id, err);
 save:
-  if (code == AT_FAILED && err) {
-    const char *nst = kb_doc_get(job, "job", "state");
-    if (nst && KB_STREQ(nst, KB_JOB_FAILED))
-      kb_err("job %s failed after %lld attempt(s): %s", job_id, kb_doc_get_ll(job, "job", "attempts", 0), err);
-    else {
-      char when[32];
-      kb_format_time(kb_doc_get_ll(job, "job", "next_attempt", 0), when, sizeof when);
-      kb_err("job %s: attempt %lld of %lld failed: %s; next attempt at %s", job_id,
-             kb_doc_get_ll(job, "job", "attempts", 0), s.max_retries, err, when);
-    }
-  }
+  if (code == AT_FAILED && err)
+    report_failure(job, job_id, &s, err);
   if ((r = kb_job_save(cat, job_id, job)) < 0) {
     kb_err("job %s: cannot save it: %s", job_id, strerror(-r));
     code = AT_FAILED;
@@ -437,10 +458,9 @@ int cp_run(const struct kb_config *cfg, const struct kb_catalog *cat)
       continue;
     st = kb_doc_get(job, "job", "state");
     if (is_compression_job(job) && st && KB_STREQ(st, KB_JOB_EXECUTING)) {
-      CLEANUP_FREE char *path = job_lock_path(cat, ids[i]);
-      if (path && kb_lock_probe(path, NULL) == 0) {
+      if (kb_catalog_lock_probe(cat, KB_LOCK_JOB, ids[i], NULL) == 0) {
         struct kb_lock *l = NULL;
-        if (kb_lock_take(path, "compression job recovery", 0, &l) == 0) {
+        if (kb_catalog_lock(cat, KB_LOCK_JOB, ids[i], "compression job recovery", 0, &l) == 0) {
           struct kb_doc *again = NULL;
           if (kb_job_load(cat, ids[i], &again) == 0 && kb_doc_get(again, "job", "state") &&
               KB_STREQ(kb_doc_get(again, "job", "state"), KB_JOB_EXECUTING)) {
@@ -545,7 +565,8 @@ int cp_one(const struct kb_config *cfg, const struct kb_catalog *cat, const char
   memset(&ref, 0, sizeof ref);
   r = kb_backup_find(cat, backup_id, &ref);
   if (r < 0) {
-    kb_err("backup %s: %s", backup_id, r == -ENOENT ? "no such backup" : strerror(-r));
+    CLEANUP_FREE char *msg = kb_msg_backup_find(backup_id, r);
+    kb_err("%s", msg ? msg : strerror(-r));
     return 1;
   }
   if (kb_doc_get_bool(ref.doc, "backup", "compressed", false)) {

@@ -36,13 +36,13 @@ static void usage(FILE *f)
           "as written, then qemu-img check), and renamed over the original under the\n"
           "backup's lock; a swap cut short by a crash is finished by the next run.\n"
           "\n"
-          "  -c, --config FILE    configuration (default $KBOSS_CONF or %s/kboss/kboss.conf)\n"
+          "  -c, --config FILE    configuration (default $KBOSS_CONF or %s)\n"
           "  -v, --verbose        more messages;  --quiet: errors only\n"
           "  -h, --help           this help;  -V, --version: the version\n"
           "\n"
           "Exit status: 0 success, 1 a job failed, 2 bad usage or configuration,\n"
           "3 (BACKUP) not compressed now: no free slot, in use, or run elsewhere.\n",
-          kb_progname, kb_progname, SYSCONFDIR);
+          kb_progname, kb_progname, kb_config_default_path());
 }
 
 int main(int argc, char **argv)

@@ -225,11 +225,9 @@ static int record_swap(const struct kb_catalog *cat, const struct kb_backup_ref 
 static struct kb_lock *take_backup_lock(const struct kb_catalog *cat, const char *id, const char *purpose,
                                         int *ret)
 {
-  CLEANUP_FREE char *locks = kb_catalog_locks_dir(cat);
-  CLEANUP_FREE char *path = locks ? kb_printf("%s/backup-%s.lock", locks, id) : NULL;
   struct kb_lock *lock = NULL;
 
-  *ret = path ? kb_lock_take(path, purpose, 60 * 1000, &lock) : -ENOMEM;
+  *ret = kb_catalog_lock(cat, KB_LOCK_BACKUP, id, purpose, 60 * 1000, &lock);
   return *ret < 0 ? NULL : lock;
 }
 

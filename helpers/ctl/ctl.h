@@ -31,7 +31,6 @@ extern const char *ctl_config_path;
 struct kb_config *ctl_load_config(void);
 
 /* Print S as a JSON string (quoted, escaped); NULL prints null. */
-void ctl_json_str(FILE *f, const char *s);
 
 /* The subcommands. */
 int ctl_settings(int argc, char **argv);

@@ -4,7 +4,6 @@
 
 #include <errno.h>
 #include <getopt.h>
-#include <libgen.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -28,50 +27,50 @@ static void delete_usage(FILE *f)
           "  --config FILE       configuration file\n", kb_progname);
 }
 
-struct chain_view {
-  char **ids;                  /* every backup of the chain, oldest first */
-  struct kb_doc **docs;
-  bool *del;
-  size_t n;
-};
-
-static void chain_view_clear(struct chain_view *cv)
+/* Refuse when BACKUP (chain position I of CV) may not go now; else take
+ * its lock into *RET. */
+static int claim_backup(const struct kb_catalog *cat, const struct kb_chain_view *cv, size_t i,
+                        struct kb_lock **ret)
 {
-  for (size_t i = 0; i < cv->n; i++)
-    kb_doc_free(cv->docs[i]);
-  free(cv->docs);
-  free(cv->del);
-  kb_strv_free(cv->ids);
-  memset(cv, 0, sizeof *cv);
-}
+  const char *in_use = kb_backup_in_use_by(cv->docs[i]);
+  const char *st = cv->docs[i] ? kb_doc_get(cv->docs[i], "backup", "state") : NULL;
+  CLEANUP_FREE char *label = kb_printf("backup %s", cv->ids[i]);
+  CLEANUP_FREE char *msg = NULL;
+  int r;
 
-static int chain_view_load(const struct kb_catalog *cat, const char *uuid, const char *chain,
-                           struct chain_view *cv)
-{
-  int r = kb_catalog_list_backups(cat, uuid, chain, &cv->ids);
-
-  if (r < 0)
-    return r;
-  while (cv->ids[cv->n])
-    cv->n++;
-  cv->docs = calloc(cv->n + 1, sizeof *cv->docs);
-  cv->del = calloc(cv->n + 1, sizeof *cv->del);
-  if (!cv->docs || !cv->del)
-    return -ENOMEM;
-  for (size_t i = 0; i < cv->n; i++)
-    (void) kb_backup_load(cat, uuid, chain, cv->ids[i], &cv->docs[i]);
-  return 0;
-}
-
-static int remove_jobs(const struct kb_catalog *cat, const char *id)
-{
-  static const char *const types[] = { KB_JOB_COMPRESSION, KB_JOB_VALIDATION, KB_JOB_HASH };
-  for (size_t t = 0; t < KB_ARRAY_SIZE(types); t++) {
-    CLEANUP_FREE char *job = kb_printf("%s-%s", types[t], id);
-    if (job)
-      (void) kb_job_remove(cat, job);
+  if (in_use) {
+    kb_err("delete: backup %s is in use by a quick restore of VM %s; it can be deleted once that "
+           "consolidation has finished", cv->ids[i], in_use);
+    return -EBUSY;
   }
-  return 0;
+  if (st && KB_STREQ(st, KB_BACKUP_RUNNING)) {
+    kb_err("delete: backup %s is still being taken", cv->ids[i]);
+    return -EBUSY;
+  }
+  r = kb_catalog_lock(cat, KB_LOCK_BACKUP, cv->ids[i], "delete", 0, ret);
+  if (r < 0) {
+    msg = label ? kb_msg_lock(cat, KB_LOCK_BACKUP, cv->ids[i], label, r) : NULL;
+    kb_err("delete: %s", msg ? msg : strerror(-r));
+  }
+  return r;
+}
+
+/* "a, b, c": the backups DEL marks other than ID. */
+static void list_dependents(const struct kb_chain_view *cv, const bool *del, const char *id,
+                            char *list, size_t size)
+{
+  size_t used = 0;
+
+  list[0] = '\0';
+  for (size_t i = 0; i < cv->n; i++) {
+    int k;
+    if (!del[i] || KB_STREQ(cv->ids[i], id))
+      continue;
+    k = snprintf(list + used, size - used, "%s%s", used ? ", " : "", cv->ids[i]);
+    if (k < 0 || (size_t) k >= size - used)
+      break;
+    used += (size_t) k;
+  }
 }
 
 int ctl_delete(int argc, char **argv)
@@ -82,16 +81,17 @@ int ctl_delete(int argc, char **argv)
     { NULL, 0, NULL, 0 },
   };
   struct kb_backup_ref ref = { NULL, NULL, NULL, NULL };
-  struct chain_view cv = { NULL, NULL, NULL, 0 };
+  struct kb_chain_view cv = { NULL, NULL, 0 };
+  struct kb_forget_result res;
   struct kb_config *cfg = NULL;
   struct kb_catalog *cat = NULL;
   struct kb_lock *vmlock = NULL;
   struct kb_lock **blocks = NULL;
-  struct kb_doc *vmrec = NULL, *chrec = NULL;
-  CLEANUP_FREE char *uuid = NULL, *chain = NULL, *chain_data = NULL;
+  bool *del = NULL;
+  CLEANUP_FREE char *uuid = NULL, *chain = NULL;
   const char *id, *vm_name;
-  bool with_desc = false, changed;
-  size_t ndel = 0, remaining = 0, i;
+  bool with_desc = false;
+  size_t ndel, i;
   int c, r, rc = 1;
 
   while ((c = getopt_long(argc, argv, "h", long_options, NULL)) != -1) {
@@ -127,175 +127,53 @@ int ctl_delete(int argc, char **argv)
   if (ctl_lock_vm(cat, uuid, vm_name ? vm_name : uuid, "delete", &vmlock) < 0)
     goto out;
   /* Under the lock: what the chain holds now. */
-  r = chain_view_load(cat, uuid, chain, &cv);
+  r = kb_chain_view_load(cat, uuid, chain, &cv);
   if (r < 0) {
     kb_err("delete: backup %s: cannot list its chain %s: %s", id, chain, strerror(-r));
     goto out;
   }
-  for (i = 0; i < cv.n; i++)
-    if (KB_STREQ(cv.ids[i], id))
-      cv.del[i] = true;
-  do {
-    changed = false;
-    for (i = 0; i < cv.n; i++) {
-      const char *parent = cv.docs[i] ? kb_doc_get(cv.docs[i], "backup", "parent") : NULL;
-      if (cv.del[i] || !parent)
-        continue;
-      for (size_t k = 0; k < cv.n; k++)
-        if (cv.del[k] && KB_STREQ(cv.ids[k], parent)) {
-          cv.del[i] = changed = true;
-          break;
-        }
-    }
-  } while (changed);
-  for (i = 0; i < cv.n; i++)
-    ndel += cv.del[i];
+  del = calloc(cv.n + 1, sizeof *del);
+  blocks = calloc(cv.n + 1, sizeof *blocks);
+  if (!del || !blocks)
+    goto out;
+  ndel = kb_chain_view_dependents(&cv, id, del);
   if (ndel == 0) {
     kb_err("delete: backup %s is gone (deleted meanwhile?)", id);
     goto out;
   }
   if (ndel > 1 && !with_desc) {
     char list[512];
-    size_t used = 0;
-    list[0] = '\0';
-    for (i = 0; i < cv.n; i++) {
-      int k;
-      if (!cv.del[i] || KB_STREQ(cv.ids[i], id))
-        continue;
-      k = snprintf(list + used, sizeof list - used, "%s%s", used ? ", " : "", cv.ids[i]);
-      if (k < 0 || (size_t) k >= sizeof list - used)
-        break;
-      used += (size_t) k;
-    }
+    list_dependents(&cv, del, id, list, sizeof list);
     kb_err("delete: backup %s: %zu later backup(s) of its chain depend on it (%s); "
            "use --with-descendants to delete them with it", id, ndel - 1, list);
     goto out;
   }
-  blocks = calloc(cv.n + 1, sizeof *blocks);
-  if (!blocks)
-    goto out;
-  for (i = 0; i < cv.n; i++) {
-    const char *in_use, *st;
-    CLEANUP_FREE char *locks = NULL, *path = NULL;
-    if (!cv.del[i])
-      continue;
-    in_use = cv.docs[i] ? kb_doc_get(cv.docs[i], "backup", "in_use_by") : NULL;
-    st = cv.docs[i] ? kb_doc_get(cv.docs[i], "backup", "state") : NULL;
-    if (in_use && *in_use) {
-      kb_err("delete: backup %s is in use by a quick restore of VM %s; it can be deleted once that "
-             "consolidation has finished", cv.ids[i], in_use);
+  for (i = 0; i < cv.n; i++)
+    if (del[i] && claim_backup(cat, &cv, i, &blocks[i]) < 0)
       goto out;
-    }
-    if (st && KB_STREQ(st, KB_BACKUP_RUNNING)) {
-      kb_err("delete: backup %s is still being taken", cv.ids[i]);
-      goto out;
-    }
-    locks = kb_catalog_locks_dir(cat);
-    path = locks ? kb_printf("%s/backup-%s.lock", locks, cv.ids[i]) : NULL;
-    if (!path)
-      goto out;
-    r = kb_lock_take(path, "delete", 0, &blocks[i]);
-    if (r < 0) {
-      CLEANUP_FREE char *holder = NULL;
-      (void) kb_lock_probe(path, &holder);
-      kb_err("delete: backup %s is busy (%s)", cv.ids[i],
-             r == -EBUSY ? (holder ? holder : "compression or validation under way") : strerror(-r));
-      goto out;
-    }
-  }
 
   /* Newest first, so a failure never leaves a backup without its parent. */
   for (i = cv.n; i-- > 0;) {
     struct kb_backup_ref one = { uuid, chain, cv.ids[i], cv.docs[i] };
-    CLEANUP_FREE char *data = NULL, *meta = NULL;
-    if (!cv.del[i])
+    if (!del[i])
       continue;
-    data = cv.docs[i] ? kb_backup_data_dir(cat, &one) : NULL;
-    meta = kb_catalog_backup_dir(cat, uuid, chain, cv.ids[i]);
-    if (data && !chain_data) {
-      CLEANUP_FREE char *copy = strdup(data);
-      chain_data = copy ? strdup(dirname(copy)) : NULL;
-    }
-    if ((data && kb_rm_rf(data) < 0) || !meta || kb_rm_rf(meta) < 0) {
+    if (kb_backup_remove(cat, &one) < 0) {
+      CLEANUP_FREE char *data = cv.docs[i] ? kb_backup_data_dir(cat, &one) : NULL;
       kb_err("delete: backup %s: cannot remove its files (%s)", cv.ids[i], data ? data : "?");
       goto out;
     }
-    remove_jobs(cat, cv.ids[i]);
     kb_print_escaped("deleted backup %s\n", cv.ids[i]);
   }
 
   /* The chain and the VM record. */
-  r = kb_vm_load(cat, uuid, &vmrec);
+  r = kb_chain_forget(cat, uuid, chain, &cv, del, &res);
+  if (res.chain_removed)
+    kb_print_escaped("chain %s is empty and was removed\n", chain);
+  if (res.chain_ended)
+    kb_print_escaped("chain %s ended: its newest backup was deleted; the next backup of the VM is full\n", chain);
   if (r < 0) {
-    kb_err("delete: VM %s: cannot read its record: %s", uuid, strerror(-r));
+    kb_err("delete: VM %s: cannot update its records: %s", uuid, strerror(-r));
     goto out;
-  }
-  (void) kb_chain_load(cat, uuid, chain, &chrec);
-  for (i = 0; i < cv.n; i++)
-    remaining += !cv.del[i];
-  {
-    const char *cur = kb_doc_get(vmrec, "vm", "current_chain");
-    const char *last = chrec ? kb_doc_get(chrec, "chain", "last_backup") : NULL;
-    const char *lastcp = kb_doc_get(vmrec, "vm", "last_checkpoint");
-    const char *lastbk = kb_doc_get(vmrec, "vm", "last_backup");
-    bool current = cur && KB_STREQ(cur, chain);
-    bool head_gone = remaining == 0;
-    bool cp_gone = false;
-
-    for (i = 0; i < cv.n; i++) {
-      if (!cv.del[i])
-        continue;
-      if (last && KB_STREQ(last, cv.ids[i]))
-        head_gone = true;
-      if (lastcp && KB_STREQ(lastcp, cv.ids[i]))
-        cp_gone = true;
-      if (lastbk && KB_STREQ(lastbk, cv.ids[i]))
-        (void) kb_doc_set(vmrec, "vm", "last_backup", NULL);
-    }
-    if (remaining == 0) {
-      CLEANUP_FREE char *cd = kb_catalog_chain_dir(cat, uuid, chain);
-      if (chain_data)
-        (void) kb_rm_rf(chain_data);
-      if (cd)
-        (void) kb_rm_rf(cd);
-      kb_print_escaped("chain %s is empty and was removed\n", chain);
-    } else if (chrec) {
-      const char *newest = NULL;
-      for (i = 0; i < cv.n; i++)
-        if (!cv.del[i])
-          newest = cv.ids[i];
-      r = kb_doc_set(chrec, "chain", "last_backup", newest);
-      if (r == 0)
-        r = kb_doc_set_ll(chrec, "chain", "length", (long long) remaining);
-      if (r == 0 && head_gone && !kb_doc_get_bool(chrec, "chain", "ended", false)) {
-        r = kb_doc_set(chrec, "chain", "ended", "true");
-        if (r == 0)
-          r = kb_doc_set(chrec, "chain", "end_reason", "its newest backup was deleted");
-      }
-      if (r == 0)
-        r = kb_chain_save(cat, uuid, chain, chrec);
-      if (r < 0)
-        kb_err("delete: chain %s: cannot update its record: %s", chain, strerror(-r));
-    }
-    /* The VM's checkpoint belonged to a deleted backup: nothing can be
-     * incremental on it any more, so the chain ends here. */
-    if (current && (head_gone || cp_gone)) {
-      (void) kb_doc_set(vmrec, "vm", "current_chain", NULL);
-      if (remaining > 0)
-        kb_print_escaped("chain %s ended: its newest backup was deleted; the next backup of the VM is full\n", chain);
-    }
-    if (cp_gone) {
-      CLEANUP_FREE char *vmdir = kb_catalog_vm_dir(cat, uuid);
-      CLEANUP_FREE char *cpx = vmdir ? kb_printf("%s/checkpoints/%s.xml", vmdir, lastcp) : NULL;
-      if (cpx)
-        (void) kb_meta_remove_file(cpx);
-      (void) kb_doc_set(vmrec, "vm", "last_checkpoint", NULL);
-    }
-    r = kb_vm_save(cat, uuid, vmrec);
-    if (r < 0) {
-      kb_err("delete: VM %s: cannot update its record: %s", uuid, strerror(-r));
-      goto out;
-    }
   }
   rc = 0;
 out:
@@ -304,9 +182,8 @@ out:
       kb_lock_release(blocks[i]);
     free(blocks);
   }
-  kb_doc_free(chrec);
-  kb_doc_free(vmrec);
-  chain_view_clear(&cv);
+  free(del);
+  kb_chain_view_clear(&cv);
   kb_lock_release(vmlock);
   kb_backup_ref_clear(&ref);
   kb_catalog_free(cat);

@@ -78,7 +78,7 @@ int ctl_extract(int argc, char **argv)
   char **disks = NULL, **roots = NULL;
   struct kb_chain_nbd *nbd = NULL;
   size_t ndisks = 0;
-  CLEANUP_FREE char *err = NULL, *data = NULL, *chaindir = NULL, *locks = NULL, *lockpath = NULL;
+  CLEANUP_FREE char *err = NULL, *data = NULL, *chaindir = NULL;
   CLEANUP_FREE char *tmp = NULL;
   const char *id, *path, *dest, *off_name, *st;
   const struct kb_offering *off;
@@ -128,9 +128,7 @@ int ctl_extract(int argc, char **argv)
     goto out;
   }
   /* Compression swaps a backup's files under this lock: hold it. */
-  locks = kb_catalog_locks_dir(cat);
-  lockpath = locks ? kb_printf("%s/backup-%s.lock", locks, id) : NULL;
-  if (!lockpath || kb_lock_take(lockpath, "extract", 60000, &lock) < 0) {
+  if (kb_catalog_lock(cat, KB_LOCK_BACKUP, id, "extract", 60000, &lock) < 0) {
     kb_err("extract: backup %s is busy (compression or validation); try again later", id);
     goto out;
   }

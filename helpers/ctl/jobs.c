@@ -16,6 +16,7 @@
 #include "record.h"
 #include "util.h"
 #include "store.h"
+#include "watchdog.h"
 
 static void jobs_usage(FILE *f)
 {
@@ -67,7 +68,6 @@ int ctl_jobs(int argc, char **argv)
   bool json = false;
   struct kb_config *cfg;
   struct kb_catalog *cat = NULL;
-  CLEANUP_FREE char *locks = NULL;
   char **ids = NULL;
   json_object *arr = NULL;
   unsigned shown = 0;
@@ -101,13 +101,14 @@ int ctl_jobs(int argc, char **argv)
   cfg = ctl_load_config();
   if (!cfg)
     return 2;
-  r = kb_catalog_open(cfg, &cat);
+  r = kb_watchdog_start(cfg, NULL);   /* a hung export fails within storage.timeout */
+  if (r == 0)
+    r = kb_catalog_open(cfg, &cat);
   if (r < 0) {
     kb_err("cannot open the catalog under %s: %s", kb_config_str(cfg, NULL, "secondary.path"), kb_store_strerror(r));
     kb_config_free(cfg);
     return 1;
   }
-  locks = kb_catalog_locks_dir(cat);
   r = kb_job_list(cat, &ids);
   if (r < 0) {
     kb_err("cannot list the jobs: %s", strerror(-r));
@@ -137,10 +138,8 @@ int ctl_jobs(int argc, char **argv)
       kb_doc_free(doc);
       continue;
     }
-    if (st && KB_STREQ(st, KB_JOB_EXECUTING) && locks) {
-      CLEANUP_FREE char *path = kb_printf("%s/job-%s.lock", locks, *id);
-      stale = path && kb_lock_probe(path, NULL) == 0;
-    }
+    if (st && KB_STREQ(st, KB_JOB_EXECUTING))
+      stale = kb_catalog_lock_probe(cat, KB_LOCK_JOB, *id, NULL) == 0;
     na = kb_doc_get_ll(doc, "job", "next_attempt", 0);
     if (kb_doc_get(doc, "job", "next_attempt"))
       kb_format_time(na, next, sizeof next);

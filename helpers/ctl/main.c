@@ -41,10 +41,10 @@ static void usage(FILE *f)
   fprintf(f,
           "\n"
           "Options:\n"
-          "  --config FILE  configuration (default $KBOSS_CONF or %s/kboss/kboss.conf)\n"
+          "  --config FILE  configuration (default $KBOSS_CONF or %s)\n"
           "  -v, --verbose  say more\n"
           "  -h, --help     this help\n"
-          "  --version      print the version\n", SYSCONFDIR);
+          "  --version      print the version\n", kb_config_default_path());
 }
 
 struct kb_config *ctl_load_config(void)
@@ -63,34 +63,6 @@ struct kb_config *ctl_load_config(void)
     return NULL;
   }
   return cfg;
-}
-
-void ctl_json_str(FILE *f, const char *str)
-{
-  CLEANUP_FREE char *esc = NULL;
-  const char *s;
-
-  if (!str) {
-    fputs("null", f);
-    return;
-  }
-  esc = kb_escape_text(str, true);
-  s = esc ? esc : "";
-  fputc('"', f);
-  for (; *s; s++) {
-    unsigned char c = *s;
-    if (c == '"' || c == '\\')
-      fprintf(f, "\\%c", c);
-    else if (c == '\n')
-      fputs("\\n", f);
-    else if (c == '\t')
-      fputs("\\t", f);
-    else if (c < 0x20)
-      fprintf(f, "\\u%04x", c);
-    else
-      fputc(c, f);
-  }
-  fputc('"', f);
 }
 
 int main(int argc, char **argv)

@@ -67,8 +67,8 @@ int ctl_offerings_create(const char *name, int nkv, char **kv)
     kb_config_free(cfg);
     return 1;
   }
-  dir = kb_printf("%s/offerings.d", kb_config_dir(cfg));
-  path = dir ? kb_printf("%s/%s.conf", dir, name) : NULL;
+  path = kb_config_offering_path(cfg, name);
+  dir = path ? kb_dirname(path) : NULL;
   if (!path || kb_mkdir_p(dir, 0700) < 0) {
     kb_err("offerings create: cannot create %s: %m", dir ? dir : "offerings.d");
     kb_config_free(cfg);

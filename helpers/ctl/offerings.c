@@ -7,6 +7,7 @@
 #include <string.h>
 
 #include "ctl.h"
+#include "jsonout.h"
 #include "log.h"
 #include "util.h"
 
@@ -42,34 +43,28 @@ static void steps_text(const struct kb_offering *o, char *buf, size_t len)
     snprintf(buf, len, "-");
 }
 
-static void json_offering(const struct kb_offering *o)
+static json_object *json_offering(const struct kb_offering *o)
 {
-  printf("{\"name\":");
-  ctl_json_str(stdout, o->name);
-  printf(",\"description\":");
-  ctl_json_str(stdout, o->description);
-  printf(",\"zone\":");
-  ctl_json_str(stdout, o->zone);
-  printf(",\"allow_user_driven_backups\":%s,\"public\":%s,\"domain\":",
-         o->allow_user_driven_backups ? "true" : "false", o->public_ ? "true" : "false");
-  ctl_json_str(stdout, o->domain);
-  printf(",\"compress\":%s,\"compression_library\":", o->compress ? "true" : "false");
-  ctl_json_str(stdout, o->compression_library);
-  printf(",\"validate\":%s,\"validation_steps\":[", o->validate ? "true" : "false");
-  for (char **s = o->validation_steps; s && *s; s++) {
-    if (s != o->validation_steps)
-      putchar(',');
-    ctl_json_str(stdout, *s);
-  }
-  printf("],\"allow_extract_file\":%s,\"allow_quick_restore\":%s,\"backup_chain_size\":",
-         o->allow_extract_file ? "true" : "false", o->allow_quick_restore ? "true" : "false");
-  if (o->backup_chain_size > 0)
-    printf("%lld", o->backup_chain_size);
-  else
-    printf("null");
-  printf(",\"file\":");
-  ctl_json_str(stdout, o->file);
-  printf("}");
+  json_object *j = json_object_new_object(), *steps = json_object_new_array();
+
+  json_object_object_add(j, "name", kb_json_str(o->name));
+  json_object_object_add(j, "description", kb_json_str(o->description));
+  json_object_object_add(j, "zone", kb_json_str(o->zone));
+  json_object_object_add(j, "allow_user_driven_backups", json_object_new_boolean(o->allow_user_driven_backups));
+  json_object_object_add(j, "public", json_object_new_boolean(o->public_));
+  json_object_object_add(j, "domain", kb_json_str(o->domain));
+  json_object_object_add(j, "compress", json_object_new_boolean(o->compress));
+  json_object_object_add(j, "compression_library", kb_json_str(o->compression_library));
+  json_object_object_add(j, "validate", json_object_new_boolean(o->validate));
+  for (char **s = o->validation_steps; s && *s; s++)
+    json_object_array_add(steps, kb_json_str(*s));
+  json_object_object_add(j, "validation_steps", steps);
+  json_object_object_add(j, "allow_extract_file", json_object_new_boolean(o->allow_extract_file));
+  json_object_object_add(j, "allow_quick_restore", json_object_new_boolean(o->allow_quick_restore));
+  json_object_object_add(j, "backup_chain_size",
+                         o->backup_chain_size > 0 ? json_object_new_int64(o->backup_chain_size) : NULL);
+  json_object_object_add(j, "file", kb_json_str(o->file));
+  return j;
 }
 
 static void show_offering(const struct kb_offering *o)
@@ -155,18 +150,15 @@ int ctl_offerings(int argc, char **argv)
       kb_config_free(cfg);
       return 1;
     }
-    if (json) {
-      json_offering(o);
-      putchar('\n');
-    } else
+    if (json)
+      kb_json_print(json_offering(o));
+    else
       show_offering(o);
   } else if (json) {
-    printf("[");
-    for (unsigned i = 0; (o = kb_config_offering_at(cfg, i)); i++) {
-      printf("%s\n ", i ? "," : "");
-      json_offering(o);
-    }
-    printf("\n]\n");
+    json_object *arr = json_object_new_array();
+    for (unsigned i = 0; (o = kb_config_offering_at(cfg, i)); i++)
+      json_object_array_add(arr, json_offering(o));
+    kb_json_print(arr);
   } else {
     printf("%-20s %-8s %-8s %-9s %-12s %s\n", "NAME", "ZONE", "COMPRESS", "VALIDATE",
            "QUICKRESTORE", "DESCRIPTION");

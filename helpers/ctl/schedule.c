@@ -13,6 +13,7 @@
 #include <unistd.h>
 
 #include "ctl.h"
+#include "jsonout.h"
 #include "log.h"
 #include "util.h"
 
@@ -205,11 +206,11 @@ static int list_schedules(const char *unitdir, bool json)
     closedir(d);
   if (n)
     qsort(names, n, sizeof *names, strcmp_ptr);
-  if (json)
-    printf("[");
-  else
+  json_object *arr = json ? json_object_new_array() : NULL;
+
+  if (!json)
     printf("%-32s %-30s %s\n", "VM", "CALENDAR", "OPTIONS");
-  for (size_t i = 0, shown = 0; i < n; i++) {
+  for (size_t i = 0; i < n; i++) {
     CLEANUP_FREE char *tfile = kb_printf("%s/" TIMER_PREFIX "%s.timer.d/schedule.conf", unitdir, names[i]);
     CLEANUP_FREE char *sfile = kb_printf("%s/" TIMER_PREFIX "%s.service.d/schedule.conf", unitdir, names[i]);
     CLEANUP_FREE char *cal = tfile ? dropin_value(tfile, "OnCalendar") : NULL;
@@ -218,22 +219,19 @@ static int list_schedules(const char *unitdir, bool json)
     if (!cal)
       continue;
     if (json) {
-      printf("%s\n {\"vm\":", shown++ ? "," : "");
-      ctl_json_str(stdout, names[i]);
-      printf(",\"calendar\":");
-      ctl_json_str(stdout, cal);
-      printf(",\"quiesce\":%s,\"isolated\":%s,\"timer\":", strstr(args, "--quiesce") ? "true" : "false",
-             strstr(args, "--isolated") ? "true" : "false");
-      {
-        CLEANUP_FREE char *unit = kb_printf(TIMER_PREFIX "%s.timer", names[i]);
-        ctl_json_str(stdout, unit);
-      }
-      printf("}");
+      CLEANUP_FREE char *unit = kb_printf(TIMER_PREFIX "%s.timer", names[i]);
+      json_object *o = json_object_new_object();
+      json_object_object_add(o, "vm", kb_json_str(names[i]));
+      json_object_object_add(o, "calendar", kb_json_str(cal));
+      json_object_object_add(o, "quiesce", json_object_new_boolean(strstr(args, "--quiesce") != NULL));
+      json_object_object_add(o, "isolated", json_object_new_boolean(strstr(args, "--isolated") != NULL));
+      json_object_object_add(o, "timer", kb_json_str(unit));
+      json_object_array_add(arr, o);
     } else
       printf("%-32s %-30s %s\n", names[i], cal, *args ? args : "-");
   }
   if (json)
-    printf("\n]\n");
+    kb_json_print(arr);
   for (size_t i = 0; i < n; i++)
     free(names[i]);
   free(names);

@@ -37,7 +37,7 @@ int ctl_screenshot(int argc, char **argv)
   struct kb_config *cfg;
   struct kb_catalog *cat = NULL;
   struct kb_backup_ref ref = { 0 };
-  CLEANUP_FREE char *meta = NULL, *path = NULL, *png = NULL;
+  CLEANUP_FREE char *path = NULL, *png = NULL;
   size_t len = 0;
   int c, r, fd, status = 1;
 
@@ -62,8 +62,7 @@ int ctl_screenshot(int argc, char **argv)
   cat = ctl_open_catalog(cfg);
   if (!cat || ctl_find_backup(cat, argv[optind], "screenshot", &ref) < 0)
     goto out;
-  meta = kb_catalog_backup_dir(cat, ref.vm_uuid, ref.chain, ref.id);
-  path = meta ? kb_printf("%s/screenshot.png", meta) : NULL;
+  path = kb_catalog_screenshot_path(cat, ref.vm_uuid, ref.chain, ref.id);
   if (!path) {
     kb_err("screenshot: backup %s: bad catalog path", ref.id);
     goto out;

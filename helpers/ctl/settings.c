@@ -9,6 +9,7 @@
 #include <string.h>
 
 #include "ctl.h"
+#include "jsonout.h"
 #include "log.h"
 #include "util.h"
 
@@ -80,48 +81,40 @@ static void print_text(const struct kb_config *cfg, const char *vm)
 
 static void print_json(const struct kb_config *cfg, const char *vm)
 {
-  const struct kb_setting_def *d;
-  bool first = true;
+  json_object *root = json_object_new_object(), *arr = json_object_new_array();
 
-  printf("{\"config\":");
-  ctl_json_str(stdout, kb_config_path(cfg));
-  printf(",\"vm\":");
-  ctl_json_str(stdout, vm);
+  json_object_object_add(root, "config", kb_json_str(kb_config_path(cfg)));
+  json_object_object_add(root, "vm", kb_json_str(vm));
   if (vm) {
-    printf(",\"account\":");
-    ctl_json_str(stdout, kb_config_vm_account(cfg, vm));
-    printf(",\"offering\":");
-    ctl_json_str(stdout, kb_config_vm_offering(cfg, vm));
+    json_object_object_add(root, "account", kb_json_str(kb_config_vm_account(cfg, vm)));
+    json_object_object_add(root, "offering", kb_json_str(kb_config_vm_offering(cfg, vm)));
   }
-  printf(",\"settings\":[");
-  for (d = kb_setting_defs; d->key; d++) {
+  for (const struct kb_setting_def *d = kb_setting_defs; d->key; d++) {
+    json_object *o, *origin = NULL;
     struct kb_value v;
     int r;
 
     if (!vm && d->scope == KB_SCOPE_VM)
       continue;
     r = kb_config_lookup(cfg, vm, d->key, &v);
-    printf("%s\n {\"key\":", first ? "" : ",");
-    first = false;
-    ctl_json_str(stdout, d->key);
-    printf(",\"type\":\"%s\",\"scope\":\"%s\",\"value\":", kb_type_name(d->type),
-           kb_scope_name(d->scope));
-    ctl_json_str(stdout, r < 0 ? NULL : v.value);
-    printf(",\"default\":");
-    ctl_json_str(stdout, d->def);
-    if (r < 0)
-      printf(",\"origin\":null}");
-    else {
-      printf(",\"origin\":{\"file\":");
-      ctl_json_str(stdout, v.file);
-      printf(",\"line\":%d,\"section\":", v.line);
-      ctl_json_str(stdout, v.section);
-      printf(",\"key\":");
-      ctl_json_str(stdout, v.key);
-      printf("}}");
+    o = json_object_new_object();
+    json_object_object_add(o, "key", kb_json_str(d->key));
+    json_object_object_add(o, "type", kb_json_str(kb_type_name(d->type)));
+    json_object_object_add(o, "scope", kb_json_str(kb_scope_name(d->scope)));
+    json_object_object_add(o, "value", kb_json_str(r < 0 ? NULL : v.value));
+    json_object_object_add(o, "default", kb_json_str(d->def));
+    if (r == 0) {
+      origin = json_object_new_object();
+      json_object_object_add(origin, "file", kb_json_str(v.file));
+      json_object_object_add(origin, "line", json_object_new_int(v.line));
+      json_object_object_add(origin, "section", kb_json_str(v.section));
+      json_object_object_add(origin, "key", kb_json_str(v.key));
     }
+    json_object_object_add(o, "origin", origin);
+    json_object_array_add(arr, o);
   }
-  printf("\n]}\n");
+  json_object_object_add(root, "settings", arr);
+  kb_json_print(root);
 }
 
 int ctl_settings(int argc, char **argv)

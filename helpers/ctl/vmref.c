@@ -11,12 +11,20 @@
 #include "record.h"
 #include "util.h"
 #include "store.h"
+#include "watchdog.h"
 
 struct kb_catalog *ctl_open_catalog(const struct kb_config *cfg)
 {
   struct kb_catalog *cat = NULL;
-  int r = kb_catalog_open(cfg, &cat);
+  int r;
 
+  /* A hung export fails the command within storage.timeout. */
+  r = kb_watchdog_start(cfg, NULL);
+  if (r < 0) {
+    kb_err("cannot start the export watchdog: %s", strerror(-r));
+    return NULL;
+  }
+  r = kb_catalog_open(cfg, &cat);
   if (r < 0) {
     kb_err("cannot open the catalog under %s: %s", kb_config_str(cfg, NULL, "secondary.path"), kb_store_strerror(r));
     return NULL;
@@ -28,8 +36,10 @@ int ctl_find_backup(const struct kb_catalog *cat, const char *id, const char *ve
 {
   int r = kb_backup_find(cat, id, ref);
 
-  if (r < 0)
-    kb_err("%s: backup %s: %s", verb, id, r == -ENOENT ? "no such backup in the catalog" : strerror(-r));
+  if (r < 0) {
+    CLEANUP_FREE char *msg = kb_msg_backup_find(id, r);
+    kb_err("%s: %s", verb, msg ? msg : strerror(-r));
+  }
   return r;
 }
 
@@ -71,16 +81,12 @@ int ctl_find_vm(const struct kb_catalog *cat, const char *vm, char **ret_uuid)
 int ctl_lock_vm(const struct kb_catalog *cat, const char *uuid, const char *vm, const char *purpose,
                 struct kb_lock **ret)
 {
-  int r = kb_catalog_lock_vm(cat, uuid, purpose, 10000, ret);
+  int r = kb_catalog_lock(cat, KB_LOCK_VM, uuid, purpose, 10000, ret);
 
-  if (r == -EBUSY) {
-    CLEANUP_FREE char *dir = kb_catalog_locks_dir(cat);
-    CLEANUP_FREE char *path = dir ? kb_printf("%s/vm-%s.lock", dir, uuid) : NULL;
-    CLEANUP_FREE char *holder = NULL;
-    if (path)
-      (void) kb_lock_probe(path, &holder);
-    kb_err("VM %s is busy: another kboss operation holds it (%s)", vm, holder ? holder : "holder unknown");
-  } else if (r < 0)
-    kb_err("VM %s: cannot take its lock: %s", vm, strerror(-r));
+  if (r < 0) {
+    CLEANUP_FREE char *label = kb_printf("VM %s", vm);
+    CLEANUP_FREE char *msg = label ? kb_msg_lock(cat, KB_LOCK_VM, uuid, label, r) : NULL;
+    kb_err("%s", msg ? msg : strerror(-r));
+  }
   return r;
 }

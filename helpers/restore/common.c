@@ -222,44 +222,7 @@ out:
 
 int rs_mark_in_use(struct rs_ctx *c, const char *vm_uuid, bool in_use)
 {
-  char **ids = NULL;
-  size_t i;
-  int r;
-
-  r = kb_backup_lineage(c->cat, &c->ref, &ids);
-  if (r < 0)
-    return r;
-  for (i = 0; ids[i]; i++) {
-    struct kb_doc *doc = NULL;
-    struct kb_lock *lock = NULL;
-    CLEANUP_FREE char *locks = kb_catalog_locks_dir(c->cat);
-    CLEANUP_FREE char *lpath = locks ? kb_printf("%s/backup-%s.lock", locks, ids[i]) : NULL;
-
-    /* Under the backup's lock, so that a compression cannot swap its
-     * files between its own in_use_by check and its rename. */
-    if (!lpath) {
-      r = -ENOMEM;
-      break;
-    }
-    r = kb_lock_take(lpath, in_use ? "quick-restore" : "consolidated", 120000, &lock);
-    if (r < 0)
-      break;
-    if (kb_backup_load(c->cat, c->ref.vm_uuid, c->ref.chain, ids[i], &doc) < 0) {
-      kb_lock_release(lock);
-      continue;
-    }
-    r = kb_doc_set(doc, "backup", "in_use_by", in_use ? vm_uuid : NULL);
-    if (r == 0)
-      r = kb_backup_save(c->cat, c->ref.vm_uuid, c->ref.chain, ids[i], doc);
-    if (KB_STREQ(ids[i], c->ref.id) && r == 0)
-      (void) kb_doc_set(c->ref.doc, "backup", "in_use_by", in_use ? vm_uuid : NULL);
-    kb_doc_free(doc);
-    kb_lock_release(lock);
-    if (r < 0)
-      break;
-  }
-  kb_strv_free(ids);
-  return r;
+  return kb_backup_mark_in_use(c->cat, &c->ref, in_use ? vm_uuid : NULL);
 }
 
 /* ---- a new VM for --as ---- */
@@ -312,8 +275,7 @@ static char *new_disk_folder(struct rs_ctx *c, const char *target)
 
 int rs_define_new_vm(struct rs_ctx *c, const struct rs_opts *o, char **ret_error)
 {
-  CLEANUP_FREE char *dir = kb_catalog_backup_dir(c->cat, c->ref.vm_uuid, c->ref.chain, c->ref.id);
-  CLEANUP_FREE char *path = dir ? kb_printf("%s/domain.xml", dir) : NULL;
+  CLEANUP_FREE char *path = kb_catalog_backup_domain_path(c->cat, c->ref.vm_uuid, c->ref.chain, c->ref.id);
   CLEANUP_FREE char *saved = NULL, *xml = NULL, *desc = NULL, *err = NULL;
   struct kb_domxml_disk *disks = NULL;
   char **targets = NULL, **files = NULL, **notices = NULL;

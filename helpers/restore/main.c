@@ -70,10 +70,10 @@ static void usage(FILE *f)
           "      --boot-wait S   start consolidating once the guest agent answers, at\n"
           "                      most S seconds after the start (default 120; 0: at once)\n"
           "      --json          print the result as JSON\n"
-          "  -c, --config FILE   configuration (default $KBOSS_CONF or %s/kboss/kboss.conf)\n"
+          "  -c, --config FILE   configuration (default $KBOSS_CONF or %s)\n"
           "  -v, --verbose       more messages;  --quiet: errors only\n"
           "  -h, --help          this help;  -V, --version: the version\n",
-          kb_progname, kb_progname, SYSCONFDIR);
+          kb_progname, kb_progname, kb_config_default_path());
 }
 
 int main(int argc, char **argv)
@@ -176,16 +176,13 @@ int main(int argc, char **argv)
   }
   r = kb_backup_find(c.cat, argv[optind], &c.ref);
   if (r < 0) {
-    err = kb_printf("backup %s: %s", argv[optind], r == -ENOENT ? "no such backup in the catalog" : strerror(-r));
+    err = kb_msg_backup_find(argv[optind], r);
     goto out;
   }
-  {
-    const char *st = kb_doc_get(c.ref.doc, "backup", "state");
-    if (!st || KB_STREQ(st, "Running")) {
-      err = kb_printf("backup %s is not complete", c.ref.id);
-      r = -EINVAL;
-      goto out;
-    }
+  if (!kb_backup_complete(c.ref.doc)) {
+    err = kb_msg_backup_incomplete(c.ref.id, c.ref.doc);
+    r = -EINVAL;
+    goto out;
   }
   if (o.as) {
     r = kb_virt_connect(kb_config_str(c.cfg, NULL, "libvirt.uri"), &c.conn);

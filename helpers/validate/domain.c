@@ -44,7 +44,6 @@ static int open_to_qemu(const char *dir)
 int vl_vm_prepare(struct vl_ctx *c, const struct kb_backup_ref *ref, struct vl_vm *vm, char **ret_error)
 {
   const char *scratch = kb_config_str(c->cfg, NULL, "scratch.path");
-  CLEANUP_FREE char *meta = kb_catalog_backup_dir(c->cat, ref->vm_uuid, ref->chain, ref->id);
   CLEANUP_FREE char *xmlpath = NULL, *saved = NULL, *data = NULL, *chaindir = NULL, *desc = NULL;
   CLEANUP_FREE char *nvram = NULL;
   CLEANUP_FREE struct kb_domxml_disk *disk_opts = NULL;
@@ -55,7 +54,7 @@ int vl_vm_prepare(struct vl_ctx *c, const struct kb_backup_ref *ref, struct vl_v
   memset(vm, 0, sizeof *vm);
   vm->name = kb_printf(VL_DOMAIN_PREFIX "%s", ref->id);
   vm->scratch = kb_printf("%s/%s", scratch, vm->name);
-  xmlpath = meta ? kb_printf("%s/domain.xml", meta) : NULL;
+  xmlpath = kb_catalog_backup_domain_path(c->cat, ref->vm_uuid, ref->chain, ref->id);
   data = kb_backup_data_dir(c->cat, ref);
   if (!vm->name || !vm->scratch || !xmlpath || !data) {
     *ret_error = kb_printf("backup %s: bad names or paths in its record", ref->id);
@@ -209,9 +208,7 @@ void vl_vm_teardown(struct vl_vm *vm)
  * holder)? Validation VMs are only run under that lock. */
 static bool backup_busy(struct vl_ctx *c, const char *backup)
 {
-  CLEANUP_FREE char *locks = kb_catalog_locks_dir(c->cat);
-  CLEANUP_FREE char *path = locks ? kb_printf("%s/backup-%s.lock", locks, backup) : NULL;
-  return !path || kb_lock_probe(path, NULL) != 0;
+  return kb_catalog_lock_probe(c->cat, KB_LOCK_BACKUP, backup, NULL) != 0;
 }
 
 void vl_cleanup_leftovers(struct vl_ctx *c)

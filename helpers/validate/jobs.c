@@ -43,11 +43,9 @@ static void test_log(const char *what, const char *backup)
 
 static struct kb_lock *backup_lock(struct vl_ctx *c, const char *id, const char *purpose)
 {
-  CLEANUP_FREE char *locks = kb_catalog_locks_dir(c->cat);
-  CLEANUP_FREE char *path = locks ? kb_printf("%s/backup-%s.lock", locks, id) : NULL;
   struct kb_lock *l = NULL;
 
-  if (!path || kb_catalog_mkdirs(c->cat, locks) < 0 || kb_lock_take(path, purpose, 0, &l) < 0)
+  if (kb_catalog_lock(c->cat, KB_LOCK_BACKUP, id, purpose, 0, &l) < 0)
     return NULL;
   return l;
 }
@@ -57,8 +55,6 @@ static struct kb_lock *backup_lock(struct vl_ctx *c, const char *id, const char 
 static void end_chain(struct vl_ctx *c, const struct kb_backup_ref *ref, const char *reason)
 {
   struct kb_lock *lock = NULL;
-  struct kb_doc *vm = NULL, *chain = NULL;
-  const char *cur;
   int r;
 
   if (kb_doc_get_bool(ref->doc, "backup", "isolated", false))
@@ -68,23 +64,12 @@ static void end_chain(struct vl_ctx *c, const struct kb_backup_ref *ref, const c
     kb_err("backup %s: cannot lock its VM to end the chain: %s", ref->id, strerror(-r));
     return;
   }
-  if (kb_vm_load(c->cat, ref->vm_uuid, &vm) == 0 && (cur = kb_doc_get(vm, "vm", "current_chain")) &&
-      KB_STREQ(cur, ref->chain)) {
-    if (kb_chain_load(c->cat, ref->vm_uuid, ref->chain, &chain) == 0) {
-      (void) kb_doc_set(chain, "chain", "ended", "true");
-      (void) kb_doc_set_text(chain, "chain", "end_reason", reason);
-      if (kb_chain_save(c->cat, ref->vm_uuid, ref->chain, chain) < 0)
-        kb_err("chain %s: cannot save its record", ref->chain);
-    }
-    (void) kb_doc_set(vm, "vm", "current_chain", NULL);
-    if (kb_vm_save(c->cat, ref->vm_uuid, vm) < 0)
-      kb_err("VM %s: cannot save its record", ref->vm_uuid);
-    else
-      kb_warn("VM %s: chain %s ended (%s); the next backup is full",
-              kb_doc_get(ref->doc, "backup", "vm_name"), ref->chain, reason);
-  }
-  kb_doc_free(chain);
-  kb_doc_free(vm);
+  r = kb_chain_end_if_current(c->cat, ref->vm_uuid, ref->chain, reason);
+  if (r < 0)
+    kb_err("VM %s: cannot end chain %s: %s", ref->vm_uuid, ref->chain, strerror(-r));
+  else if (r == 1)
+    kb_warn("VM %s: chain %s ended (%s); the next backup is full",
+            kb_doc_get(ref->doc, "backup", "vm_name"), ref->chain, reason);
   kb_lock_release(lock);
 }
 
@@ -107,7 +92,7 @@ static int save_results(struct vl_ctx *c, struct kb_backup_ref *ref, struct vl_s
   r = kb_doc_set(ref->doc, "validation", "state", state);
   if (r == 0) r = kb_doc_set(ref->doc, "validation", "host", kb_hostname());
   if (r == 0) r = kb_doc_set(ref->doc, "validation", "started", started);
-  if (r == 0) r = kb_doc_set(ref->doc, "validation", "finished", KB_STREQ(state, "Running") ? NULL : now);
+  if (r == 0) r = kb_doc_set(ref->doc, "validation", "finished", KB_STREQ(state, KB_VALIDATION_RUNNING) ? NULL : now);
   if (r == 0) r = kb_doc_set_text(ref->doc, "validation", "result", summary);
   for (i = 0; i < n && r == 0; i++) {
     CLEANUP_FREE char *key = kb_printf("step.%s", steps[i].name);
@@ -117,7 +102,7 @@ static int save_results(struct vl_ctx *c, struct kb_backup_ref *ref, struct vl_s
       return -ENOMEM;
     r = kb_doc_set_text(ref->doc, "validation", key, val);
   }
-  if (r == 0 && KB_STREQ(state, "Passed")) {
+  if (r == 0 && KB_STREQ(state, KB_VALIDATION_PASSED)) {
     r = kb_doc_set(ref->doc, "backup", "validated", "true");
     if (r == 0) r = kb_doc_set(ref->doc, "backup", "validated_at", now);
   }
@@ -150,31 +135,183 @@ static bool step_needs_vm(const char *name)
   return !KB_STREQ(name, "fs_check");
 }
 
+/* The steps the backup's offering lists (the default ones for an unknown
+ * offering), all Skipped until run. Returns how many; *RET_NEED_VM when
+ * one of them needs the validation VM. */
+static size_t plan_steps(struct vl_ctx *c, const struct kb_backup_ref *ref, struct vl_step *steps,
+                         size_t max, bool *ret_need_vm)
+{
+  const char *offname = kb_doc_get(ref->doc, "backup", "offering");
+  const char *const *names = kb_offering_steps(offname ? kb_config_offering(c->cfg, offname) : NULL);
+  size_t n;
+
+  *ret_need_vm = false;
+  for (n = 0; names[n] && n < max; n++) {
+    steps[n].name = names[n];
+    steps[n].status = VL_SKIPPED;
+    if (step_needs_vm(names[n]))
+      *ret_need_vm = true;
+  }
+  return n;
+}
+
+/* The zone-wide and this host's validation slots, then the backup's lock.
+ * -EAGAIN (with the reason) when any is taken. */
+static int take_slots_and_lock(struct vl_ctx *c, const char *backup_id, const char *vm_name,
+                               struct kb_lock **zslot, struct kb_lock **hslot, struct kb_lock **lock,
+                               char **ret_error)
+{
+  int r = kb_catalog_take_slot(c->cat, "validation", NULL,
+                               kb_config_int(c->cfg, vm_name, "backup.validation.max.concurrent.operations"),
+                               backup_id, zslot);
+  if (r == 0)
+    r = kb_catalog_take_slot(c->cat, "validation", kb_hostname(),
+                             kb_config_int(c->cfg, vm_name, "backup.validation.max.concurrent.operations.per.host"),
+                             backup_id, hslot);
+  if (r < 0) {
+    *ret_error = r == -EBUSY ? kb_printf("backup %s: the limit of concurrent validations is reached", backup_id)
+                             : kb_printf("backup %s: cannot take a validation slot: %s", backup_id, strerror(-r));
+    return r == -EBUSY ? -EAGAIN : r;
+  }
+  *lock = backup_lock(c, backup_id, "validation");
+  if (!*lock) {
+    *ret_error = kb_printf("backup %s is in use (compression, validation or restore)", backup_id);
+    return -EAGAIN;
+  }
+  return 0;
+}
+
+/* The steps that need the VM, in the listed order; the VM is destroyed after. */
+static void run_vm_steps(struct vl_ctx *c, const char *vm_name, const char *png_path, struct vl_vm *vm,
+                         struct vl_step *steps, size_t n)
+{
+  for (size_t i = 0; i < n && !vl_cancel; i++) {
+    int64_t t0 = kb_mono_ms();
+    if (!step_needs_vm(steps[i].name))
+      continue;
+    if (KB_STREQ(steps[i].name, "wait_for_boot"))
+      vl_step_wait_for_boot(c, vm_name, vm, &steps[i]);
+    else if (KB_STREQ(steps[i].name, "execute_command"))
+      vl_step_execute_command(c, vm_name, vm, &steps[i]);
+    else if (KB_STREQ(steps[i].name, "screenshot"))
+      vl_step_screenshot(c, vm_name, png_path, vm, &steps[i]);
+    else {
+      steps[i].status = VL_SKIPPED;
+      steps[i].message = strdup("unknown step");
+    }
+    steps[i].seconds = (kb_mono_ms() - t0) / 1000.0;
+  }
+  if (vm->dom) {
+    (void) virDomainDestroy(vm->dom);
+    virDomainFree(vm->dom);
+    vm->dom = NULL;
+  }
+}
+
+/* The steps on the backup's own files (fs_check), once the VM is gone. */
+static void run_file_steps(struct vl_ctx *c, const struct kb_backup_ref *ref, struct vl_step *steps, size_t n)
+{
+  const char *store = kb_doc_get(ref->doc, "backup", "store");
+  CLEANUP_FREE char *chaindir = store ? kb_catalog_data_chain_dir(c->cat, store, ref->vm_uuid, ref->chain) : NULL;
+
+  for (size_t i = 0; i < n && !vl_cancel; i++) {
+    int64_t t0 = kb_mono_ms();
+    char **disks = NULL, **files = NULL;
+    size_t k, nd;
+
+    if (step_needs_vm(steps[i].name))
+      continue;
+    if (kb_backup_disks(ref->doc, &disks) == 0) {
+      for (nd = 0; disks[nd]; nd++)
+        ;
+      files = calloc(nd + 1, sizeof *files);
+      for (k = 0; files && k < nd; k++)
+        files[k] = kb_backup_disk_path(c->cat, ref, disks[k]);
+      if (files && chaindir)
+        vl_step_fs_check(chaindir, files, &steps[i]);
+      kb_strv_free(files);
+      kb_strv_free(disks);
+    }
+    steps[i].seconds = (kb_mono_ms() - t0) / 1000.0;
+  }
+}
+
+/* Log and save the results; on failure end the chain if so configured; on
+ * the first success record the hashes. 0 passed, 1 failed, -EINTR, -errno. */
+static int record_outcome(struct vl_ctx *c, struct kb_backup_ref *ref, struct vl_step *steps, size_t n,
+                          const char *started, const char *vm_name, char **ret_error)
+{
+  CLEANUP_FREE char *summary = NULL;
+  size_t i, failed = 0;
+  int r;
+
+  for (i = 0; i < n; i++) {
+    if (steps[i].status == VL_FAILED)
+      failed++;
+    kb_info("backup %s: %s %s %.1fs %s", ref->id, steps[i].name, status_word(steps[i].status),
+            steps[i].seconds, steps[i].message ? steps[i].message : "");
+  }
+  if (vl_cancel) {
+    *ret_error = kb_printf("backup %s: validation interrupted", ref->id);
+    (void) save_results(c, ref, steps, n, KB_VALIDATION_INTERRUPTED, started, "interrupted");
+    return -EINTR;
+  }
+  for (i = 0; i < n; i++)
+    if (steps[i].status == VL_FAILED) {
+      summary = kb_printf("%s failed: %s", steps[i].name, steps[i].message ? steps[i].message : "");
+      break;
+    }
+  r = save_results(c, ref, steps, n, failed ? KB_VALIDATION_FAILED : KB_VALIDATION_PASSED, started,
+                   failed ? summary : "every step passed");
+  if (r < 0) {
+    *ret_error = kb_printf("backup %s: cannot save the results: %s", ref->id, strerror(-r));
+    return r;
+  }
+  if (failed) {
+    *ret_error = kb_printf("backup %s: validation failed: %s", ref->id, summary ? summary : "");
+    if (kb_config_bool(c->cfg, vm_name, "backup.validation.end.chain.on.fail"))
+      end_chain(c, ref, "backup validation failed");
+    return 1;
+  }
+  /* First success: record the hashes and schedule their re-checks. */
+  if (!kb_backup_has_hash(ref->doc)) {
+    char *err = NULL;
+    r = kb_backup_hash_record(c->cat, ref, &err);
+    if (r < 0) {
+      *ret_error = err;
+      return r;
+    }
+  }
+  {
+    int64_t due = kb_now() + 3600 * kb_config_int(c->cfg, vm_name, "backup.validation.interval");
+    if (kb_job_queue(c->cat, KB_JOB_HASH, ref, due, NULL) < 0)
+      kb_warn("backup %s: cannot schedule its hash re-check", ref->id);
+  }
+  return 0;
+}
+
 int vl_validate_backup(struct vl_ctx *c, const char *backup_id, bool from_job, char **ret_error)
 {
   struct kb_backup_ref ref = { 0 };
   struct kb_lock *lock = NULL, *zslot = NULL, *hslot = NULL;
   struct vl_vm vm = { 0 };
   struct vl_step steps[16];
-  const struct kb_offering *off;
-  const char *const *names;
-  const char *offname, *st;
-  CLEANUP_FREE char *meta = NULL, *vm_name = NULL;
+  CLEANUP_FREE char *png = NULL, *vm_name = NULL;
+  const char *hold = getenv("KBOSS_TEST_VALIDATE_HOLD_MS");
   char started[32];
-  size_t n = 0, i, failed = 0;
-  bool need_vm = false;
+  size_t n, i;
+  bool need_vm;
   int r;
 
   (void) from_job;
   memset(steps, 0, sizeof steps);
   r = kb_backup_find(c->cat, backup_id, &ref);
   if (r < 0) {
-    *ret_error = kb_printf("backup %s: not found: %s", backup_id, strerror(-r));
+    *ret_error = kb_msg_backup_find(backup_id, r);
     return r;
   }
-  st = kb_doc_get(ref.doc, "backup", "state");
-  if (!st || KB_STREQ(st, KB_BACKUP_RUNNING)) {
-    *ret_error = kb_printf("backup %s is not complete (%s)", backup_id, st ? st : "no state");
+  if (!kb_backup_complete(ref.doc)) {
+    *ret_error = kb_msg_backup_incomplete(backup_id, ref.doc);
     r = -EAGAIN;
     goto out;
   }
@@ -190,55 +327,28 @@ int vl_validate_backup(struct vl_ctx *c, const char *backup_id, bool from_job, c
     r = -EINVAL;
     goto out;
   }
-  offname = kb_doc_get(ref.doc, "backup", "offering");
-  off = offname ? kb_config_offering(c->cfg, offname) : NULL;
-  names = kb_offering_steps(off);
-  for (n = 0; names[n] && n < KB_ARRAY_SIZE(steps); n++) {
-    steps[n].name = names[n];
-    steps[n].status = VL_SKIPPED;
-    if (step_needs_vm(names[n]))
-      need_vm = true;
-  }
-  meta = kb_catalog_backup_dir(c->cat, ref.vm_uuid, ref.chain, ref.id);
-  if (!meta) {
+  n = plan_steps(c, &ref, steps, KB_ARRAY_SIZE(steps), &need_vm);
+  png = kb_catalog_screenshot_path(c->cat, ref.vm_uuid, ref.chain, ref.id);
+  if (!png) {
     r = -EINVAL;
     *ret_error = kb_printf("backup %s: bad catalog path", backup_id);
     goto out;
   }
-
-  /* Limits: zone-wide and this host's slots. */
-  r = kb_catalog_take_slot(c->cat, "validation", NULL,
-                           kb_config_int(c->cfg, vm_name, "backup.validation.max.concurrent.operations"),
-                           backup_id, &zslot);
-  if (r == 0)
-    r = kb_catalog_take_slot(c->cat, "validation", kb_hostname(),
-                             kb_config_int(c->cfg, vm_name, "backup.validation.max.concurrent.operations.per.host"),
-                             backup_id, &hslot);
-  if (r < 0) {
-    *ret_error = r == -EBUSY ? kb_printf("backup %s: the limit of concurrent validations is reached", backup_id)
-                             : kb_printf("backup %s: cannot take a validation slot: %s", backup_id, strerror(-r));
-    r = r == -EBUSY ? -EAGAIN : r;
+  r = take_slots_and_lock(c, backup_id, vm_name, &zslot, &hslot, &lock, ret_error);
+  if (r < 0)
     goto out;
-  }
-  lock = backup_lock(c, backup_id, "validation");
-  if (!lock) {
-    *ret_error = kb_printf("backup %s is in use (compression, validation or restore)", backup_id);
-    r = -EAGAIN;
-    goto out;
-  }
 
   /* Tests of the limits: hold the slots for this long instead of running
    * the steps (booting real VMs side by side is too slow for them). */
-  const char *hold = getenv("KBOSS_TEST_VALIDATE_HOLD_MS");
   if (hold && *hold) {
     test_log("start", backup_id);
     usleep((useconds_t) atoi(hold) * 1000);
     test_log("end", backup_id);
     for (i = 0; i < n; i++)
       steps[i].message = strdup("not run (KBOSS_TEST_VALIDATE_HOLD_MS)");
-    need_vm = false;
     kb_format_time(kb_now(), started, sizeof started);
-    goto results;
+    r = record_outcome(c, &ref, steps, n, started, vm_name, ret_error);
+    goto out;
   }
   if (need_vm) {
     char *why;
@@ -254,117 +364,25 @@ int vl_validate_backup(struct vl_ctx *c, const char *backup_id, bool from_job, c
     }
   }
   kb_format_time(kb_now(), started, sizeof started);
-  (void) save_results(c, &ref, steps, 0, "Running", started, NULL);
+  (void) save_results(c, &ref, steps, 0, KB_VALIDATION_RUNNING, started, NULL);
   kb_info("backup %s: validating (%zu steps)", backup_id, n);
   if (need_vm) {
     r = vl_vm_start(c, &vm, ret_error);
     if (r < 0)
       goto out;
   }
-
-  /* Steps with the VM first (in the listed order), then fs_check on the
-   * backup's own files once the VM is gone. */
-  for (i = 0; i < n && !vl_cancel; i++) {
-    int64_t t0 = kb_mono_ms();
-    if (!step_needs_vm(steps[i].name))
-      continue;
-    if (KB_STREQ(steps[i].name, "wait_for_boot"))
-      vl_step_wait_for_boot(c, vm_name, &vm, &steps[i]);
-    else if (KB_STREQ(steps[i].name, "execute_command"))
-      vl_step_execute_command(c, vm_name, &vm, &steps[i]);
-    else if (KB_STREQ(steps[i].name, "screenshot"))
-      vl_step_screenshot(c, vm_name, meta, &vm, &steps[i]);
-    else {
-      steps[i].status = VL_SKIPPED;
-      steps[i].message = strdup("unknown step");
-    }
-    steps[i].seconds = (kb_mono_ms() - t0) / 1000.0;
-  }
-  if (vm.dom) {
-    (void) virDomainDestroy(vm.dom);
-    virDomainFree(vm.dom);
-    vm.dom = NULL;
-  }
+  run_vm_steps(c, vm_name, png, &vm, steps, n);
   /* libvirtd went away (restarted): it destroyed the autodestroy VM. That
    * says nothing about the backup: not a failed validation, try later. */
   if (need_vm && !vl_cancel && virConnectIsAlive(c->conn) != 1) {
     *ret_error = kb_printf("backup %s: the connection to libvirtd was lost during the validation "
                            "(libvirtd restarted?); it will be run again", backup_id);
-    (void) save_results(c, &ref, steps, 0, "Interrupted", started, "the connection to libvirtd was lost");
+    (void) save_results(c, &ref, steps, 0, KB_VALIDATION_INTERRUPTED, started, "the connection to libvirtd was lost");
     r = -EAGAIN;
     goto out;
   }
-  for (i = 0; i < n && !vl_cancel; i++) {
-    int64_t t0 = kb_mono_ms();
-    if (step_needs_vm(steps[i].name))
-      continue;
-    CLEANUP_FREE char *data = kb_backup_data_dir(c->cat, &ref);
-    char **disks = NULL, **files = NULL;
-    size_t k, nd;
-    if (kb_backup_disks(ref.doc, &disks) == 0) {
-      for (nd = 0; disks[nd]; nd++)
-        ;
-      files = calloc(nd + 1, sizeof *files);
-      for (k = 0; files && k < nd; k++)
-        files[k] = kb_backup_disk_path(c->cat, &ref, disks[k]);
-      if (files && data && strrchr(data, '/')) {
-        *strrchr(data, '/') = '\0';       /* the chain folder */
-        vl_step_fs_check(data, files, &steps[i]);
-      }
-      kb_strv_free(files);
-      kb_strv_free(disks);
-    }
-    steps[i].seconds = (kb_mono_ms() - t0) / 1000.0;
-  }
-results:
-  for (i = 0; i < n; i++) {
-    if (steps[i].status == VL_FAILED)
-      failed++;
-    kb_info("backup %s: %s %s %.1fs %s", backup_id, steps[i].name, status_word(steps[i].status),
-            steps[i].seconds, steps[i].message ? steps[i].message : "");
-  }
-  if (vl_cancel) {
-    *ret_error = kb_printf("backup %s: validation interrupted", backup_id);
-    (void) save_results(c, &ref, steps, n, "Interrupted", started, "interrupted");
-    r = -EINTR;
-    goto out;
-  }
-  {
-    CLEANUP_FREE char *summary = NULL;
-    for (i = 0; i < n; i++)
-      if (steps[i].status == VL_FAILED) {
-        summary = kb_printf("%s failed: %s", steps[i].name, steps[i].message ? steps[i].message : "");
-        break;
-      }
-    r = save_results(c, &ref, steps, n, failed ? "Failed" : "Passed", started,
-                     failed ? summary : "every step passed");
-    if (r < 0) {
-      *ret_error = kb_printf("backup %s: cannot save the results: %s", backup_id, strerror(-r));
-      goto out;
-    }
-    if (failed) {
-      *ret_error = kb_printf("backup %s: validation failed: %s", backup_id, summary ? summary : "");
-      if (kb_config_bool(c->cfg, vm_name, "backup.validation.end.chain.on.fail"))
-        end_chain(c, &ref, "backup validation failed");
-      r = 1;
-      goto out;
-    }
-  }
-  /* First success: record the hashes and schedule their re-checks. */
-  if (!kb_backup_has_hash(ref.doc)) {
-    char *err = NULL;
-    r = kb_backup_hash_record(c->cat, &ref, &err);
-    if (r < 0) {
-      *ret_error = err;
-      goto out;
-    }
-  }
-  {
-    int64_t due = kb_now() + 3600 * kb_config_int(c->cfg, vm_name, "backup.validation.interval");
-    if (kb_job_queue(c->cat, KB_JOB_HASH, &ref, due, NULL) < 0)
-      kb_warn("backup %s: cannot schedule its hash re-check", backup_id);
-  }
-  r = 0;
+  run_file_steps(c, &ref, steps, n);
+  r = record_outcome(c, &ref, steps, n, started, vm_name, ret_error);
 out:
   vl_vm_teardown(&vm);
   kb_lock_release(lock);
@@ -410,7 +428,7 @@ int vl_hash_check(struct vl_ctx *c, const char *backup_id, char **ret_error)
 
   r = kb_backup_find(c->cat, backup_id, &ref);
   if (r < 0) {
-    *ret_error = kb_printf("backup %s: not found: %s", backup_id, strerror(-r));
+    *ret_error = kb_msg_backup_find(backup_id, r);
     return r;
   }
   lock = backup_lock(c, backup_id, "hash check");
@@ -449,10 +467,8 @@ int vl_hash_check(struct vl_ctx *c, const char *backup_id, char **ret_error)
                            detail ? detail : strerror(-r));
     (void) kb_doc_set(ref.doc, "backup", "hash_check", r == 1 ? "mismatch" : "error");
     (void) kb_doc_set_text(ref.doc, "backup", "hash_error", *ret_error);
-    if (r == 1) {
-      (void) kb_doc_set(ref.doc, "backup", "state", KB_BACKUP_INVALID);
-      (void) kb_doc_set(ref.doc, "backup", "validated", "false");
-    }
+    if (r == 1)
+      (void) kb_backup_mark_invalid(ref.doc);
     (void) kb_backup_save(c->cat, ref.vm_uuid, ref.chain, ref.id, ref.doc);
     if (r == 1 && kb_config_bool(c->cfg, vm_name, "backup.validation.end.chain.on.fail"))
       end_chain(c, &ref, "a backup of the chain failed its hash re-check");
@@ -466,8 +482,6 @@ out:
 /* Run one job under its lock. Returns 0 done, 1 failed, -EAGAIN left for later. */
 static int run_job(struct vl_ctx *c, const char *jid)
 {
-  CLEANUP_FREE char *locks = kb_catalog_locks_dir(c->cat);
-  CLEANUP_FREE char *lpath = locks ? kb_printf("%s/job-%s.lock", locks, jid) : NULL;
   CLEANUP_FREE char *err = NULL, *backup = NULL;
   struct kb_lock *lock = NULL;
   struct kb_doc *job = NULL;
@@ -476,7 +490,7 @@ static int run_job(struct vl_ctx *c, const char *jid)
   int64_t now = kb_now();
   int r;
 
-  if (!lpath || kb_catalog_mkdirs(c->cat, locks) < 0 || kb_lock_take(lpath, "validate", 0, &lock) < 0)
+  if (kb_catalog_lock(c->cat, KB_LOCK_JOB, jid, "validate", 0, &lock) < 0)
     return -EAGAIN;
   r = kb_job_load(c->cat, jid, &job);
   if (r < 0)

@@ -29,13 +29,13 @@ static void usage(FILE *f)
           "      --now            with run: treat every scheduled job as due\n"
           "  BACKUP               validate that backup now\n"
           "      --check-hash     re-check the hashes of BACKUP now\n"
-          "  -c, --config FILE    configuration (default $KBOSS_CONF or %s/kboss/kboss.conf)\n"
+          "  -c, --config FILE    configuration (default $KBOSS_CONF or %s)\n"
           "  -v, --verbose        more messages;  --quiet: errors only\n"
           "  -h, --help           this help;  -V, --version: the version\n"
           "\n"
           "Exit status: 0 success, 1 a validation or check failed, 2 bad usage or\n"
           "configuration, 3 not possible now (limits, backup in use).\n",
-          kb_progname, kb_progname, kb_progname, SYSCONFDIR);
+          kb_progname, kb_progname, kb_progname, kb_config_default_path());
 }
 
 int main(int argc, char **argv)

@@ -240,7 +240,7 @@ static int stream_sink(virStreamPtr st, const char *data, size_t nbytes, void *o
   return (int) nbytes;
 }
 
-void vl_step_screenshot(struct vl_ctx *c, const char *vm_name, const char *meta_dir, struct vl_vm *vm,
+void vl_step_screenshot(struct vl_ctx *c, const char *vm_name, const char *png_path, struct vl_vm *vm,
                         struct vl_step *s)
 {
   int wait = setting_int(c, vm_name, "backup.validation.screenshot.default.wait");
@@ -251,7 +251,7 @@ void vl_step_screenshot(struct vl_ctx *c, const char *vm_name, const char *meta_
   unsigned char *png = NULL;
   size_t pnglen = 0;
   unsigned w = 0, h = 0;
-  CLEANUP_FREE char *path = kb_printf("%s/screenshot.png", meta_dir);
+  const char *path = png_path;
   int r;
 
   /* The wait counts from the VM's start. */

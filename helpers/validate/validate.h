@@ -62,7 +62,7 @@ char *vl_resource_check(struct vl_ctx *c, const struct kb_backup_ref *ref, const
 /* steps.c */
 void vl_step_wait_for_boot(struct vl_ctx *c, const char *vm_name, struct vl_vm *vm, struct vl_step *s);
 void vl_step_execute_command(struct vl_ctx *c, const char *vm_name, struct vl_vm *vm, struct vl_step *s);
-void vl_step_screenshot(struct vl_ctx *c, const char *vm_name, const char *meta_dir, struct vl_vm *vm,
+void vl_step_screenshot(struct vl_ctx *c, const char *vm_name, const char *png_path, struct vl_vm *vm,
                         struct vl_step *s);
 /* FILES are tops of chains in CHAINDIR: each is validated (lib/chain.h)
  * and libguestfs reads exactly that chain, served by qemu-nbd. */

@@ -135,9 +135,11 @@ make_test_vm a 16 || bail_out "cannot define the test VM"
 dom=$(vm_domain a)
 SEC=$T/secondary
 mkdir -p "$SEC" && chmod 0755 "$SEC"
-# the operator's change of a conffile: where the export is mounted
+# the operator's change of a conffile: where the export is mounted (here a
+# folder, so marked as a store on purpose)
 sed -i "s|^secondary.path = .*|secondary.path = $SEC|" "$CONF"
-ok '/usr/sbin/kbossctl assign "$dom" example >/dev/null && /usr/sbin/kbossctl settings --check >/dev/null' \
+ok '/usr/sbin/kbossctl init-store "$SEC" >/dev/null && /usr/sbin/kbossctl assign "$dom" example >/dev/null &&
+    /usr/sbin/kbossctl settings --check >/dev/null' \
 	"the shipped configuration and example offering are accepted; the VM gets offering example"
 b1=$(/usr/sbin/kboss-backup --json "$dom" | sed -n 's/^ *"id": *"\([^"]*\)".*/\1/p' | head -n1)
 ok [ -n "$b1" ] "/usr/sbin/kboss-backup backs the test VM up: $b1"
@@ -150,7 +152,7 @@ wait_for() { # SECONDS CMD_STRING
 	for ((i = 0; i < $1 * 5; i++)); do eval "$2" && return 0; sleep 0.2; done
 	return 1
 }
-ok wait_for 60 '[ "$(virsh -q checkpoint-list --name "$dom")" = "$b1" ]' \
+ok wait_for 60 '[ -n "$b1" ] && [ "$(virsh -q checkpoint-list --name "$dom")" = "$b1" ]' \
 	"virsh start: the installed hook had the wiped checkpoint $b1 redefined"
 line=$(grep -F "kboss-backup --redefine-checkpoints --quiet $dom" "$HOOK_LOG" | head -n1)
 diag "hook log: $line"

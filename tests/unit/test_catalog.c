@@ -16,6 +16,7 @@
 
 #include "catalog.h"
 #include "kbconfig.h"
+#include "record.h"
 #include "store.h"
 #include "util.h"
 
@@ -429,32 +430,278 @@ Test(catalog, n_slots_admit_at_most_n_processes)
   munmap(sh, sizeof *sh);
 }
 
+/* ---- one owner for names: lock files, saved XML, ids ---- */
+
+Test(catalog, lock_names_and_saved_xml_paths)
+{
+  char want[512];
+  char *p;
+
+  p = kb_catalog_lock_path(cat, KB_LOCK_VM, VM1);
+  snprintf(want, sizeof want, "%s/kboss/locks/vm-%s.lock", secondary, VM1);
+  cr_assert_str_eq(p, want);
+  free(p);
+  p = kb_catalog_lock_path(cat, KB_LOCK_BACKUP, "20240101T000000Z-abcdef");
+  snprintf(want, sizeof want, "%s/kboss/locks/backup-20240101T000000Z-abcdef.lock", secondary);
+  cr_assert_str_eq(p, want);
+  free(p);
+  p = kb_catalog_lock_path(cat, KB_LOCK_JOB, "compression-x");
+  snprintf(want, sizeof want, "%s/kboss/locks/job-compression-x.lock", secondary);
+  cr_assert_str_eq(p, want);
+  free(p);
+  errno = 0;
+  cr_assert_null(kb_catalog_lock_path(cat, KB_LOCK_VM, "not-a-uuid"));
+  cr_assert_eq(errno, EINVAL);
+  cr_assert_null(kb_catalog_lock_path(cat, KB_LOCK_BACKUP, "../x"));
+  cr_assert_null(kb_catalog_lock_path(cat, KB_LOCK_JOB, ""));
+
+  p = kb_catalog_checkpoint_path(cat, VM1, "20240101T000000Z-abcdef");
+  snprintf(want, sizeof want, "%s/kboss/vms/%s/checkpoints/20240101T000000Z-abcdef.xml", secondary, VM1);
+  cr_assert_str_eq(p, want);
+  free(p);
+  cr_assert_null(kb_catalog_checkpoint_path(cat, VM1, "a/b"));
+  p = kb_catalog_vm_domain_path(cat, VM1);
+  snprintf(want, sizeof want, "%s/kboss/vms/%s/domain.xml", secondary, VM1);
+  cr_assert_str_eq(p, want);
+  free(p);
+  p = kb_catalog_backup_domain_path(cat, VM1, "c1", "b1");
+  snprintf(want, sizeof want, "%s/kboss/vms/%s/chains/c1/b1/domain.xml", secondary, VM1);
+  cr_assert_str_eq(p, want);
+  free(p);
+  p = kb_catalog_screenshot_path(cat, VM1, "c1", "b1");
+  snprintf(want, sizeof want, "%s/kboss/vms/%s/chains/c1/b1/screenshot.png", secondary, VM1);
+  cr_assert_str_eq(p, want);
+  free(p);
+  p = kb_catalog_data_chain_dir(cat, "fast", VM1, "c1");
+  snprintf(want, sizeof want, "%s/kboss/vms/%s/chains/c1", storepath, VM1);
+  cr_assert_str_eq(p, want);
+  free(p);
+  cr_assert_null(kb_catalog_data_chain_dir(cat, "nosuchstore", VM1, "c1"));
+}
+
+Test(catalog, backup_lock_and_probe)
+{
+  struct kb_lock *l = NULL, *l2 = NULL;
+  char *holder = NULL;
+
+  cr_assert_eq(kb_catalog_lock_probe(cat, KB_LOCK_BACKUP, "b1", NULL), 0);
+  cr_assert_eq(kb_catalog_lock(cat, KB_LOCK_BACKUP, "b1", "testing", 0, &l), 0);
+  cr_assert_eq(kb_catalog_lock_probe(cat, KB_LOCK_BACKUP, "b1", &holder), 1);
+  cr_assert_not_null(strstr(holder, "testing"), "%s", holder);
+  free(holder);
+  cr_assert_eq(kb_catalog_lock(cat, KB_LOCK_BACKUP, "b1", "again", 0, &l2), -EBUSY);
+  cr_assert_eq(kb_catalog_lock(cat, KB_LOCK_JOB, "b1", "a job of that name", 0, &l2), 0);
+  kb_lock_release(l2);
+  kb_lock_release(l);
+  cr_assert_eq(kb_catalog_lock_probe(cat, KB_LOCK_BACKUP, "b1", NULL), 0);
+  cr_assert_eq(kb_catalog_lock(cat, KB_LOCK_VM, "../etc", "bad", 0, &l), -EINVAL);
+}
+
+Test(catalog, one_backup_id_rule)
+{
+  char id[64];
+
+  for (int i = 0; i < 20; i++) {
+    cr_assert_eq(kb_catalog_new_id(id, sizeof id), 0);
+    cr_assert(kb_backup_id_ok(id), "%s", id);
+  }
+  cr_assert(kb_backup_id_ok("20240131T235959Z-0a9f3c"));
+  cr_assert_not(kb_backup_id_ok(NULL));
+  cr_assert_not(kb_backup_id_ok(""));
+  cr_assert_not(kb_backup_id_ok("20240131T235959Z-0a9f3"));       /* short */
+  cr_assert_not(kb_backup_id_ok("20240131T235959Z-0a9f3cd"));     /* long */
+  cr_assert_not(kb_backup_id_ok("2024013XT235959Z-0a9f3c"));      /* not a digit */
+  cr_assert_not(kb_backup_id_ok("20240131X235959Z-0a9f3c"));      /* no T */
+  cr_assert_not(kb_backup_id_ok("20240131T235959Z_0a9f3c"));      /* no - */
+  cr_assert_not(kb_backup_id_ok("20240131T235959Z-0A9F3C"));      /* upper-case hex */
+  cr_assert_not(kb_backup_id_ok("mycheckZ-point-with-23c"));      /* the old test let this by */
+}
+
+/* ---- record transitions ---- */
+
+static void put_backup(const char *chain, const char *id, const char *parent)
+{
+  struct kb_doc *d = kb_doc_new();
+  char *data;
+
+  cr_assert_eq(kb_doc_set(d, "backup", "id", id), 0);
+  cr_assert_eq(kb_doc_set(d, "backup", "state", KB_BACKUP_READY), 0);
+  cr_assert_eq(kb_doc_set(d, "backup", "store", "fast"), 0);
+  if (parent)
+    cr_assert_eq(kb_doc_set(d, "backup", "parent", parent), 0);
+  cr_assert_eq(kb_backup_save(cat, VM1, chain, id, d), 0);
+  kb_doc_free(d);
+  data = kb_catalog_data_dir(cat, "fast", VM1, chain, id);
+  cr_assert_eq(kb_mkdir_p(data, 0700), 0);
+  free(data);
+}
+
+static const char *rec_get(struct kb_doc *d, const char *s, const char *k)
+{
+  return kb_doc_get(d, s, k);
+}
+
+Test(catalog, add_then_delete_backups_keeps_chain_and_vm_records_true)
+{
+  static const char *const ids[] = { "20240101T000000Z-000001", "20240101T000000Z-000002",
+                                     "20240101T000000Z-000003" };
+  struct kb_doc *vm = kb_doc_new(), *ch = kb_doc_new();
+  struct kb_chain_view cv;
+  struct kb_forget_result res;
+  bool del[4] = { false };
+  char *cpx, *data;
+
+  /* Three backups added one after another to a chain of at most 8. */
+  cr_assert_eq(kb_doc_set(ch, "chain", "store", "fast"), 0);
+  for (int i = 0; i < 3; i++) {
+    put_backup("c1", ids[i], i ? ids[i - 1] : NULL);
+    cr_assert_eq(kb_chain_add_backup(cat, VM1, "c1", ch, vm, ids[i], false, 8), 0);
+  }
+  cr_assert_eq(kb_vm_save(cat, VM1, vm), 0);
+  cr_assert_str_eq(rec_get(ch, "chain", "length"), "3");
+  cr_assert_null(rec_get(ch, "chain", "ended"));
+  cr_assert_str_eq(rec_get(vm, "vm", "current_chain"), "c1");
+  cr_assert_str_eq(rec_get(vm, "vm", "last_checkpoint"), ids[2]);
+  cpx = kb_catalog_checkpoints_dir(cat, VM1);
+  cr_assert_eq(kb_catalog_mkdirs(cat, cpx), 0);
+  free(cpx);
+  cpx = kb_catalog_checkpoint_path(cat, VM1, ids[2]);
+  cr_assert_eq(kb_meta_write_file(cpx, "<domaincheckpoint/>", 19), 0);
+
+  /* Deleting the second takes the third with it; the chain ends, the VM
+   * forgets its checkpoint, the first backup stays. */
+  cr_assert_eq(kb_chain_view_load(cat, VM1, "c1", &cv), 0);
+  cr_assert_eq(cv.n, 3);
+  cr_assert_eq(kb_chain_view_dependents(&cv, ids[1], del), 2);
+  cr_assert(!del[0] && del[1] && del[2]);
+  for (size_t i = 0; i < cv.n; i++)
+    if (del[i]) {
+      struct kb_backup_ref one = { (char *) VM1, (char *) "c1", cv.ids[i], cv.docs[i] };
+      cr_assert_eq(kb_backup_remove(cat, &one), 0);
+    }
+  cr_assert_eq(kb_chain_forget(cat, VM1, "c1", &cv, del, &res), 0);
+  cr_assert(res.chain_ended && !res.chain_removed);
+  kb_chain_view_clear(&cv);
+  kb_doc_free(ch);
+  kb_doc_free(vm);
+  cr_assert_eq(kb_chain_load(cat, VM1, "c1", &ch), 0);
+  cr_assert_str_eq(rec_get(ch, "chain", "last_backup"), ids[0]);
+  cr_assert_str_eq(rec_get(ch, "chain", "length"), "1");
+  cr_assert_str_eq(rec_get(ch, "chain", "ended"), "true");
+  cr_assert_eq(kb_vm_load(cat, VM1, &vm), 0);
+  cr_assert_null(rec_get(vm, "vm", "current_chain"));
+  cr_assert_null(rec_get(vm, "vm", "last_checkpoint"));
+  cr_assert_null(rec_get(vm, "vm", "last_backup"));
+  cr_assert_eq(kb_meta_read_file(cpx, &data, NULL), -ENOENT);
+  data = kb_catalog_data_dir(cat, "fast", VM1, "c1", ids[2]);
+  cr_assert_eq(access(data, F_OK), -1, "data of a deleted backup remains");
+  free(data);
+
+  /* The last one: the chain goes, its data folder on the store too. */
+  memset(del, 0, sizeof del);
+  cr_assert_eq(kb_chain_view_load(cat, VM1, "c1", &cv), 0);
+  cr_assert_eq(kb_chain_view_dependents(&cv, ids[0], del), 1);
+  {
+    struct kb_backup_ref one = { (char *) VM1, (char *) "c1", cv.ids[0], cv.docs[0] };
+    cr_assert_eq(kb_backup_remove(cat, &one), 0);
+  }
+  cr_assert_eq(kb_chain_forget(cat, VM1, "c1", &cv, del, &res), 0);
+  cr_assert(res.chain_removed);
+  kb_chain_view_clear(&cv);
+  data = kb_catalog_data_chain_dir(cat, "fast", VM1, "c1");
+  cr_assert_eq(access(data, F_OK), -1);
+  free(data);
+  data = kb_catalog_chain_dir(cat, VM1, "c1");
+  cr_assert_eq(access(data, F_OK), -1);
+  free(data);
+  free(cpx);
+  kb_doc_free(ch);
+  kb_doc_free(vm);
+}
+
+Test(catalog, chain_size_and_isolated_end_a_chain_and_invalid_marks)
+{
+  struct kb_doc *vm = kb_doc_new(), *ch = kb_doc_new(), *b = kb_doc_new();
+
+  cr_assert_eq(kb_chain_add_backup(cat, VM1, "c2", ch, vm, "20240101T000000Z-00000a", false, 1), 0);
+  cr_assert_str_eq(rec_get(ch, "chain", "ended"), "true");
+  cr_assert_str_eq(rec_get(ch, "chain", "end_reason"), "chain size reached");
+  kb_doc_free(ch);
+  ch = kb_doc_new();
+  cr_assert_eq(kb_chain_add_backup(cat, VM1, "c3", ch, vm, "20240101T000000Z-00000b", true, 8), 0);
+  cr_assert_str_eq(rec_get(ch, "chain", "end_reason"), "isolated backup");
+  /* An isolated backup is not the VM's chain. */
+  cr_assert_str_eq(rec_get(vm, "vm", "current_chain"), "c2");
+  cr_assert_str_eq(rec_get(vm, "vm", "last_backup"), "20240101T000000Z-00000b");
+  cr_assert_eq(kb_vm_save(cat, VM1, vm), 0);
+  cr_assert_eq(kb_chain_end_if_current(cat, VM1, "c3", "not current"), 0);
+  cr_assert_eq(kb_chain_end_if_current(cat, VM1, "c2", "validation failed"), 1);
+
+  cr_assert_eq(kb_doc_set(b, "backup", "state", KB_BACKUP_READY), 0);
+  cr_assert(kb_backup_complete(b));
+  cr_assert_eq(kb_backup_mark_invalid(b), 0);
+  cr_assert_str_eq(rec_get(b, "backup", "state"), KB_BACKUP_INVALID);
+  cr_assert_str_eq(rec_get(b, "backup", "validated"), "false");
+  cr_assert(kb_backup_complete(b));
+  cr_assert_eq(kb_doc_set(b, "backup", "state", KB_BACKUP_RUNNING), 0);
+  cr_assert_not(kb_backup_complete(b));
+  kb_doc_free(b);
+  kb_doc_free(ch);
+  kb_doc_free(vm);
+}
+
+Test(catalog, common_errors_are_worded_once)
+{
+  char *m = kb_msg_backup_find("x1", -ENOENT);
+  cr_assert_str_eq(m, "backup x1: no such backup in the catalog");
+  free(m);
+  m = kb_msg_lock(cat, KB_LOCK_VM, VM1, "VM web1", -EBUSY);
+  cr_assert_str_eq(m, "VM web1 is busy: another kboss operation holds it (holder unknown)");
+  free(m);
+}
+
 /* issue 12: a folder planted with more names than KB_CATALOG_LIST_MAX is
  * listed up to the limit and the cut is counted, instead of the listing
- * failing (or exhausting memory). */
+ * failing (or exhausting memory).  On tmpfs: 65546 mkdirs on a disk
+ * shared with running guests took over a minute. */
 Test(catalog, listing_is_bounded_and_the_cut_reported)
 {
-  char **v = NULL, *dir;
+  char shm[64], sec[128], st[128], **v = NULL, *cd, *dir;
+  struct kb_store stores[1];
+  struct kb_catalog *c2 = NULL;
   unsigned before = kb_catalog_list_cut();
   size_t n;
 
-  make_backup(VM1, "c1", "b1");
-  {
-    char *cd = kb_catalog_chain_dir(cat, VM1, "c1");
-    cr_assert_not_null(cd);
-    dir = kb_dirname(cd);
-    free(cd);
-  }
+  snprintf(shm, sizeof shm, "/dev/shm/kboss-list-XXXXXX");
+  if (!mkdtemp(shm))
+    snprintf(shm, sizeof shm, "%s", tmpdir);
+  snprintf(sec, sizeof sec, "%s/sec", shm);
+  snprintf(st, sizeof st, "%s/st", shm);
+  cr_assert_eq(mkdir(sec, 0755), 0);
+  cr_assert_eq(mkdir(st, 0755), 0);
+  stores[0].name = (char *) "fast";
+  stores[0].path = st;
+  stores[0].backups_only = true;
+  cr_assert_eq(kb_store_init(sec, NULL), 0);
+  cr_assert_eq(kb_catalog_open_at(sec, stores, 1, &c2), 0);
+  cd = kb_catalog_chain_dir(c2, VM1, "c1");
+  cr_assert_not_null(cd);
+  cr_assert_eq(kb_catalog_mkdirs(c2, cd), 0);
+  dir = kb_dirname(cd);
   for (int i = 0; i < KB_CATALOG_LIST_MAX + 10; i++) {
     char *p = kb_printf("%s/j%06d", dir, i);
     cr_assert_eq(mkdir(p, 0700), 0, "%s: %m", p);
     free(p);
   }
-  cr_assert_eq(kb_catalog_list_chains(cat, VM1, &v), 0);
+  cr_assert_eq(kb_catalog_list_chains(c2, VM1, &v), 0);
   for (n = 0; v[n]; n++)
     ;
   cr_assert_eq(n, KB_CATALOG_LIST_MAX);
   cr_assert_eq(kb_catalog_list_cut(), before + 1);
   kb_strv_free(v);
+  kb_catalog_free(c2);
+  free(cd);
   free(dir);
+  if (strncmp(shm, "/dev/shm/", 9) == 0)
+    (void) kb_rm_rf(shm);
 }
