@@ -166,7 +166,14 @@ int rs_restore(struct rs_ctx *c, const struct rs_opts *o, char **ret_error)
      * new file first); where the file system cannot swap, a second link
      * keeps them. */
     if (olds && renameat2(AT_FDCWD, d[i].tmp, AT_FDCWD, d[i].dest, RENAME_EXCHANGE) == 0) {
-      olds[i] = d[i].tmp;
+      /* The old disk leaves the temporary name at once (a rename to a
+       * free name frees nothing). */
+      olds[i] = old_name(d[i].dest);
+      if (!olds[i] || rename(d[i].tmp, olds[i]) < 0) {
+        free(olds[i]);
+        olds[i] = d[i].tmp;
+      } else
+        free(d[i].tmp);
       d[i].tmp = NULL;
       continue;
     }
