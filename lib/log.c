@@ -152,7 +152,11 @@ void kb_progress_update(struct kb_progress *p, uint64_t done)
   rate = secs > 0 ? done / secs / 1048576.0 : 0;
   kb_format_size(done, d, sizeof d);
   kb_format_size(p->total, t, sizeof t);
-  if (p->total)
+  if (p->total && rate > 0 && done <= p->total) {
+    long long eta = (long long) ((p->total - done) / (rate * 1048576.0) + 0.5);
+    fprintf(stderr, "\r%s: %s: %s / %s (%.0f%%), %.1f MiB/s, ETA %lld:%02lld   ", kb_progname, p->what, d, t,
+            100.0 * done / p->total, rate, eta / 60, eta % 60);
+  } else if (p->total)
     fprintf(stderr, "\r%s: %s: %s / %s (%.0f%%), %.1f MiB/s   ", kb_progname, p->what, d, t,
             100.0 * done / p->total, rate);
   else

@@ -10,10 +10,12 @@
 #include "catalog.h"
 #include "doc.h"
 #include "kbconfig.h"
+#include "log.h"
 #include "virt.h"
 
 struct bk_opts {
   bool full, isolated, quiesce, json;
+  unsigned long bandwidth;     /* MiB/s the copy may read, 0: no limit */
 };
 
 /* One VM being worked on, with the VM lock held. */
@@ -77,6 +79,34 @@ void bk_normalize_freeze(struct bk_vm *v);
  * the store's mount) and what to do; NULL when that is not the case. */
 char *bk_explain_unseen_target(struct bk_vm *v, const char *path, const char *store_name,
                                const char *store_path);
+
+/* offline.c: back up a stopped VM without starting qemu. */
+struct bk_offline_disk {
+  const char *target;          /* "vda" */
+  const char *source, *format; /* the VM's disk */
+  const char *path;            /* new file on the store */
+  const char *backing;         /* incremental: relative backing file */
+  const char *since;           /* incremental: bitmap to copy; NULL: full copy */
+  const char *drop;            /* unusable old bitmap to remove, or NULL */
+  bool bitmap;                 /* gets the new checkpoint's bitmap */
+  unsigned long long capacity;
+};
+/* The bitmap NAME as the closed qcow2 PATH holds it (kb_virt_bitmap_state
+ * for a running VM); on error a message in *RET_WHY. */
+int bk_offline_bitmap_state(const char *path, const char *name, struct kb_bitmap_state *ret, char **ret_why);
+/* Copy the disks (dirty clusters or all data) with their images locked
+ * against any qemu; -EBUSY when the VM starts or a disk is in use. */
+int bk_offline_copy(struct bk_vm *v, struct bk_offline_disk *d, size_t n, struct kb_progress *pr,
+                    unsigned long bandwidth, char **ret_error);
+/* Redefine checkpoint ID (creation XML CPXML, NULL when isolated) and add
+ * its bitmaps to the closed disks. */
+int bk_offline_checkpoint(struct bk_vm *v, const char *id, const char *cpxml, struct bk_offline_disk *d,
+                          size_t n, char **ret_error);
+
+/* A new empty qcow2 v3 at PATH (0600, 64 KiB clusters) of SIZE bytes,
+ * backed by BACKING (qcow2) when not NULL: what `qemu-img create -u -b`
+ * makes, without a process. */
+int bk_qcow2_create(const char *path, unsigned long long size, const char *backing);
 
 /* watch.c: run the rest of kboss-backup under the export watchdog
  * (lib/watchdog.h); 0 in the worker. */

@@ -21,10 +21,18 @@ int bk_checkpoint_delete(struct bk_vm *v, const char *name)
   size_t i;
 
   if (cp) {
-    if (virDomainCheckpointDelete(cp, 0) < 0) {
-      /* libvirt refuses when a bitmap is already gone: drop the metadata
-       * and remove what bitmaps remain below. */
-      kb_debug("deleting checkpoint %s: %s; removing its metadata only", name, kb_virt_error());
+    /* libvirt deletes checkpoints of running domains only. */
+    int del = virDomainIsActive(v->dom) == 1 ? virDomainCheckpointDelete(cp, 0) : -1;
+    if (del == 0) {
+      /* libvirt removed the checkpoint's bitmaps of the running VM with
+       * it (it fails otherwise): nothing to look for below. */
+      virDomainCheckpointFree(cp);
+      return 0;
+    }
+    {
+      /* libvirt refuses when a bitmap is already gone (or the domain is
+       * stopped): drop the metadata and remove what bitmaps remain below. */
+      kb_debug("deleting checkpoint %s: removing its metadata only", name);
       if (virDomainCheckpointDelete(cp, VIR_DOMAIN_CHECKPOINT_DELETE_METADATA_ONLY) < 0)
         r = -EIO;
     }
@@ -45,9 +53,12 @@ int bk_checkpoint_delete(struct bk_vm *v, const char *name)
     } else {
       const char *argv[] = { QEMU_IMG, "bitmap", "--remove", "-f", "qcow2", d->source, name, NULL };
       CLEANUP_FREE char *out = NULL;
-      CLEANUP_FREE char *info = NULL;
-      const char *iargv[] = { QEMU_IMG, "info", "-f", "qcow2", "--output=json", d->source, NULL };
-      if (kb_run(iargv, &info) == 0 && info && strstr(info, name) && kb_run(argv, &out) != 0)
+      CLEANUP_FREE char *why = NULL;
+      struct kb_bitmap_state st;
+      /* Read with kboss's reader (offline.c): no qemu-img info process. */
+      int rs = bk_offline_bitmap_state(d->source, name, &st, &why);
+      /* An image the reader refuses: let qemu-img try (absent is fine). */
+      if ((rs < 0 || st.present) && kb_run(argv, &out) != 0 && rs == 0)
         r = -EIO;
     }
   }

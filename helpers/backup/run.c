@@ -29,6 +29,7 @@ struct bk_disk {
   bool drop_bitmap;          /* its old bitmap is present but unusable */
   char *file;                /* "vda.qcow2" */
   char *path;                /* target on the store */
+  char *backing;             /* incremental: relative backing file */
   unsigned long long capacity;
 };
 
@@ -49,6 +50,7 @@ struct bk_job {
   struct kb_doc *chain_rec;
   struct kb_doc *rec;        /* backup.ini */
   char *meta_dir, *data_dir;
+  bool offline;              /* stopped VM: offline.c, no qemu */
   bool was_active, started_paused, frozen, job_begun, recorded;
   struct kb_progress progress;
 };
@@ -61,6 +63,7 @@ static void job_clear(struct bk_job *j)
     free(j->bd[i].why);
     free(j->bd[i].file);
     free(j->bd[i].path);
+    free(j->bd[i].backing);
   }
   free(j->bd);
   kb_disks_clear(&j->disks);
@@ -254,8 +257,13 @@ static void check_disk(struct bk_job *j, struct bk_disk *b, char **cp_disks, boo
     b->reason = "disk added since the previous backup";
     return;
   }
-  r = kb_virt_bitmap_state(j->v->dom, b->d->source, j->since, &st);
-  if (r < 0) {
+  if (j->offline)
+    r = bk_offline_bitmap_state(b->d->source, j->since, &st, &b->why);
+  else
+    r = kb_virt_bitmap_state(j->v->dom, b->d->source, j->since, &st);
+  if (r < 0 && b->why)
+    b->reason = b->why;
+  else if (r < 0) {
     b->why = kb_printf("cannot read the disk's bitmaps: %s", strerror(-r));
     b->reason = b->why;
   } else if (!st.present)
@@ -363,7 +371,7 @@ static int plan_disks(struct bk_job *j, char **ret_error)
       return -EIO;
     }
     j->bd[i].capacity = info.capacity;
-    if (j->bd[i].drop_bitmap && kb_virt_bitmap_remove(v->dom, j->bd[i].d->source, j->since) < 0)
+    if (j->bd[i].drop_bitmap && !j->offline && kb_virt_bitmap_remove(v->dom, j->bd[i].d->source, j->since) < 0)
       kb_warn("VM %s: disk %s: cannot remove its unusable bitmap %s", v->name, j->bd[i].d->target, j->since);
   }
   kb_strv_free(cp_disks);
@@ -412,6 +420,22 @@ static int create_targets(struct bk_job *j, char **ret_error)
         b->reason = "the previous backup has no copy of this disk";
       } else
         backing = kb_printf("../%s/%s", j->parent, pfile);
+    }
+    if (j->offline) {
+      /* offline.c writes the file itself. */
+      b->backing = b->incremental ? strdup(backing) : NULL;
+      if (b->incremental && !b->backing)
+        return -ENOMEM;
+      continue;
+    }
+    if (!getenv("KBOSS_TARGETS_QEMU_IMG")) {
+      /* kboss's writer (offline.c): no qemu-img process per disk. */
+      r = bk_qcow2_create(b->path, b->capacity, b->incremental ? backing : NULL);
+      if (r < 0) {
+        *ret_error = kb_printf("disk %s: cannot create %s: %s", b->d->target, b->path, strerror(-r));
+        return r;
+      }
+      continue;
     }
     argv[n++] = QEMU_IMG;
     argv[n++] = "create";
@@ -707,6 +731,40 @@ static void print_result(struct bk_job *j, uint64_t total, int64_t ms)
   }
 }
 
+/* The stopped VM's copy and checkpoint, by offline.c. */
+static int run_offline(struct bk_job *j, const char *cpxml, char **ret_error)
+{
+  struct bk_offline_disk *od = calloc(j->nbd + 1, sizeof *od);
+  size_t i;
+  int r;
+
+  if (!od)
+    return -ENOMEM;
+  for (i = 0; i < j->nbd; i++) {
+    struct bk_disk *b = &j->bd[i];
+    od[i].target = b->d->target;
+    od[i].source = b->d->source;
+    od[i].format = b->d->format;
+    od[i].path = b->path;
+    od[i].backing = b->incremental ? b->backing : NULL;
+    od[i].since = b->incremental ? j->since : NULL;
+    od[i].drop = b->drop_bitmap ? j->since : NULL;
+    od[i].bitmap = b->bitmap;
+    od[i].capacity = b->capacity;
+  }
+  kb_progress_start(&j->progress, "backup", 0);
+  r = bk_offline_copy(j->v, od, j->nbd, &j->progress, j->opts->bandwidth, ret_error);
+  kb_progress_end(&j->progress);
+  if (r == 0) {
+    j->job_begun = true;   /* from here a checkpoint may exist */
+    if (!j->opts->isolated)
+      kb_watchdog_note("checkpoint", j->id);
+    r = bk_offline_checkpoint(j->v, j->id, j->opts->isolated ? NULL : cpxml, od, j->nbd, ret_error);
+  }
+  free(od);
+  return r;
+}
+
 /* Tests: KBOSS_TEST_HOLD_AFTER_FREEZE_MS keeps the guest frozen that long
  * before the job starts, so that a test can kill the run while frozen. */
 static void test_hold_after_freeze(void)
@@ -748,9 +806,13 @@ int bk_run(struct bk_vm *v, const struct bk_opts *opts, char **ret_error)
   if (r < 0)
     goto fail_early;
 
-  /* A stopped VM is started paused for the length of the job: qemu reads
-   * its disks and bitmaps, the guest never runs. */
-  if (!j.was_active) {
+  /* A stopped VM is backed up without qemu (offline.c); starting it paused
+   * for a push job remains for KBOSS_OFFLINE=0. */
+  {
+    const char *e = getenv("KBOSS_OFFLINE");
+    j.offline = !j.was_active && !(e && KB_STREQ(e, "0"));
+  }
+  if (!j.was_active && !j.offline) {
     if (virDomainCreateWithFlags(v->dom, VIR_DOMAIN_START_PAUSED) < 0) {
       *ret_error = kb_printf("VM %s is stopped and could not be started paused for the backup: %s", v->name,
                              kb_virt_error());
@@ -810,7 +872,7 @@ int bk_run(struct bk_vm *v, const struct bk_opts *opts, char **ret_error)
     goto fail;
   }
 
-  if (opts->quiesce) {
+  if (opts->quiesce && !j.offline) {
     /* Recorded as this run's before the agent freezes: only such a freeze
      * is ever thawed by kboss. */
     r = bk_freeze(v, j.id, ret_error);
@@ -818,6 +880,12 @@ int bk_run(struct bk_vm *v, const struct bk_opts *opts, char **ret_error)
       goto fail;
     j.frozen = true;
     test_hold_after_freeze();
+  }
+  if (j.offline) {
+    r = run_offline(&j, cpxml, ret_error);
+    if (r < 0)
+      goto fail;
+    goto copied;
   }
   j.job_begun = true;   /* from here a checkpoint may exist */
   kb_watchdog_note("job", "1");
@@ -846,6 +914,8 @@ int bk_run(struct bk_vm *v, const struct bk_opts *opts, char **ret_error)
     r = -EIO;
     goto fail;
   }
+  if (opts->bandwidth && kb_virt_backup_set_speed(v->dom, (unsigned long long) opts->bandwidth << 20) < 0)
+    kb_warn("VM %s: cannot limit the backup job to %lu MiB/s: %s", v->name, opts->bandwidth, kb_virt_error());
   kb_progress_start(&j.progress, "backup", 0);
   r = kb_virt_wait_job(v->dom, &bk_cancel, on_progress, &j, &jerr);
   kb_progress_end(&j.progress);
@@ -861,6 +931,7 @@ int bk_run(struct bk_vm *v, const struct bk_opts *opts, char **ret_error)
     *ret_error = kb_printf("VM %s: its filesystems could not be thawed", v->name);
     goto fail;
   }
+copied:
   r = save_xml_files(&j);
   if (r < 0) {
     *ret_error = kb_printf("VM %s: cannot save the domain and checkpoint XML: %s", v->name, strerror(-r));

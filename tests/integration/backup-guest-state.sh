@@ -150,4 +150,4 @@ ok thawed "the guest runs on, not frozen"
 virsh -q destroy "$dom" >/dev/null
 b9=$(kb_backup g --full)
 ok "[ -n \"\$b9\" ] && [ -n \"\$(find \"\$late/store\" -path \"*/\$b9/vda.qcow2\")\" ]" \
-	"once the VM is stopped (a fresh qemu, started paused), the backup onto that store works"
+	"once the VM is stopped (backed up offline, without qemu), the backup onto that store works"

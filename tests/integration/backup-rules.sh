@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Chain rules on a stopped VM (kboss starts it paused, the guest never
-# runs; changes are written offline with qemu-io): chain size, the
+# Chain rules on a stopped VM (backed up offline, qemu never starts;
+# changes are written offline with qemu-io): chain size, the
 # offering's override, --finish-chain, --isolated, refusals, and that
 # checkpoints and bitmaps do not pile up.
 . "$(dirname "$0")/../lib/functions.sh"
