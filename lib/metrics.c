@@ -302,7 +302,7 @@ int kb_metrics_write(const struct kb_config *cfg, const struct kb_catalog *cat)
   CLEANUP_FREE char *text = NULL;
   int r;
 
-  if (!path || !*path)
+  if (!path || !*path || KB_STREQ(path, "none"))
     return 0;
   if (path[0] != '/')
     return -EINVAL;

@@ -144,7 +144,7 @@ int ctl_status(int argc, char **argv)
     r = 0;
     if (text)
       fputs(text, stdout);
-    if (text && path && *path && (r = kb_write_file_atomic(path, text, strlen(text), 0644)) < 0)
+    if (text && path && *path && !KB_STREQ(path, "none") && (r = kb_write_file_atomic(path, text, strlen(text), 0644)) < 0)
       kb_err("status: cannot write %s: %s", path, strerror(-r));
     kb_health_clear(&h);
     kb_catalog_free(cat);
