@@ -257,8 +257,8 @@ int kb_watchdog_start(const struct kb_config *cfg, kb_watchdog_recover_fn recove
   int notes_p[2], beats_p[2];
   pid_t worker, probe;
 
-  if (no && KB_STREQ(no, "1"))
-    return 0;
+  if ((no && KB_STREQ(no, "1")) || note_fd >= 0)
+    return 0;   /* off, or we are a worker already */
   if (timeout < 1)
     timeout = 60;
   if (secondary && *secondary)

@@ -16,6 +16,7 @@
 #include "record.h"
 #include "util.h"
 #include "store.h"
+#include "watchdog.h"
 
 static void jobs_usage(FILE *f)
 {
@@ -100,7 +101,9 @@ int ctl_jobs(int argc, char **argv)
   cfg = ctl_load_config();
   if (!cfg)
     return 2;
-  r = kb_catalog_open(cfg, &cat);
+  r = kb_watchdog_start(cfg, NULL);   /* a hung export fails within storage.timeout */
+  if (r == 0)
+    r = kb_catalog_open(cfg, &cat);
   if (r < 0) {
     kb_err("cannot open the catalog under %s: %s", kb_config_str(cfg, NULL, "secondary.path"), kb_store_strerror(r));
     kb_config_free(cfg);

@@ -11,12 +11,20 @@
 #include "record.h"
 #include "util.h"
 #include "store.h"
+#include "watchdog.h"
 
 struct kb_catalog *ctl_open_catalog(const struct kb_config *cfg)
 {
   struct kb_catalog *cat = NULL;
-  int r = kb_catalog_open(cfg, &cat);
+  int r;
 
+  /* A hung export fails the command within storage.timeout. */
+  r = kb_watchdog_start(cfg, NULL);
+  if (r < 0) {
+    kb_err("cannot start the export watchdog: %s", strerror(-r));
+    return NULL;
+  }
+  r = kb_catalog_open(cfg, &cat);
   if (r < 0) {
     kb_err("cannot open the catalog under %s: %s", kb_config_str(cfg, NULL, "secondary.path"), kb_store_strerror(r));
     return NULL;

@@ -9,6 +9,9 @@
 #    responding", the VM running, its agent answering, not frozen, no job,
 #    no new checkpoint; so does one whose export hangs while its job copies.
 #    After the thaw (SIGCONT) the next backup succeeds and equals the disks.
+#    kboss-restore, kboss-compress run, kboss-validate run and kbossctl
+#    backups fail within
+#    storage.timeout + 30 s too, and the VM's disks are not touched.
 # VM starts with the export frozen and the hook installed: hook.sh.
 . "$(dirname "$0")/../lib/functions.sh"
 . "$(dirname "$0")/../lib/kboss.sh"
@@ -17,7 +20,7 @@ requires bindfs fusermount
 [ -c /dev/fuse ] || skip_all "no /dev/fuse"
 TIMEOUT=20
 
-plan 30
+plan 38
 start_libvirt || bail_out "libvirtd"
 kb_conf_init 8
 make_test_vm u 16 || bail_out "cannot define the test VM"
@@ -137,3 +140,22 @@ b2=$(kb_backup k)
 ok [ -n "$b2" ] "after the thaw the next backup succeeds: $b2"
 ok qemu-img compare -q "$(kb_backup_file "$b2" vdb)" "$(vm_data_disk k)" "... its data disk equals the VM's"
 ok qemu-img compare -q "$(kb_backup_file "$b2" vda)" "$(vm_disk k)" "... its root disk equals the VM's"
+
+# The other programs under a hung export: bounded, the VM left alone.
+mt_before=$(stat -c %Y "$(vm_disk k)" "$(vm_data_disk k)" | tr '\n' ' ')
+freeze
+for cmd in "kboss-restore $b2" "kboss-compress run" "kboss-validate run" "kbossctl backups"; do
+	set -- $cmd
+	t0=$(date +%s%N)
+	out=$(timeout $((TIMEOUT + 120)) "$KB_BINDIR"/*/"$1" "${@:2}" 2>&1); prc=$?
+	tp=$(since $t0)
+	diag "$cmd: $out"
+	ok '[ $prc -eq 1 ] && lt $tp $((TIMEOUT + 30)) && grep -q "secondary storage not responding" <<<"$out"' \
+		"export frozen: $cmd fails in $tp s, saying secondary storage is not responding"
+done
+thaw
+ok [ "$(stat -c %Y "$(vm_disk k)" "$(vm_data_disk k)" | tr '\n' ' ')" = "$mt_before" ] \
+	"the VM's disks were not touched by the failed restore"
+ok [ -z "$(ls "$(vm_dir k)" | grep kboss)" ] "... and no partial restore file is left beside them"
+ok [ "$(vm_state k)" = "shut off" ] "... and the VM is still stopped"
+ok qemu-img compare -q "$(kb_backup_file "$b2" vdb)" "$(vm_data_disk k)" "after the thaw the backup still equals the disk"

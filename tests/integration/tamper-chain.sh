@@ -22,6 +22,11 @@ requires qemu-img qemu-io virsh mkfifo timeout
 plan 94
 start_libvirt || bail_out "libvirtd"
 kb_conf_init 8
+# This host's slots (validation per host) are local files under the run
+# folder: a private one, so validations of other tests on this machine do
+# not hold the slot this test needs.
+export KBOSS_RUN_DIR=$KBT_TMPDIR/run
+mkdir -p "$KBOSS_RUN_DIR" && chmod 0700 "$KBOSS_RUN_DIR"
 # compress=false: a pending compression job would hold validation back;
 # kboss-compress BACKUP gets compress=true just for its own run below.
 offering() { kb_offering t allow_quick_restore=true allow_extract_file=true validate=true "$@"; }
