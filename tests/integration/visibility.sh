@@ -2,10 +2,11 @@
 # Operator visibility of a failing backup (a real one: secondary storage
 # too small for the disk): the structured journal event (received through
 # the journal's native protocol on a socket this test binds where
-# sd_journal_send writes, since journald does not run here), plain text
-# when stderr is not the journal, a metrics file promtool accepts with the
-# failure counted, a `kbossctl status` line naming the VM, exactly one run
-# of notify.command; then a successful backup clears the failure.
+# sd_journal_send writes, in a private mount namespace: journald does not
+# run here), plain text when stderr is not the journal, a metrics file
+# promtool accepts with the failure counted, a `kbossctl status` line
+# naming the VM, exactly one run of notify.command; a successful backup
+# after it runs no notify.command.
 . "$(dirname "$0")/../lib/functions.sh"
 . "$(dirname "$0")/../lib/kboss.sh"
 
@@ -30,12 +31,12 @@ SH
 chmod 0755 "$KBT_TMPDIR/notify.sh"
 sed -i "s|^\[global\]\$|[global]\nnotify.command = $KBT_TMPDIR/notify.sh --from-kboss\nmetrics.path = $metrics|" "$KBOSS_CONF"
 
-# The journal's socket, if no journald owns it: a listener that keeps every
-# datagram (native protocol: KEY=VALUE lines).
-jdir=/run/systemd/journal
-jsock=$jdir/socket
+# The journal's socket: a listener that keeps every datagram (native
+# protocol: KEY=VALUE lines), bound in a folder of ours and mounted over
+# /run/systemd/journal only in a private mount namespace in which the
+# program runs (so that no other program on this machine sees it).
+jdir=$KBT_TMPDIR/journal
 received=$KBT_TMPDIR/journal.bin
-[ -e "$jsock" ] && skip_all "a journal socket already exists here ($jsock)"
 mkdir -p "$jdir"
 python3 -c '
 import socket, sys
@@ -46,10 +47,16 @@ f = open(sys.argv[2], "ab", buffering=0)
 while True:
     d = s.recv(1 << 20)
     f.write(d + b"\n----\n")
-' "$jsock" "$received" "$KBT_TMPDIR/jready" &
+' "$jdir/socket" "$received" "$KBT_TMPDIR/jready" &
 jpid=$!
-cleanup_push "kill $jpid; rm -f '$jsock'; rmdir '$jdir' 2>/dev/null"
+cleanup_push "kill $jpid"
 for _ in $(seq 50); do [ -s "$KBT_TMPDIR/jready" ] && break; sleep 0.1; done
+backup_bin=$(for p in "$KB_BINDIR/kboss-backup" "$KB_BINDIR"/*/kboss-backup; do [ -x "$p" ] && echo "$p"; done | head -n1)
+# with_journal CMD...: CMD with the socket at /run/systemd/journal/socket
+with_journal() {
+	unshare -m bash -c 'mount -t tmpfs -o mode=0755 tmpfs /run/systemd && mkdir -p /run/systemd/journal &&
+		mount --bind "$0" /run/systemd/journal && exec "$@"' "$jdir" "$@"
+}
 
 # Secondary storage too small for the data disk.
 mount -t tmpfs -o size=24M,mode=0755 tmpfs "$KB_SECONDARY" || bail_out "cannot mount a tmpfs"
@@ -58,7 +65,7 @@ cleanup_push "umount -l '$KB_SECONDARY'"
 # ---- 1. the failing backup, run as systemd would (stderr is the journal) ----
 err=$KBT_TMPDIR/err
 : > "$err"
-JOURNAL_STREAM=$(stat -c %d:%i "$err") kb kboss-backup "$dom" > /dev/null 2>>"$err"; rc=$?
+JOURNAL_STREAM=$(stat -c %d:%i "$err") with_journal "$backup_bin" "$dom" > /dev/null 2>>"$err"; rc=$?
 ok [ $rc -eq 1 ] "a backup onto too small a store fails ($rc)"
 diag "$(cat "$err")"
 ev=$(python3 -c '
