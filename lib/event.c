@@ -54,7 +54,8 @@ bool kb_event_is_failure(enum kb_event_kind kind)
 
 void kb_event_configure(const struct kb_config *cfg)
 {
-  const char *c = cfg ? kb_config_str(cfg, NULL, "notify.command") : NULL;
+  struct kb_value v;
+  const char *c = cfg && kb_config_lookup(cfg, NULL, "notify.command", &v) == 0 ? v.value : NULL;
 
   free(notify_command);
   notify_command = c && *c ? strdup(c) : NULL;

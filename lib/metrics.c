@@ -4,6 +4,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <sys/statvfs.h>
 #include <time.h>
 
@@ -302,10 +303,20 @@ int kb_metrics_write(const struct kb_config *cfg, const struct kb_catalog *cat)
   CLEANUP_FREE char *text = NULL;
   int r;
 
+  CLEANUP_FREE char *dir = NULL;
+  struct stat st;
+
   if (!path || !*path || KB_STREQ(path, "none"))
     return 0;
   if (path[0] != '/')
     return -EINVAL;
+  /* No folder: no collector on this host (node-exporter creates it). */
+  dir = strdup(path);
+  if (!dir)
+    return -ENOMEM;
+  *strrchr(dir, '/') = '\0';
+  if (*dir && stat(dir, &st) < 0 && errno == ENOENT)
+    return 0;
   r = kb_health_load(cfg, cat, &h);
   if (r < 0)
     return r;

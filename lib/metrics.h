@@ -52,7 +52,8 @@ void kb_health_clear(struct kb_health *h);
 /* Prometheus text exposition of H (malloc'd). */
 char *kb_metrics_text(const struct kb_health *h);
 /* Gather and write metrics.path atomically (0600 is too tight for
- * node-exporter: 0644). 0 also when metrics.path is empty. */
+ * node-exporter: 0644). 0 also when metrics.path is "none" or its folder
+ * does not exist (no collector on this host). */
 int kb_metrics_write(const struct kb_config *cfg, const struct kb_catalog *cat);
 
 /* Record a failed backup run in vm.ini (last_failure_time, failures): the
