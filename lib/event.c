@@ -65,6 +65,9 @@ void kb_event_configure(const struct kb_config *cfg)
 
 static int to_journal(const struct kb_event *ev, int priority, const char *text)
 {
+  /* sd_journal_send() drops the entry silently when no journald listens. */
+  if (access("/run/systemd/journal/socket", F_OK) < 0)
+    return -errno;
   return sd_journal_send("MESSAGE=%s: %s", kb_progname, text, "PRIORITY=%d", priority,
                          "SYSLOG_IDENTIFIER=%s", kb_progname, "MESSAGE_ID=%s", kb_event_message_id(ev->kind),
                          "KBOSS_EVENT=%s", kb_event_name(ev->kind), "KBOSS_VM=%s", ev->vm ? ev->vm : "",
