@@ -13,7 +13,6 @@
 
 const char *kb_progname = "kboss";
 int kb_verbosity = 1;
-static int journal_stderr = -1;
 
 bool kb_log_journal(void)
 {
@@ -22,17 +21,15 @@ bool kb_log_journal(void)
   struct stat st;
   char end;
 
-  if (journal_stderr >= 0)
-    return journal_stderr;
-  journal_stderr = 0;
+  /* Not cached: a program may redirect its stderr. */
   env = getenv("JOURNAL_STREAM");
   /* systemd sets JOURNAL_STREAM=DEV:INODE of the stream it connected to
    * stderr; a child whose stderr was redirected inherits the variable, so
    * the numbers must match our own stderr. */
   if (env && sscanf(env, "%llu:%llu%c", &dev, &ino, &end) == 2 && fstat(STDERR_FILENO, &st) == 0 &&
       (unsigned long long) st.st_dev == dev && (unsigned long long) st.st_ino == ino)
-    journal_stderr = 1;
-  return journal_stderr;
+    return true;
+  return false;
 }
 
 void kb_log_init(const char *argv0)
