@@ -486,3 +486,41 @@ int kb_virt_mark_domain(virDomainPtr dom)
     return -EIO;
   return 0;
 }
+
+int kb_virt_backup_set_speed(virDomainPtr dom, unsigned long long bytes_per_sec)
+{
+  char *reply = NULL;
+  json_object *root, *arr;
+  size_t i, n;
+  int r = 0;
+
+  if (virDomainQemuMonitorCommand(dom, "{\"execute\":\"query-block-jobs\"}", &reply, 0) < 0)
+    return -EIO;
+  root = json_tokener_parse(reply);
+  free(reply);
+  if (!root || !json_object_object_get_ex(root, "return", &arr) || !json_object_is_type(arr, json_type_array)) {
+    json_object_put(root);
+    return -EPROTO;
+  }
+  n = json_object_array_length(arr);
+  for (i = 0; i < n && r == 0; i++) {
+    json_object *job = json_object_array_get_idx(arr, i), *type, *dev, *cmd, *args;
+    char *out = NULL;
+    if (!json_object_object_get_ex(job, "type", &type) || !KB_STREQ(json_object_get_string(type), "backup") ||
+        !json_object_object_get_ex(job, "device", &dev))
+      continue;
+    /* Built with json-c: a job name cannot change the command. */
+    cmd = json_object_new_object();
+    args = json_object_new_object();
+    json_object_object_add(args, "device", json_object_new_string(json_object_get_string(dev)));
+    json_object_object_add(args, "speed", json_object_new_int64((int64_t) bytes_per_sec));
+    json_object_object_add(cmd, "execute", json_object_new_string("block-job-set-speed"));
+    json_object_object_add(cmd, "arguments", args);
+    if (virDomainQemuMonitorCommand(dom, json_object_to_json_string(cmd), &out, 0) < 0)
+      r = -EIO;
+    free(out);
+    json_object_put(cmd);
+  }
+  json_object_put(root);
+  return r;
+}

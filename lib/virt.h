@@ -57,6 +57,10 @@ int kb_virt_bitmap_names(virDomainPtr dom, const char *disk_source, char ***ret)
 /* Remove a bitmap from an active domain's disk (QMP block-dirty-bitmap-remove). */
 int kb_virt_bitmap_remove(virDomainPtr dom, const char *disk_source, const char *bitmap);
 
+/* Limit every running backup block job of DOM to BYTES_PER_SEC (QMP
+ * block-job-set-speed: libvirt has no speed for backup jobs). */
+int kb_virt_backup_set_speed(virDomainPtr dom, unsigned long long bytes_per_sec);
+
 /* Wait for the domain's current job (backup, block job) to end. Calls
  * PROGRESS with processed/total when it changes. Returns 0 if it completed,
  * -EIO if it failed (message in *ret_error), -EINTR if *cancel became true

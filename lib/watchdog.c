@@ -201,7 +201,9 @@ static void supervise(pid_t worker, pid_t probe, int notes_rd, int beats_rd, uns
       (void) kill(worker, pending_signal);
       pending_signal = 0;
     }
-    if (poll(p, 2, 500) > 0) {
+    /* After the notes pipe's EOF the worker is exiting: look for its end
+     * often, or its last poll would add up to half a second to the run. */
+    if (poll(p, 2, notes_eof ? 5 : 500) > 0) {
       if (!notes_eof && (p[0].revents & (POLLIN | POLLHUP)))
         read_notes(notes_rd, buf, &used, sizeof buf, &notes_eof);
       if (p[1].revents & POLLIN) {

@@ -15,6 +15,7 @@
 
 struct bk_opts {
   bool full, isolated, quiesce, json;
+  unsigned long bandwidth;     /* MiB/s the copy may read, 0: no limit */
 };
 
 /* One VM being worked on, with the VM lock held. */
@@ -96,7 +97,7 @@ int bk_offline_bitmap_state(const char *path, const char *name, struct kb_bitmap
 /* Copy the disks (dirty clusters or all data) with their images locked
  * against any qemu; -EBUSY when the VM starts or a disk is in use. */
 int bk_offline_copy(struct bk_vm *v, struct bk_offline_disk *d, size_t n, struct kb_progress *pr,
-                    char **ret_error);
+                    unsigned long bandwidth, char **ret_error);
 /* Redefine checkpoint ID (creation XML CPXML, NULL when isolated) and add
  * its bitmaps to the closed disks. */
 int bk_offline_checkpoint(struct bk_vm *v, const char *id, const char *cpxml, struct bk_offline_disk *d,

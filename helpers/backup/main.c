@@ -37,6 +37,7 @@ static void usage(FILE *f)
           "                       backup starts; fails if the agent does not answer\n"
           "                       or another tool has frozen them (kboss thaws only\n"
           "                       a freeze it made)\n"
+          "  -b, --bandwidth N    copy at most N MiB/s (default: no limit)\n"
           "      --finish-chain   end the VM's current chain: the next backup is full\n"
           "      --normalize      repair a VM in BackupError (leftovers of failed runs,\n"
           "                       a freeze a killed kboss run left)\n"
@@ -58,6 +59,7 @@ int main(int argc, char **argv)
     { "full", no_argument, NULL, 'f' },
     { "isolated", no_argument, NULL, 'i' },
     { "quiesce", no_argument, NULL, 'q' },
+    { "bandwidth", required_argument, NULL, 'b' },
     { "finish-chain", no_argument, NULL, OPT_FINISH },
     { "normalize", no_argument, NULL, OPT_NORMALIZE },
     { "redefine-checkpoints", no_argument, NULL, OPT_REDEFINE },
@@ -69,7 +71,7 @@ int main(int argc, char **argv)
     { "version", no_argument, NULL, 'V' },
     { NULL, 0, NULL, 0 },
   };
-  struct bk_opts opts = { false, false, false, false };
+  struct bk_opts opts = { false, false, false, false, 0 };
   const char *config = NULL;
   bool finish = false, normalize = false, redefine = false;
   struct kb_config *cfg = NULL;
@@ -79,11 +81,20 @@ int main(int argc, char **argv)
   int c, r;
 
   kb_log_init(argv[0]);
-  while ((c = getopt_long(argc, argv, "fiqc:vhV", longopts, NULL)) != -1) {
+  while ((c = getopt_long(argc, argv, "fiqb:c:vhV", longopts, NULL)) != -1) {
     switch (c) {
     case 'f': opts.full = true; break;
     case 'i': opts.isolated = true; break;
     case 'q': opts.quiesce = true; break;
+    case 'b': {
+      long long bw;
+      if (kb_parse_ll(optarg, &bw) < 0 || bw <= 0 || bw > 1024 * 1024) {
+        fprintf(stderr, "%s: --bandwidth takes MiB/s, a whole number from 1\n", kb_progname);
+        return 2;
+      }
+      opts.bandwidth = (unsigned long) bw;
+      break;
+    }
     case OPT_FINISH: finish = true; break;
     case OPT_NORMALIZE: normalize = true; break;
     case OPT_REDEFINE: redefine = true; break;

@@ -21,10 +21,18 @@ int bk_checkpoint_delete(struct bk_vm *v, const char *name)
   size_t i;
 
   if (cp) {
-    if (virDomainCheckpointDelete(cp, 0) < 0) {
-      /* libvirt refuses when a bitmap is already gone: drop the metadata
-       * and remove what bitmaps remain below. */
-      kb_debug("deleting checkpoint %s: %s; removing its metadata only", name, kb_virt_error());
+    /* libvirt deletes checkpoints of running domains only. */
+    int del = virDomainIsActive(v->dom) == 1 ? virDomainCheckpointDelete(cp, 0) : -1;
+    if (del == 0) {
+      /* libvirt removed the checkpoint's bitmaps of the running VM with
+       * it (it fails otherwise): nothing to look for below. */
+      virDomainCheckpointFree(cp);
+      return 0;
+    }
+    {
+      /* libvirt refuses when a bitmap is already gone (or the domain is
+       * stopped): drop the metadata and remove what bitmaps remain below. */
+      kb_debug("deleting checkpoint %s: removing its metadata only", name);
       if (virDomainCheckpointDelete(cp, VIR_DOMAIN_CHECKPOINT_DELETE_METADATA_ONLY) < 0)
         r = -EIO;
     }

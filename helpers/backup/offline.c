@@ -521,8 +521,20 @@ static void out_free(struct out *o)
 
 /* Copy the clusters bitmap SINCE marks dirty from disk SOURCE into a new
  * image at PATH backed by BACKING. */
+/* Sleep so that DONE bytes since START_MS take at least DONE / BW. */
+static void throttle(unsigned long bw_mib, uint64_t done, int64_t start_ms)
+{
+  int64_t due, now;
+
+  if (!bw_mib)
+    return;
+  due = start_ms + (int64_t) (done * 1000 / ((uint64_t) bw_mib << 20));
+  while (!bk_cancel && (now = kb_mono_ms()) < due)
+    usleep((useconds_t) ((due - now > 100 ? 100 : due - now) * 1000));
+}
+
 static int copy_dirty(const struct bk_offline_disk *d, struct kb_progress *pr, uint64_t *done,
-                      char **ret_why)
+                      unsigned long bw, int64_t start_ms, char **ret_why)
 {
   struct chain ch;
   struct out o;
@@ -577,6 +589,7 @@ static int copy_dirty(const struct bk_offline_disk *d, struct kb_progress *pr, u
     r = out_cluster(&o, cl, buf);
     *done += len;
     kb_progress_update(pr, *done);
+    throttle(bw, *done, start_ms);
     if (bk_cancel)
       r = -EINTR;
   }
@@ -592,11 +605,22 @@ out:
   return r;
 }
 
-static int copy_full(const struct bk_offline_disk *d, char **ret_why)
+static int copy_full(const struct bk_offline_disk *d, unsigned long bw, char **ret_why)
 {
-  const char *argv[] = { QEMU_IMG, "convert", "-q", "-W", "-f", d->format ? d->format : "raw", "-O", "qcow2",
-                         "-o", "cluster_size=65536", d->source, d->path, NULL };
+  char rate[32];
+  const char *argv[16] = { QEMU_IMG, "convert", "-q", "-W", "-f", d->format ? d->format : "raw", "-O", "qcow2",
+                           "-o", "cluster_size=65536" };
+  int n = 10;
   CLEANUP_FREE char *out = NULL;
+
+  if (bw) {
+    snprintf(rate, sizeof rate, "%luM", bw);
+    argv[n++] = "-r";
+    argv[n++] = rate;
+  }
+  argv[n++] = d->source;
+  argv[n++] = d->path;
+  argv[n] = NULL;
 
   if (kb_run(argv, &out) != 0) {
     *ret_why = kb_printf("qemu-img convert failed: %s", out && *out ? out : "?");
@@ -652,8 +676,9 @@ static void test_hold(void)
 }
 
 int bk_offline_copy(struct bk_vm *v, struct bk_offline_disk *d, size_t n, struct kb_progress *pr,
-                    char **ret_error)
+                    unsigned long bandwidth, char **ret_error)
 {
+  int64_t start_ms = kb_mono_ms();
   int *fds = calloc(n + 1, sizeof *fds);
   uint64_t done = 0;
   size_t i, locked = 0;
@@ -679,7 +704,7 @@ int bk_offline_copy(struct bk_vm *v, struct bk_offline_disk *d, size_t n, struct
     CLEANUP_FREE char *why = NULL;
     int64_t t0 = kb_mono_ms();
 
-    r = d[i].since ? copy_dirty(&d[i], pr, &done, &why) : copy_full(&d[i], &why);
+    r = d[i].since ? copy_dirty(&d[i], pr, &done, bandwidth, start_ms, &why) : copy_full(&d[i], bandwidth, &why);
     if (r < 0)
       *ret_error = kb_printf("VM %s: disk %s: offline copy failed: %s", v->name, d[i].target,
                              why ? why : strerror(-r));

@@ -753,7 +753,7 @@ static int run_offline(struct bk_job *j, const char *cpxml, char **ret_error)
     od[i].capacity = b->capacity;
   }
   kb_progress_start(&j->progress, "backup", 0);
-  r = bk_offline_copy(j->v, od, j->nbd, &j->progress, ret_error);
+  r = bk_offline_copy(j->v, od, j->nbd, &j->progress, j->opts->bandwidth, ret_error);
   kb_progress_end(&j->progress);
   if (r == 0) {
     j->job_begun = true;   /* from here a checkpoint may exist */
@@ -914,6 +914,8 @@ int bk_run(struct bk_vm *v, const struct bk_opts *opts, char **ret_error)
     r = -EIO;
     goto fail;
   }
+  if (opts->bandwidth && kb_virt_backup_set_speed(v->dom, (unsigned long long) opts->bandwidth << 20) < 0)
+    kb_warn("VM %s: cannot limit the backup job to %lu MiB/s: %s", v->name, opts->bandwidth, kb_virt_error());
   kb_progress_start(&j.progress, "backup", 0);
   r = kb_virt_wait_job(v->dom, &bk_cancel, on_progress, &j, &jerr);
   kb_progress_end(&j.progress);

@@ -155,6 +155,9 @@ int main(int argc, char **argv)
     return 2;
   }
   kb_catch_signals(&rs_cancel);
+  /* A libvirtd that restarts mid-consolidation must give an error, not
+   * kill us silently in a write to its socket (seen as exit 141). */
+  signal(SIGPIPE, SIG_IGN);
   r = kb_watchdog_start(c.cfg, rs_recover);
   if (r < 0) {
     kb_err("cannot start the export watchdog: %s", strerror(-r));
