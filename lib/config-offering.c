@@ -172,9 +172,22 @@ void kbc_offering_field(struct kbc_parse *p, const char *key, const char *value)
       kbc_error(p, p->line, key, "%s", why);
     else if (kb_parse_ll(value, &v) == 0)
       o->backup_chain_size = v;
-  } else
+  } else {
+    for (size_t i = 0; i < 6; i++)
+      if (strcmp(key, kb_offering_keep_fields[i]) == 0) {
+        long long v;
+        if (kb_parse_ll(value, &v) < 0 || v < 0 || v > 100000)
+          kbc_error(p, p->line, key, "must be an integer from 0 to 100000");
+        else
+          o->keep[i] = v;
+        return;
+      }
     kbc_error(p, p->line, key, "unknown offering field");
+  }
 }
+
+const char *const kb_offering_keep_fields[6] = { "keep_last", "keep_hourly", "keep_daily",
+                                                 "keep_weekly", "keep_monthly", "keep_yearly" };
 
 int kbc_load_offering(struct kbc_parse *p, const char *path, const char *stem)
 {

@@ -269,7 +269,7 @@ static const struct {
   { "vm_was_running", R_BOOL }, { "started_paused", R_BOOL }, { "compressed", R_BOOL }, { "validated", R_BOOL },
   { "created", R_TIME }, { "started", R_TIME }, { "finished", R_TIME }, { "updated", R_TIME },
   { "validated_at", R_TIME }, { "compressed_at", R_TIME }, { "last_backup_time", R_TIME }, { "hashed", R_TIME },
-  { "hash_checked", R_TIME }, { "completed", R_TIME },
+  { "hash_checked", R_TIME }, { "completed", R_TIME }, { "last_failure_time", R_TIME }, { "failures", R_UINT },
   { "hash", R_HEX },
 };
 

@@ -74,8 +74,15 @@ struct kb_offering {
   bool allow_extract_file;
   bool allow_quick_restore;
   long long backup_chain_size; /* 0 = not set, use backup.chain.size */
+  /* Retention (kbossctl prune): keep_last, keep_hourly, keep_daily,
+   * keep_weekly, keep_monthly, keep_yearly; 0 = that rule keeps nothing,
+   * all 0 = no policy (nothing pruned). */
+  long long keep[6];
   char *file;                  /* where it was read from */
 };
+
+/* The offering fields of kb_offering.keep[], in order. */
+extern const char *const kb_offering_keep_fields[6];
 
 /* The validation step names (NULL-terminated), in the order documented,
  * and the steps run when an offering lists none (validation_steps unset

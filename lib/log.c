@@ -5,6 +5,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include "log.h"
@@ -12,6 +13,24 @@
 
 const char *kb_progname = "kboss";
 int kb_verbosity = 1;
+
+bool kb_log_journal(void)
+{
+  const char *env;
+  unsigned long long dev, ino;
+  struct stat st;
+  char end;
+
+  /* Not cached: a program may redirect its stderr. */
+  env = getenv("JOURNAL_STREAM");
+  /* systemd sets JOURNAL_STREAM=DEV:INODE of the stream it connected to
+   * stderr; a child whose stderr was redirected inherits the variable, so
+   * the numbers must match our own stderr. */
+  if (env && sscanf(env, "%llu:%llu%c", &dev, &ino, &end) == 2 && fstat(STDERR_FILENO, &st) == 0 &&
+      (unsigned long long) st.st_dev == dev && (unsigned long long) st.st_ino == ino)
+    return true;
+  return false;
+}
 
 void kb_log_init(const char *argv0)
 {
@@ -117,10 +136,10 @@ void kb_log(int priority, const char *fmt, ...)
   va_end(ap);
   /* Messages carry values read from the export: no control bytes. */
   esc = kb_escape_text(msg, true);
-  if (isatty(STDERR_FILENO))
-    fprintf(stderr, "%s: %s\n", kb_progname, esc ? esc : "(out of memory)");
-  else
+  if (kb_log_journal())
     fprintf(stderr, "<%d>%s: %s\n", priority, kb_progname, esc ? esc : "(out of memory)");
+  else
+    fprintf(stderr, "%s: %s\n", kb_progname, esc ? esc : "(out of memory)");
   free(esc);
   errno = saved;
 }

@@ -1,6 +1,7 @@
 /* Logging for kboss programs. Library code does not log except through
- * these; messages go to stderr with "<N>" priority prefixes when stderr is
- * not a terminal, so journald files them at the right level. */
+ * these; messages go to stderr as plain text, with "<N>" priority prefixes
+ * only when stderr is the journal (kb_log_journal), so that journald files
+ * them at the right level and a person reads plain lines. */
 #ifndef KBOSS_LOG_H
 #define KBOSS_LOG_H
 
@@ -12,6 +13,9 @@ extern const char *kb_progname;
 extern int kb_verbosity;   /* 0 quiet, 1 normal, 2 verbose, 3 debug */
 
 void kb_log_init(const char *argv0);
+/* Whether stderr is the systemd journal: $JOURNAL_STREAM names the device
+ * and inode of our own stderr. */
+bool kb_log_journal(void);
 /* S for a terminal or a log: every C0 control character (but '\n' and
  * '\t' when KEEP_NEWLINES), DEL, C1 control, bidirectional override and
  * byte that is not valid UTF-8 shown as \xNN, so that values read from

@@ -94,6 +94,16 @@ const struct kb_setting_def kb_setting_defs[] = {
   { "libvirt.uri", KB_TYPE_STRING, KB_SCOPE_GLOBAL, "qemu:///system", ANY,
     "libvirt connection URI." },
 
+  /* Operator visibility. */
+  { "notify.command", KB_TYPE_STRING, KB_SCOPE_GLOBAL, NULL, ANY,
+    "Program (absolute path, then arguments split on blanks, no shell) run on every failure event "
+    "with the event's fields in its environment; unset: none." },
+  { "notify.timeout", KB_TYPE_INT, KB_SCOPE_GLOBAL, "10", 1, 300,
+    "Seconds notify.command may run before it is killed." },
+  { "metrics.path", KB_TYPE_STRING, KB_SCOPE_GLOBAL, "/var/lib/prometheus/node-exporter/kboss.prom", ANY,
+    "Prometheus text file the programs rewrite at the end of each job (node-exporter's textfile "
+    "collector); \"none\": no file." },
+
   /* VM settings: only in vms.d/VM.conf, section [vm]. */
   { "backupValidationCommand", KB_TYPE_STRING, KB_SCOPE_VM, NULL, ANY,
     "Command run in the guest by the execute_command step; the step is skipped without it." },

@@ -8,12 +8,12 @@ KB_BUILD=${KB_BUILD:-$KB_TOP/_build}
 KB_PACKAGES="
   build-essential autoconf automake pkg-config
   libvirt-dev libxml2-dev libguestfs-dev libzstd-dev zlib1g-dev libdeflate-dev libxxhash-dev
-  libinih-dev libjson-c-dev libcriterion-dev
+  libinih-dev libjson-c-dev libcriterion-dev libsystemd-dev
   libvirt-daemon-system libvirt-clients libvirt-daemon-driver-qemu
   qemu-system-x86 qemu-utils seabios ipxe-qemu
   libguestfs-tools linux-image-amd64 busybox-static qemu-guest-agent extlinux syslinux-common
   xxhash zstd virtnbdbackup clang procps time bindfs fuse3
-  debhelper dpkg-dev lintian git
+  debhelper dpkg-dev lintian git prometheus
 "
 
 kb_log() { printf '\n== %s\n' "$*" >&2; }

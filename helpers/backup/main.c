@@ -9,6 +9,8 @@
 #include <string.h>
 
 #include "backup.h"
+#include "event.h"
+#include "metrics.h"
 #include "log.h"
 #include "record.h"
 #include "util.h"
@@ -75,7 +77,7 @@ int main(int argc, char **argv)
   struct kb_config *cfg = NULL;
   CLEANUP_FREE char *errors = NULL;
   CLEANUP_FREE char *err = NULL;
-  struct bk_vm v;
+  struct bk_vm v = { 0 };
   int c, r;
 
   kb_log_init(argv[0]);
@@ -123,6 +125,7 @@ int main(int argc, char **argv)
     fprintf(stderr, "%s: configuration errors:\n%s\n", kb_progname, errors ? errors : strerror(-r));
     return 2;
   }
+  kb_event_configure(cfg);
   kb_catch_signals(&bk_cancel);
   r = bk_watch_start(cfg);
   if (r < 0) {
@@ -135,7 +138,12 @@ int main(int argc, char **argv)
                  finish ? "finish-chain" : normalize ? "normalize" : redefine ? "redefine-checkpoints" : "backup",
                  !(finish || normalize || redefine), &v, &err);
   if (r < 0) {
-    kb_err("%s", err);
+    if (!(finish || normalize || redefine)) {
+      CLEANUP_FREE char *msg = kb_printf("VM %s: backup failed: %s", argv[optind], err ? err : strerror(-r));
+      struct kb_event ev = { KB_EV_BACKUP_FAILED, v.uuid[0] ? v.uuid : NULL, argv[optind], NULL, NULL, msg };
+      kb_event(&ev);
+    } else
+      kb_err("%s", err);
     kb_config_free(cfg);
     return 1;
   }
@@ -170,7 +178,31 @@ int main(int argc, char **argv)
     }
   }
 out:
-  if (r < 0)
+  if (!(finish || normalize || redefine)) {
+    /* The job's result: an event (journal fields, notify.command on
+     * failure), vm.ini's failure record, the metrics file. */
+    const char *state = v.rec ? kb_doc_get(v.rec, "vm", "state") : NULL;
+    CLEANUP_FREE char *msg = r < 0 ? kb_printf("VM %s: backup failed: %s", v.name, err ? err : strerror(-r))
+                                   : kb_printf("VM %s: backup %s done", v.name,
+                                               v.rec && kb_doc_get(v.rec, "vm", "last_backup")
+                                                 ? kb_doc_get(v.rec, "vm", "last_backup") : "");
+    struct kb_event ev = { r < 0 ? KB_EV_BACKUP_FAILED : KB_EV_BACKUP_DONE, v.uuid, v.name,
+                           r < 0 ? NULL : v.rec ? kb_doc_get(v.rec, "vm", "last_backup") : NULL, NULL, msg };
+    if (r < 0 && v.rec)
+      (void) kb_vm_note_failure(v.cat, v.uuid, v.rec);
+    kb_event(&ev);
+    if (state && KB_STREQ(state, KB_VM_BACKUP_ERROR)) {
+      CLEANUP_FREE char *m2 = kb_printf("VM %s is in BackupError: %s", v.name,
+                                        kb_doc_get(v.rec, "vm", "last_error") ? kb_doc_get(v.rec, "vm", "last_error") : "");
+      struct kb_event ev2 = { KB_EV_VM_BACKUP_ERROR, v.uuid, v.name, NULL, NULL, m2 };
+      kb_event(&ev2);
+    }
+    if (v.cat) {
+      int m = kb_metrics_write(cfg, v.cat);
+      if (m < 0)
+        kb_warn("cannot write metrics.path %s: %s", kb_config_str(cfg, NULL, "metrics.path"), strerror(-m));
+    }
+  } else if (r < 0)
     kb_err("%s", err ? err : strerror(-r));
   bk_vm_close(&v);
   kb_config_free(cfg);

@@ -19,7 +19,9 @@
 
 #include "compress.h"
 #include "lock.h"
+#include "event.h"
 #include "log.h"
+#include "metrics.h"
 #include "util.h"
 
 #define KIND "compression"
@@ -285,7 +287,11 @@ static void report_failure(const struct kb_doc *job, const char *job_id, const s
   char when[32];
 
   if (st && KB_STREQ(st, KB_JOB_FAILED)) {
-    kb_err("job %s failed after %lld attempt(s): %s", job_id, kb_doc_get_ll(job, "job", "attempts", 0), err);
+    CLEANUP_FREE char *msg = kb_printf("job %s failed after %lld attempt(s): %s", job_id,
+                                       kb_doc_get_ll(job, "job", "attempts", 0), err);
+    struct kb_event ev = { KB_EV_COMPRESSION_FAILED, kb_doc_get(job, "job", "vm"), kb_doc_get(job, "job", "vm_name"),
+                           kb_doc_get(job, "job", "backup"), job_id, msg };
+    kb_event(&ev);
     return;
   }
   kb_format_time(kb_doc_get_ll(job, "job", "next_attempt", 0), when, sizeof when);
@@ -403,6 +409,13 @@ save:
     kb_err("job %s: cannot save it: %s", job_id, strerror(-r));
     code = AT_FAILED;
   }
+  if (code == AT_DONE) {
+    CLEANUP_FREE char *msg = kb_printf("job %s: backup %s compressed", job_id, ref.id);
+    struct kb_event ev = { KB_EV_COMPRESSION_DONE, ref.vm_uuid, vm_name, ref.id, job_id, msg };
+    kb_event(&ev);
+  }
+  if ((r = kb_metrics_write(cfg, cat)) < 0)
+    kb_warn("cannot write metrics.path: %s", strerror(-r));
 out:
   kb_lock_release(host_slot);
   kb_lock_release(zone_slot);

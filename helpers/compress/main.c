@@ -11,6 +11,7 @@
 #include "catalog.h"
 #include "compress.h"
 #include "kbconfig.h"
+#include "event.h"
 #include "log.h"
 #include "util.h"
 #include "store.h"
@@ -86,6 +87,7 @@ int main(int argc, char **argv)
     fprintf(stderr, "%s: configuration errors:\n%s\n", kb_progname, errors ? errors : strerror(-r));
     return 2;
   }
+  kb_event_configure(cfg);
   /* A hung export fails the run within storage.timeout (lib/watchdog.h). */
   r = kb_watchdog_start(cfg, NULL);
   if (r < 0) {

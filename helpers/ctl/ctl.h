@@ -44,6 +44,8 @@ int ctl_finish_chain(int argc, char **argv);
 int ctl_delete(int argc, char **argv);
 int ctl_extract(int argc, char **argv);
 int ctl_schedule(int argc, char **argv);
+int ctl_status(int argc, char **argv);
+int ctl_prune(int argc, char **argv);
 
 /* offerings-edit.c: offerings create / delete (exit status). */
 int ctl_offerings_create(const char *name, int nkv, char **kv);

@@ -24,6 +24,8 @@ static const struct ctl_command commands[] = {
   { "schedule", ctl_schedule, "set, remove or list scheduled backups (systemd timers)" },
   { "screenshot", ctl_screenshot, "write the screenshot of a backup's last validation to a file" },
   { "jobs", ctl_jobs, "list compression, validation and hash jobs (listBackupServiceJobs)" },
+  { "prune", ctl_prune, "apply the retention policy: remove the backups no keep_* rule keeps" },
+  { "status", ctl_status, "what needs attention: failed or overdue backups, Invalid backups, jobs, space" },
   { "init-store", ctl_init_store, "mark a folder that is not a mount point as a secondary store" },
 };
 

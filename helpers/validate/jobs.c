@@ -10,6 +10,8 @@
 #include <unistd.h>
 
 #include "bkhash.h"
+#include "event.h"
+#include "metrics.h"
 #include "lock.h"
 #include "log.h"
 #include "util.h"
@@ -488,7 +490,7 @@ static int run_job(struct vl_ctx *c, const char *jid)
   const char *type, *state, *vm_name;
   bool is_hash;
   int64_t now = kb_now();
-  int r;
+  int r, m;
 
   if (kb_catalog_lock(c->cat, KB_LOCK_JOB, jid, "validate", 0, &lock) < 0)
     return -EAGAIN;
@@ -533,10 +535,15 @@ static int run_job(struct vl_ctx *c, const char *jid)
     (void) kb_doc_set(job, "job", "state", KB_JOB_DONE);
     (void) kb_doc_set(job, "job", "last_error", NULL);
     (void) kb_doc_set(job, "job", "last_result", "every step passed");
+    CLEANUP_FREE char *msg = kb_printf("backup %s: validation passed", backup);
+    struct kb_event ev = { KB_EV_VALIDATION_PASSED, kb_doc_get(job, "job", "vm"), vm_name, backup, jid, msg };
+    kb_event(&ev);
   } else {
     (void) kb_doc_set(job, "job", "state", KB_JOB_FAILED);
     (void) kb_doc_set_text(job, "job", "last_error", err ? err : strerror(-r));
-    kb_err("%s", err ? err : strerror(-r));
+    struct kb_event ev = { is_hash && err && strstr(err, "hash mismatch") ? KB_EV_HASH_MISMATCH : KB_EV_VALIDATION_FAILED,
+                           kb_doc_get(job, "job", "vm"), vm_name, backup, jid, err ? err : strerror(-r) };
+    kb_event(&ev);
     r = 1;
   }
   {
@@ -546,6 +553,8 @@ static int run_job(struct vl_ctx *c, const char *jid)
   }
   if (kb_job_save(c->cat, jid, job) < 0)
     kb_err("job %s: cannot save it", jid);
+  if (r != -EAGAIN && (m = kb_metrics_write(c->cfg, c->cat)) < 0)
+    kb_warn("cannot write metrics.path: %s", strerror(-m));
 out:
   kb_doc_free(job);
   kb_lock_release(lock);

@@ -8,6 +8,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "event.h"
 #include "log.h"
 #include "util.h"
 #include "validate.h"
@@ -95,6 +96,7 @@ int main(int argc, char **argv)
   /* A hung export fails the run within storage.timeout (lib/watchdog.h);
    * the validation VM is started with AUTODESTROY, so libvirt removes it
    * when the killed worker's connection closes. */
+  kb_event_configure(c.cfg);
   r = kb_watchdog_start(c.cfg, NULL);
   if (r < 0) {
     kb_err("cannot start the export watchdog: %s", strerror(-r));

@@ -98,7 +98,10 @@ import json, sys
 print([e for e in json.load(sys.stdin) if e["data"] and "offset" in e][0]["offset"] + 4096)')
 byte=$(od -An -tu1 -j "$off" -N1 "$f1" | tr -d ' ')
 printf "$(printf '\\%03o' $(((byte + 1) % 256)))" | dd of="$f1" bs=1 seek="$off" conv=notrunc 2>/dev/null
-kb kboss-validate run --now > /dev/null 2>"$KBT_TMPDIR/err"; rc=$?
+# Run as systemd would: stderr is "the journal" (JOURNAL_STREAM names its
+# device and inode), so lines carry their <N> priority prefix.
+: > "$KBT_TMPDIR/err"
+JOURNAL_STREAM=$(stat -c %d:%i "$KBT_TMPDIR/err") kb kboss-validate run --now > /dev/null 2>>"$KBT_TMPDIR/err"; rc=$?
 ok [ $rc -eq 1 ] "the run with a hash mismatch exits 1 ($rc)"
 ok [ "$(kb_backup_field "$b1" state)" = Invalid ] "after a flipped byte the re-check marks the backup Invalid"
 ok grep -q '^<3>.*hash mismatch' "$KBT_TMPDIR/err" "the mismatch is logged as an error: $(grep '^<3>' "$KBT_TMPDIR/err" | head -c 300)"

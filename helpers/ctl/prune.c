@@ -1,0 +1,328 @@
+/* kbossctl prune: apply a VM's retention policy (its offering's keep_*
+ * fields) to its backups: what no rule keeps goes, unless a kept backup
+ * depends on it, it is in use by a quick restore, still Running, or its
+ * lock is held by another operation. */
+#include <config.h>
+
+#include <errno.h>
+#include <getopt.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/types.h>
+
+#include "catalog.h"
+#include "ctl.h"
+#include "event.h"
+#include "jsonout.h"
+#include "log.h"
+#include "metrics.h"
+#include "record.h"
+#include "retention.h"
+#include "util.h"
+
+static void prune_usage(FILE *f)
+{
+  fprintf(f,
+          "Usage: %s prune [VM] [--dry-run] [--json]\n"
+          "\n"
+          "Apply the retention policy of each VM's offering (keep_last, keep_hourly,\n"
+          "keep_daily, keep_weekly, keep_monthly, keep_yearly) to its backups, or to\n"
+          "VM's only. A backup that a kept backup depends on is kept (\"dependency\"),\n"
+          "as is one in use by a quick restore, one still being taken and one whose\n"
+          "lock another operation holds. A VM whose offering sets no keep_* field is\n"
+          "left alone.\n"
+          "\n"
+          "  --dry-run       say what would be removed, remove nothing\n"
+          "  --json          print the decision for every backup as JSON\n"
+          "  --config FILE   configuration file\n", kb_progname);
+}
+
+struct vm_plan {
+  struct kb_chain_view *cvs;
+  char **chains;
+  size_t nchains;
+  struct kb_retention_item *items;
+  size_t n;
+};
+
+static void plan_clear(struct vm_plan *p)
+{
+  for (size_t c = 0; c < p->nchains; c++)
+    kb_chain_view_clear(&p->cvs[c]);
+  free(p->cvs);
+  kb_strv_free(p->chains);
+  free(p->items);
+  memset(p, 0, sizeof *p);
+}
+
+/* Index of item (chain C, position I). */
+static size_t item_index(const struct vm_plan *p, size_t c, size_t i)
+{
+  size_t k = 0;
+  for (size_t x = 0; x < c; x++)
+    k += p->cvs[x].n;
+  return k + i;
+}
+
+static int plan_load(const struct kb_catalog *cat, const char *uuid, const struct kb_retention *pol,
+                     struct vm_plan *p)
+{
+  int r;
+
+  memset(p, 0, sizeof *p);
+  r = kb_catalog_list_chains(cat, uuid, &p->chains);
+  if (r < 0)
+    return r;
+  while (p->chains[p->nchains])
+    p->nchains++;
+  p->cvs = calloc(p->nchains + 1, sizeof *p->cvs);
+  if (!p->cvs)
+    return -ENOMEM;
+  for (size_t c = 0; c < p->nchains; c++) {
+    r = kb_chain_view_load(cat, uuid, p->chains[c], &p->cvs[c]);
+    if (r < 0)
+      return r;
+    p->n += p->cvs[c].n;
+  }
+  p->items = calloc(p->n + 1, sizeof *p->items);
+  if (!p->items)
+    return -ENOMEM;
+  for (size_t c = 0; c < p->nchains; c++) {
+    const struct kb_chain_view *cv = &p->cvs[c];
+    for (size_t i = 0; i < cv->n; i++) {
+      struct kb_retention_item *it = &p->items[item_index(p, c, i)];
+      const struct kb_doc *d = cv->docs[i];
+      const char *st = d ? kb_doc_get(d, "backup", "state") : NULL;
+      const char *parent = d ? kb_doc_get(d, "backup", "parent") : NULL;
+      it->parent = -1;
+      it->time = d ? kb_parse_time(kb_doc_get(d, "backup", "created")) : -1;
+      it->ready = st && KB_STREQ(st, KB_BACKUP_READY) && it->time >= 0;
+      it->eligible = st && (KB_STREQ(st, KB_BACKUP_READY) || KB_STREQ(st, KB_BACKUP_INVALID));
+      it->in_use = d && kb_backup_in_use_by(d) != NULL;
+      for (size_t j = 0; parent && j < cv->n; j++)
+        if (KB_STREQ(cv->ids[j], parent))
+          it->parent = (ssize_t) item_index(p, c, j);
+      if (parent && it->parent < 0)
+        it->eligible = false;   /* a parent we cannot see: leave it */
+    }
+  }
+  kb_retention_apply(pol, p->items, p->n);
+  return 0;
+}
+
+static const char *id_of(const struct vm_plan *p, size_t k)
+{
+  for (size_t c = 0; c < p->nchains; c++) {
+    if (k < p->cvs[c].n)
+      return p->cvs[c].ids[k];
+    k -= p->cvs[c].n;
+  }
+  return "?";
+}
+
+/* Prune one VM. Returns 0, or 1 when something could not be removed. */
+static int prune_vm(const struct kb_config *cfg, const struct kb_catalog *cat, const char *uuid, bool dry,
+                    json_object *jout, unsigned *ret_removed)
+{
+  struct kb_doc *rec = NULL;
+  const char *name;
+  const struct kb_offering *off;
+  struct kb_retention pol = { 0 };
+  struct kb_lock *vmlock = NULL;
+  struct vm_plan p;
+  char why[160];
+  int r, rc = 0;
+  unsigned removed = 0;
+
+  if (kb_vm_load(cat, uuid, &rec) < 0)
+    return 0;
+  name = kb_doc_get(rec, "vm", "name");
+  off = name ? kb_config_vm_offering_def(cfg, name) : NULL;
+  if (off) {
+    pol.keep_last = (unsigned) off->keep[0];
+    pol.keep_hourly = (unsigned) off->keep[1];
+    pol.keep_daily = (unsigned) off->keep[2];
+    pol.keep_weekly = (unsigned) off->keep[3];
+    pol.keep_monthly = (unsigned) off->keep[4];
+    pol.keep_yearly = (unsigned) off->keep[5];
+  }
+  if (kb_retention_empty(&pol)) {
+    if (!jout)
+      kb_print_escaped("VM %s: no retention policy (offering %s sets no keep_* field)\n", name ? name : uuid,
+                       off ? off->name : "none");
+    kb_doc_free(rec);
+    return 0;
+  }
+  if (!dry && ctl_lock_vm(cat, uuid, name ? name : uuid, "prune", &vmlock) < 0) {
+    kb_doc_free(rec);
+    return 1;
+  }
+  r = plan_load(cat, uuid, &pol, &p);
+  if (r < 0) {
+    kb_err("prune: VM %s: cannot read its backups: %s", name ? name : uuid, strerror(-r));
+    plan_clear(&p);
+    kb_lock_release(vmlock);
+    kb_doc_free(rec);
+    return 1;
+  }
+  for (size_t c = 0; c < p.nchains; c++) {
+    struct kb_chain_view *cv = &p.cvs[c];
+    bool *del = calloc(cv->n + 1, sizeof *del);
+    struct kb_lock **locks = calloc(cv->n + 1, sizeof *locks);
+    size_t ndel = 0;
+
+    if (!del || !locks) {
+      free(del);
+      free(locks);
+      rc = 1;
+      break;
+    }
+    for (size_t i = 0; i < cv->n; i++) {
+      struct kb_retention_item *it = &p.items[item_index(&p, c, i)];
+      const char *verdict = it->keep ? "keep" : "remove";
+      if (!it->keep && !dry) {
+        r = kb_catalog_lock(cat, KB_LOCK_BACKUP, cv->ids[i], "prune", 0, &locks[i]);
+        if (r < 0) {
+          it->keep |= KB_KEEP_IN_USE;
+          verdict = "keep";
+        } else {
+          del[i] = true;
+          ndel++;
+        }
+      }
+      kb_retention_reasons(it->keep, why, sizeof why);
+      if (jout) {
+        json_object *x = json_object_new_object();
+        json_object_object_add(x, "vm", kb_json_str(uuid));
+        json_object_object_add(x, "vm_name", kb_json_str(name));
+        json_object_object_add(x, "chain", kb_json_str(p.chains[c]));
+        json_object_object_add(x, "backup", kb_json_str(cv->ids[i]));
+        json_object_object_add(x, "action", kb_json_str(verdict));
+        json_object_object_add(x, "reasons", kb_json_str(it->keep ? why : NULL));
+        json_object_object_add(x, "needed_by",
+                               kb_json_str(it->needed_by >= 0 ? id_of(&p, (size_t) it->needed_by) : NULL));
+        json_object_array_add(jout, x);
+      } else if (it->needed_by >= 0 && !(it->keep & ~KB_KEEP_DEPENDENCY))
+        kb_print_escaped("VM %s: keep   %s (%s: %s depends on it; merging forward is not done, so it stays)\n",
+                         name ? name : uuid, cv->ids[i], why, id_of(&p, (size_t) it->needed_by));
+      else
+        kb_print_escaped("VM %s: %s %s (%s)\n", name ? name : uuid, it->keep ? "keep  " : dry ? "would remove" : "remove",
+                         cv->ids[i], it->keep ? why : "no rule keeps it");
+    }
+    /* Newest first, so a failure never leaves a backup without its parent. */
+    for (size_t i = cv->n; ndel && i-- > 0;) {
+      struct kb_backup_ref one = { (char *) uuid, p.chains[c], cv->ids[i], cv->docs[i] };
+      if (!del[i])
+        continue;
+      if (kb_backup_remove(cat, &one) < 0) {
+        kb_err("prune: backup %s: cannot remove it: %m", cv->ids[i]);
+        rc = 1;
+        /* what was removed is recorded below; this one and older stay */
+        for (size_t j = 0; j <= i; j++)
+          del[j] = false;
+        break;
+      }
+      removed++;
+    }
+    if (ndel) {
+      struct kb_forget_result res;
+      bool any = false;
+      for (size_t i = 0; i < cv->n; i++)
+        any |= del[i];
+      if (any && kb_chain_forget(cat, uuid, p.chains[c], cv, del, &res) < 0) {
+        kb_err("prune: VM %s: cannot update its records: %m", name ? name : uuid);
+        rc = 1;
+      }
+    }
+    for (size_t i = 0; i < cv->n; i++)
+      kb_lock_release(locks[i]);
+    free(locks);
+    free(del);
+  }
+  if (!dry && removed) {
+    CLEANUP_FREE char *msg = kb_printf("VM %s: pruned %u backup(s)", name ? name : uuid, removed);
+    struct kb_event ev = { KB_EV_PRUNE, uuid, name, NULL, NULL, msg };
+    kb_event(&ev);
+  }
+  *ret_removed += removed;
+  plan_clear(&p);
+  kb_lock_release(vmlock);
+  kb_doc_free(rec);
+  return rc;
+}
+
+int ctl_prune(int argc, char **argv)
+{
+  enum { O_DRY = 1, O_JSON };
+  static const struct option longopts[] = {
+    { "dry-run", no_argument, NULL, O_DRY },
+    { "json", no_argument, NULL, O_JSON },
+    CTL_COMMON_LONG_OPTIONS,
+    { NULL, 0, NULL, 0 },
+  };
+  bool dry = false, json = false;
+  struct kb_config *cfg;
+  struct kb_catalog *cat;
+  char **uuids = NULL;
+  json_object *jout = NULL;
+  unsigned removed = 0;
+  int c, r, rc = 0;
+
+  while ((c = getopt_long(argc, argv, "h", longopts, NULL)) != -1) {
+    switch (c) {
+    case O_DRY: dry = true; break;
+    case O_JSON: json = true; break;
+    case CTL_OPT_CONFIG: ctl_config_path = optarg; break;
+    case CTL_OPT_HELP: prune_usage(stdout); return 0;
+    default: prune_usage(stderr); return 2;
+    }
+  }
+  if (argc - optind > 1) {
+    prune_usage(stderr);
+    return 2;
+  }
+  if (!(cfg = ctl_load_config()))
+    return 1;
+  kb_event_configure(cfg);
+  if (!(cat = ctl_open_catalog(cfg))) {
+    kb_config_free(cfg);
+    return 1;
+  }
+  if (optind < argc) {
+    CLEANUP_FREE char *uuid = NULL;
+    r = ctl_find_vm(cat, argv[optind], &uuid);
+    if (r < 0) {
+      kb_err("prune: VM %s: %s", argv[optind], r == -ENOENT ? "not in the catalog" : strerror(-r));
+      rc = 1;
+      goto out;
+    }
+    uuids = calloc(2, sizeof *uuids);
+    if (!uuids || !(uuids[0] = strdup(uuid))) {
+      rc = 1;
+      goto out;
+    }
+  } else if ((r = kb_catalog_list_vms(cat, &uuids)) < 0) {
+    kb_err("prune: cannot list the VMs: %s", strerror(-r));
+    rc = 1;
+    goto out;
+  }
+  if (json)
+    jout = json_object_new_array();
+  for (size_t i = 0; uuids[i]; i++)
+    rc |= prune_vm(cfg, cat, uuids[i], dry, jout, &removed);
+  if (jout) {
+    kb_json_print(jout);
+    jout = NULL;
+  } else if (!dry)
+    printf("%u backup(s) removed\n", removed);
+  if (!dry && (r = kb_metrics_write(cfg, cat)) < 0)
+    kb_warn("cannot write metrics.path: %s", strerror(-r));
+out:
+  if (jout)
+    json_object_put(jout);
+  kb_strv_free(uuids);
+  kb_catalog_free(cat);
+  kb_config_free(cfg);
+  return rc;
+}

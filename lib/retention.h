@@ -1,0 +1,52 @@
+/* Retention policies: which backups of a VM a keep-last / grandfather-
+ * father-son policy keeps. Pure computation on a list of backups; the
+ * caller reads the catalog and removes what is not kept. */
+#ifndef KBOSS_RETENTION_H
+#define KBOSS_RETENTION_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+struct kb_retention {
+  /* Counts; 0: that rule keeps nothing. All 0: no policy, all kept. */
+  unsigned keep_last, keep_hourly, keep_daily, keep_weekly, keep_monthly, keep_yearly;
+};
+
+/* Why a backup is kept (bits). */
+enum {
+  KB_KEEP_LAST = 1 << 0,
+  KB_KEEP_HOURLY = 1 << 1,
+  KB_KEEP_DAILY = 1 << 2,
+  KB_KEEP_WEEKLY = 1 << 3,
+  KB_KEEP_MONTHLY = 1 << 4,
+  KB_KEEP_YEARLY = 1 << 5,
+  KB_KEEP_NO_POLICY = 1 << 6,
+  KB_KEEP_IN_USE = 1 << 7,       /* in a quick restore's lineage, or locked */
+  KB_KEEP_DEPENDENCY = 1 << 8,   /* a kept backup depends on it */
+  KB_KEEP_NOT_READY = 1 << 9,    /* Running or unreadable: never touched */
+};
+
+struct kb_retention_item {
+  int64_t time;       /* when the backup was taken (UTC seconds) */
+  ssize_t parent;     /* index of the backup it depends on, -1 none */
+  bool ready;         /* Ready (rules count it); others are not counted */
+  bool in_use;        /* must not be touched */
+  bool eligible;      /* Ready or Invalid: may be removed; false: kept as NOT_READY */
+  /* out */
+  unsigned keep;      /* KB_KEEP_* bits; 0: to be removed */
+  ssize_t needed_by;  /* for DEPENDENCY: a kept backup that depends on it */
+};
+
+/* Fill ITEMS[i].keep for the N backups of one VM under P: the rules pick,
+ * newest first, the newest Ready backup of each of the last N hours,
+ * days, ISO weeks, months and years (UTC) that have one, and the N newest
+ * (keep_last); then everything a kept backup depends on, and every backup
+ * in use and its dependencies, is kept too. */
+void kb_retention_apply(const struct kb_retention *p, struct kb_retention_item *items, size_t n);
+/* A line for KEEP ("daily,dependency"); static storage per call site is
+ * the caller's BUF. */
+const char *kb_retention_reasons(unsigned keep, char *buf, size_t len);
+bool kb_retention_empty(const struct kb_retention *p);
+
+#endif

@@ -1,0 +1,67 @@
+#!/usr/bin/env bash
+# Retention: kbossctl prune applies an offering's keep_last to a VM with
+# two chains. --dry-run removes nothing and says which backups stay only
+# because a kept one depends on them; the real prune removes exactly the
+# backups no rule or dependency keeps (their files too: the space used
+# drops), records the prune event, and every kept backup restores byte for
+# byte to its point in time.
+. "$(dirname "$0")/../lib/functions.sh"
+. "$(dirname "$0")/../lib/kboss.sh"
+
+plan 17
+start_libvirt || bail_out "libvirtd"
+kb_conf_init 8
+make_test_vm p 256 || bail_out "cannot define the test VM"
+kb_offering ret keep_last=1
+kb_assign p ret
+dom=$(vm_domain p)
+root=$(vm_disk p)
+data=$(vm_data_disk p)
+snap() { cp --sparse=always "$root" "$KBT_TMPDIR/root.$1"; cp --sparse=always "$data" "$KBT_TMPDIR/data.$1"; }
+same() { qemu-img compare -q "$root" "$KBT_TMPDIR/root.$1" && qemu-img compare -q "$data" "$KBT_TMPDIR/data.$1"; }
+used() { du -sk "$KB_SECONDARY/kboss/vms" | cut -f1; }
+
+# chain A: b1 (full) <- b2; chain B: b3 (full) <- b4. Backup times have
+# one-second resolution: a second apart, so that "newest" is defined.
+qemu-io -f qcow2 -c "write -P 0x11 0 8M" "$data" >/dev/null
+b1=$(kb_backup p); snap 1
+qemu-io -f qcow2 -c "write -P 0x22 1M 2M" "$data" >/dev/null
+sleep 1.1; b2=$(kb_backup p); snap 2
+kb kboss-backup --finish-chain "$dom" >/dev/null
+qemu-io -f qcow2 -c "write -P 0x33 4M 2M" "$data" >/dev/null
+sleep 1.1; b3=$(kb_backup p); snap 3
+qemu-io -f qcow2 -c "write -P 0x44 6M 1M" "$data" >/dev/null
+sleep 1.1; b4=$(kb_backup p); snap 4
+ok [ -n "$b1" -a -n "$b2" -a -n "$b3" -a -n "$b4" ] "four backups in two chains ($b1 $b2 | $b3 $b4)"
+ok [ "$(kb_backup_field "$b3" type)/$(kb_backup_field "$b4" parent)" = "full/$b3" ] "the second chain is $b3 <- $b4"
+
+# ---- dry run ----
+out=$(kb kbossctl prune --dry-run "$dom" 2>&1); rc=$?
+diag "$out"
+ok [ $rc -eq 0 ] "prune --dry-run succeeds"
+ok grep -q "keep   $b4 (last)" <<<"$out" "it keeps the newest backup ($b4) by keep_last"
+ok grep -q "keep   $b3 (dependency: $b4 depends on it" <<<"$out" "and says $b3 stays only because $b4 depends on it"
+ok grep -q "would remove $b1" <<<"$out" "it would remove $b1"
+ok grep -q "would remove $b2" <<<"$out" "and $b2"
+ok [ "$(kb_listed_backups | wc -l)" -eq 4 ] "a dry run removes nothing"
+json=$(kb kbossctl prune --dry-run --json "$dom")
+ok [ "$(python3 -c 'import json,sys; print(" ".join(sorted(x["backup"] for x in json.load(sys.stdin) if x["action"] == "remove")))' <<<"$json")" = "$(printf '%s\n' "$b1" "$b2" | sort | tr '\n' ' ' | sed 's/ $//')" ] "--json lists the same backups to remove"
+
+# ---- the prune ----
+before=$(used)
+out=$(kb kbossctl prune "$dom" 2>&1); rc=$?
+diag "$out"
+after=$(used)
+ok [ $rc -eq 0 ] "prune succeeds"
+ok [ "$(kb_listed_backups | sort | tr '\n' ' ')" = "$(printf '%s\n' "$b3" "$b4" | sort | tr '\n' ' ')" ] "exactly $b3 and $b4 are left"
+left=$(find "$KB_SECONDARY" -path "*$b1*" -o -path "*$b2*")
+diag "left of $b1 and $b2: ${left:-nothing}"
+ok [ -z "$(grep -v '/checkpoints/' <<<"$left")" ] "nothing of $b1 and $b2 is left but saved checkpoint XML (the next backup removes what no backup needs, as after kbossctl delete)"
+ok [ "$after" -lt "$before" ] "the space used drops (${before}k -> ${after}k)"
+ok grep -q "pruned 2 backup(s)" <<<"$out" "the prune event is logged"
+
+# ---- every kept backup restores byte for byte ----
+ok kb kboss-restore "$b3" "restore of the kept full $b3 succeeds"
+ok same 3 "both disks equal backup point 3"
+kb kboss-restore "$b4" >/dev/null 2>&1
+ok same 4 "restore of $b4 gives backup point 4 byte for byte"
