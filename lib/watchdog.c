@@ -297,7 +297,13 @@ int kb_watchdog_start(const struct kb_config *cfg, kb_watchdog_recover_fn recove
     close(beats_p[0]);
     close(beats_p[1]);
     note_fd = notes_p[1];
-    (void) prctl(PR_SET_PDEATHSIG, SIGTERM);
+    /* The supervisor forwards SIGINT and SIGTERM; if it dies without
+     * forwarding (kill -9, a crash), the worker dies the same way, so that
+     * killing the program an operator started kills its job, as it did
+     * before the supervisor existed. */
+    (void) prctl(PR_SET_PDEATHSIG, SIGKILL);
+    if (getppid() == 1)
+      _exit(1);   /* the supervisor died before the line above */
     for (size_t k = 0; k < npaths; k++)
       free(paths[k]);
     return 0;

@@ -108,7 +108,7 @@ done
 # kill -9 in the middle of the copy: the disks are free again at once (no
 # lock outlives the process) and the next run cleans up and continues.
 qemu-io -f qcow2 -c "write -P 0xd6 $((20 * MiB)) $MiB" "$data" >/dev/null
-KBOSS_NO_WATCHDOG=1 KBOSS_TEST_HOLD_OFFLINE_MS=20000 "$(kb_path kboss-backup)" "$dom" >/dev/null 2>&1 &
+KBOSS_TEST_HOLD_OFFLINE_MS=20000 "$(kb_path kboss-backup)" "$dom" >/dev/null 2>&1 &
 killme=$!
 sleep 2.5
 kill -9 $killme; wait $killme 2>/dev/null

@@ -313,7 +313,7 @@ kid=$1 kfile=$2 job=compression-$1
 cp "$kfile" "$KBT_TMPDIR/killed.copy"
 # Without the export watchdog's supervisor (lib/watchdog.h), so that $! is the
 # runner itself and SIGKILL ends it as a crash or a lost host would.
-KBOSS_NO_WATCHDOG=1 "$KBC" "$kid" >/dev/null 2>&1 &
+"$KBC" "$kid" >/dev/null 2>&1 &
 pid=$!
 for i in $(seq 1 50); do ls -a "$(dirname "$kfile")" | grep -q kbcompress && break; sleep 0.1; done
 sleep 0.5
