@@ -117,6 +117,18 @@ const struct kb_setting_def kb_setting_defs[] = {
     "Overrides backup.validation.screenshot.default.wait for this VM." },
   { "backupValidationBootTimeout", KB_TYPE_INT, KB_SCOPE_VM, NULL, 1, 86400,
     "Overrides backup.validation.boot.default.timeout for this VM." },
+  { "backupRetentionKeepLast", KB_TYPE_INT, KB_SCOPE_VM, NULL, 0, 100000,
+    "Overrides the offering's keep_last for this VM (kbossctl prune)." },
+  { "backupRetentionKeepHourly", KB_TYPE_INT, KB_SCOPE_VM, NULL, 0, 100000,
+    "Overrides the offering's keep_hourly for this VM." },
+  { "backupRetentionKeepDaily", KB_TYPE_INT, KB_SCOPE_VM, NULL, 0, 100000,
+    "Overrides the offering's keep_daily for this VM." },
+  { "backupRetentionKeepWeekly", KB_TYPE_INT, KB_SCOPE_VM, NULL, 0, 100000,
+    "Overrides the offering's keep_weekly for this VM." },
+  { "backupRetentionKeepMonthly", KB_TYPE_INT, KB_SCOPE_VM, NULL, 0, 100000,
+    "Overrides the offering's keep_monthly for this VM." },
+  { "backupRetentionKeepYearly", KB_TYPE_INT, KB_SCOPE_VM, NULL, 0, 100000,
+    "Overrides the offering's keep_yearly for this VM." },
 
   { NULL, 0, 0, NULL, 0, 0, NULL },
 };

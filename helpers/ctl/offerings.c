@@ -22,7 +22,8 @@ static void offerings_usage(FILE *f)
           "create one (offerings.d/NAME.conf, fields checked as kboss reads them:\n"
           "description, zone, allow_user_driven_backups, public, domain, compress,\n"
           "compression_library, validate, validation_steps, allow_extract_file,\n"
-          "allow_quick_restore, backup_chain_size), or delete one no VM is assigned to.\n"
+          "allow_quick_restore, backup_chain_size, keep_last, keep_hourly, keep_daily,\n"
+          "keep_weekly, keep_monthly, keep_yearly), or delete one no VM is assigned to.\n"
           "\n"
           "  --json         print JSON\n"
           "  --config FILE  configuration file\n", kb_progname, kb_progname, kb_progname);
@@ -63,6 +64,8 @@ static json_object *json_offering(const struct kb_offering *o)
   json_object_object_add(j, "allow_quick_restore", json_object_new_boolean(o->allow_quick_restore));
   json_object_object_add(j, "backup_chain_size",
                          o->backup_chain_size > 0 ? json_object_new_int64(o->backup_chain_size) : NULL);
+  for (size_t i = 0; i < 6; i++)
+    json_object_object_add(j, kb_offering_keep_fields[i], json_object_new_int64(o->keep[i]));
   json_object_object_add(j, "file", kb_json_str(o->file));
   return j;
 }
@@ -88,6 +91,9 @@ static void show_offering(const struct kb_offering *o)
     printf("backup_chain_size          %lld\n", o->backup_chain_size);
   else
     printf("backup_chain_size          - (backup.chain.size)\n");
+  for (size_t i = 0; i < 6; i++)
+    if (o->keep[i])
+      printf("%-26s %lld\n", kb_offering_keep_fields[i], o->keep[i]);
   printf("file                       %s\n", o->file);
 }
 

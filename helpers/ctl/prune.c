@@ -27,8 +27,8 @@ static void prune_usage(FILE *f)
           "Usage: %s prune [VM] [--dry-run] [--json]\n"
           "\n"
           "Apply the retention policy of each VM's offering (keep_last, keep_hourly,\n"
-          "keep_daily, keep_weekly, keep_monthly, keep_yearly) to its backups, or to\n"
-          "VM's only. A backup that a kept backup depends on is kept (\"dependency\"),\n"
+          "keep_daily, keep_weekly, keep_monthly, keep_yearly; the VM settings\n"
+          "backupRetentionKeepLast... override them) to its backups, or to VM's only. A backup that a kept backup depends on is kept (\"dependency\"),\n"
           "as is one in use by a quick restore, one still being taken and one whose\n"
           "lock another operation holds. A VM whose offering sets no keep_* field is\n"
           "left alone.\n"
@@ -139,17 +139,26 @@ static int prune_vm(const struct kb_config *cfg, const struct kb_catalog *cat, c
     return 0;
   name = kb_doc_get(rec, "vm", "name");
   off = name ? kb_config_vm_offering_def(cfg, name) : NULL;
-  if (off) {
-    pol.keep_last = (unsigned) off->keep[0];
-    pol.keep_hourly = (unsigned) off->keep[1];
-    pol.keep_daily = (unsigned) off->keep[2];
-    pol.keep_weekly = (unsigned) off->keep[3];
-    pol.keep_monthly = (unsigned) off->keep[4];
-    pol.keep_yearly = (unsigned) off->keep[5];
+  {
+    /* The offering's fields, each overridden by the VM's setting. */
+    static const char *const vm_keys[6] = { "backupRetentionKeepLast", "backupRetentionKeepHourly",
+                                            "backupRetentionKeepDaily", "backupRetentionKeepWeekly",
+                                            "backupRetentionKeepMonthly", "backupRetentionKeepYearly" };
+    unsigned *dst[6] = { &pol.keep_last, &pol.keep_hourly, &pol.keep_daily,
+                         &pol.keep_weekly, &pol.keep_monthly, &pol.keep_yearly };
+    for (size_t i = 0; i < 6; i++) {
+      struct kb_value v;
+      long long x;
+      *dst[i] = off ? (unsigned) off->keep[i] : 0;
+      if (name && kb_config_lookup(cfg, name, vm_keys[i], &v) == 0 && v.file && kb_parse_ll(v.value, &x) == 0 &&
+          x >= 0)
+        *dst[i] = (unsigned) x;
+    }
   }
   if (kb_retention_empty(&pol)) {
     if (!jout)
-      kb_print_escaped("VM %s: no retention policy (offering %s sets no keep_* field)\n", name ? name : uuid,
+      kb_print_escaped("VM %s: no retention policy (neither offering %s nor the VM sets a keep_* field)\n",
+                       name ? name : uuid,
                        off ? off->name : "none");
     kb_doc_free(rec);
     return 0;

@@ -125,7 +125,7 @@ ok '[ "$(stat -c %a /var/lib/kboss /var/log/kboss /etc/kboss/vms.d | tr "\n" " "
 ok 'man -w kbossctl | grep -q "^/usr/share/man/man8/kbossctl.8" && man -w kboss-qemu-hook >/dev/null && [ -f /usr/share/doc/kboss/operations.md.gz ]' \
 	"man pages and docs are installed"
 units=$(dpkg -L kboss | grep '^/lib/systemd/system/kboss' | sort)
-ok [ "$(echo "$units" | wc -l)" -eq 7 ] "7 systemd units in /lib/systemd/system"
+ok [ "$(echo "$units" | wc -l)" -eq 9 ] "9 systemd units in /lib/systemd/system"
 ok systemd-analyze verify $units "systemd-analyze verify of the installed units"
 ok '[ -z "$(find /etc/systemd/system -name "kboss*" 2>/dev/null)" ]' "no timer is enabled by the package (the operator enables them)"
 dpkg -L kboss | sort > "$T/files"

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Retention: kbossctl prune applies an offering's keep_last to a VM with
-# two chains. --dry-run removes nothing and says which backups stay only
+# two chains (a VM setting overrides it). --dry-run removes nothing and says which backups stay only
 # because a kept one depends on them; the real prune removes exactly the
 # backups no rule or dependency keeps (their files too: the space used
 # drops), records the prune event, and every kept backup restores byte for
@@ -8,7 +8,7 @@
 . "$(dirname "$0")/../lib/functions.sh"
 . "$(dirname "$0")/../lib/kboss.sh"
 
-plan 17
+plan 19
 start_libvirt || bail_out "libvirtd"
 kb_conf_init 8
 make_test_vm p 256 || bail_out "cannot define the test VM"
@@ -46,6 +46,14 @@ ok grep -q "would remove $b2" <<<"$out" "and $b2"
 ok [ "$(kb_listed_backups | wc -l)" -eq 4 ] "a dry run removes nothing"
 json=$(kb kbossctl prune --dry-run --json "$dom")
 ok [ "$(python3 -c 'import json,sys; print(" ".join(sorted(x["backup"] for x in json.load(sys.stdin) if x["action"] == "remove")))' <<<"$json")" = "$(printf '%s\n' "$b1" "$b2" | sort | tr '\n' ' ' | sed 's/ $//')" ] "--json lists the same backups to remove"
+
+# ---- a VM setting overrides the offering's field ----
+kb kbossctl settings "$dom" --set backupRetentionKeepLast=3 >/dev/null
+out=$(kb kbossctl prune --dry-run "$dom" 2>&1)
+diag "$out"
+ok "! grep -q 'would remove' <<<\"\$out\"" "with the VM's backupRetentionKeepLast=3 nothing would be removed"
+ok grep -q "keep   $b2 (last)" <<<"$out" "and $b2 is kept as one of the last 3"
+kb kbossctl settings "$dom" --unset backupRetentionKeepLast >/dev/null
 
 # ---- the prune ----
 before=$(used)

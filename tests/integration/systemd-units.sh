@@ -25,10 +25,10 @@ hookdir=$(sed -n 's|^libvirthooksdir = ||p' "$B/hooks/Makefile"); hookdir=${hook
 diag "sbindir=$sbindir mandir=$mandir unitdir=$unitdir hookdir=$hookdir"
 
 units="kboss-compress.service kboss-compress.timer kboss-validate.service kboss-validate.timer
-kboss-consolidate@.service kboss-backup@.service kboss-backup@.timer"
+kboss-consolidate@.service kboss-backup@.service kboss-backup@.timer kboss-prune.service kboss-prune.timer"
 n=0
 for u in $units; do [ -f "$D$unitdir/$u" ] && n=$((n + 1)); done
-ok [ "$n" -eq 7 ] "make install puts the 7 units into the unit dir ($n)"
+ok [ "$n" -eq 9 ] "make install puts the 9 units into the unit dir ($n)"
 ok [ -x "$D$hookdir/kboss" ] "make install puts the hook into the libvirt hook folder as 'kboss'"
 ok 'grep -q "^ExecStart=$sbindir/kboss-backup \$KBOSS_BACKUP_ARGS %i$" "$D$unitdir/kboss-backup@.service"' \
 	"units name the programs by their configured path"
