@@ -337,8 +337,20 @@ static void deferred_started(const char *uuid)
 static void deferred_stopped(const char *uuid)
 {
   struct vm_view v;
+  int r;
 
-  if (vm_view_load(uuid, &v) == 0 && v.holder_live != 1) {
+  /* A short-lived holder, such as the kboss-backup --redefine-checkpoints
+   * that a start just before this stop spawned, is waited for, so that the
+   * state is judged once it has let go; a holder still there after 30 s
+   * (a running backup or restore) deals with the VM itself. */
+  for (int tries = 0;; tries++) {
+    r = vm_view_load(uuid, &v);
+    if (r < 0 || v.holder_live != 1 || tries >= 30)
+      break;
+    vm_view_clear(&v);
+    sleep(1);
+  }
+  if (r == 0 && v.holder_live != 1) {
     if (state_is(&v, KB_VM_CONSOLIDATING)) {
       const char *args[] = { "--consolidate", domain_name, NULL };
       note("the VM stopped during consolidation; finishing it offline");

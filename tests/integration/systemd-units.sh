@@ -9,7 +9,7 @@
 . "$(dirname "$0")/../lib/kboss.sh"
 
 requires systemd-analyze unshare
-plan 19
+plan 21
 _kbt_tmpdir || bail_out "tmpdir"
 D=$KBT_TMPDIR/destdir
 B=${top_builddir:-$KBT_TOPDIR/_build}
