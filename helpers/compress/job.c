@@ -81,16 +81,25 @@ static void record_failure(struct kb_doc *job, const struct cp_settings *s, cons
   }
 }
 
-static void final_failure(struct kb_doc *job, const char *why)
+/* End JOB for good: STATE (Done or Failed), WHY its last error (NULL: none). */
+static void job_finish(struct kb_doc *job, const char *state, const char *why)
 {
   char now[32];
 
   kb_format_time(kb_now(), now, sizeof now);
-  (void) kb_doc_set_text(job, "job", "last_error", why);
+  if (why)
+    (void) kb_doc_set_text(job, "job", "last_error", why);
+  else
+    (void) kb_doc_set(job, "job", "last_error", NULL);
   (void) kb_doc_set(job, "job", "finished", now);
-  (void) kb_doc_set(job, "job", "state", KB_JOB_FAILED);
+  (void) kb_doc_set(job, "job", "state", state);
   (void) kb_doc_set(job, "job", "next_attempt", NULL);
   (void) kb_doc_set(job, "job", "pid", NULL);
+}
+
+static void final_failure(struct kb_doc *job, const char *why)
+{
+  job_finish(job, KB_JOB_FAILED, why);
 }
 
 /* JOB is Executing and we hold its lock: its runner died. Returns true
@@ -130,13 +139,7 @@ static bool recover_stale(const struct kb_config *cfg, const struct kb_catalog *
     kb_backup_ref_clear(&ref);
   }
   if (finished) {
-    char now[32];
-    kb_format_time(kb_now(), now, sizeof now);
-    (void) kb_doc_set(job, "job", "state", KB_JOB_DONE);
-    (void) kb_doc_set(job, "job", "last_error", NULL);
-    (void) kb_doc_set(job, "job", "next_attempt", NULL);
-    (void) kb_doc_set(job, "job", "finished", now);
-    (void) kb_doc_set(job, "job", "pid", NULL);
+    job_finish(job, KB_JOB_DONE, NULL);
     kb_warn("job %s: %s after the backup was compressed; the job is done", job_id, why);
     return false;
   }
@@ -256,15 +259,10 @@ static void begin_attempt(struct kb_doc *job)
 static int end_attempt(struct kb_doc *job, int r, const struct cp_result *res, const struct cp_settings *s,
                        const struct kb_backup_ref *ref, const char *err)
 {
-  char now[32], b[32], a[32];
+  char b[32], a[32];
 
   if (r == CP_DONE) {
-    kb_format_time(kb_now(), now, sizeof now);
-    (void) kb_doc_set(job, "job", "state", KB_JOB_DONE);
-    (void) kb_doc_set(job, "job", "last_error", NULL);
-    (void) kb_doc_set(job, "job", "next_attempt", NULL);
-    (void) kb_doc_set(job, "job", "finished", now);
-    (void) kb_doc_set(job, "job", "pid", NULL);
+    job_finish(job, KB_JOB_DONE, NULL);
     kb_format_size(res->size_before, b, sizeof b);
     kb_format_size(res->size_after, a, sizeof a);
     printf("backup %s compressed: %s -> %s in %.1fs\n", ref->id, b, a, res->elapsed_ms / 1000.0);
