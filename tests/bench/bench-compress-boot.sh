@@ -4,7 +4,11 @@
 # (the wait_for_boot step), from a compressed backup against the same VM's
 # uncompressed backup. Two full backups of the test VM are taken; one is
 # compressed by kboss-compress at the default settings. BENCH_REPS (3)
-# interleaved rounds, page cache dropped before each run; medians.
+# interleaved rounds, page cache dropped before each run. The goals are
+# judged on the median of the per-round ratios (compressed / uncompressed of
+# the same round): the rounds are interleaved so that each pair ran under
+# the same load, which on a shared machine drifts by a factor of two within
+# minutes; the medians of the times are printed too.
 # BENCH_ALSO_KIB="2048 ..." adds, for comparison only, a backup compressed
 # with backup.compression.cluster.size = each of these, timed in the same
 # rounds (no goal).
@@ -72,13 +76,21 @@ echo "kboss time until the guest agent answers, compressed vs uncompressed backu
 printf '%-34s %12s %12s\n' "" uncompressed compressed
 printf '%-34s %12s %12s\n' "quick restore to agent (s)" "$mqp" "$mqc"
 printf '%-34s %12s %12s\n' "validation wait_for_boot (s)" "$mvp" "$mvc"
+ratios() { # UNCOMPRESSED... -- COMPRESSED...: the per-round ratios
+	local -a a b
+	while [ "$1" != -- ]; do a+=("$1"); shift; done
+	shift
+	b=("$@")
+	for i in "${!a[@]}"; do python3 -c "print(f'{${b[$i]} / ${a[$i]}:.2f}')"; done
+}
+echo "rounds (uncompressed/compressed): quick restore$(for i in "${!qp[@]}"; do printf ' %s/%s' "${qp[$i]}" "${qc[$i]}"; done) s; validation$(for i in "${!vp[@]}"; do printf ' %s/%s' "${vp[$i]}" "${vc[$i]}"; done) s"
 i=0
 for kib in ${BENCH_ALSO_KIB:-}; do
-	echo "(comparison) cluster.size $kib: quick restore$(printf ' %s' ${qa[$i]}) s (median $(median ${qa[$i]})), validation$(printf ' %s' ${va[$i]}) s (median $(median ${va[$i]}))"
+	echo "(comparison, no goal) cluster.size $kib: quick restore$(printf ' %s' ${qa[$i]}) s, ratio median $(median $(ratios "${qp[@]}" -- ${qa[$i]})); validation$(printf ' %s' ${va[$i]}) s, ratio median $(median $(ratios "${vp[@]}" -- ${va[$i]}))"
 	i=$((i + 1))
 done
-awk -v qp="$mqp" -v qc="$mqc" -v vp="$mvp" -v vc="$mvc" 'BEGIN {
-  q = qc / qp; v = vc / vp
-  printf "goal: quick restore time to agent, compressed/uncompressed %.2f (target <= 1.10): %s\n", q, q <= 1.10 ? "met" : "NOT met"
-  printf "goal: validation boot time to agent, compressed/uncompressed %.2f (target <= 1.10): %s\n", v, v <= 1.10 ? "met" : "NOT met"
+rq=$(median $(ratios "${qp[@]}" -- "${qc[@]}")) rv=$(median $(ratios "${vp[@]}" -- "${vc[@]}"))
+awk -v q="$rq" -v v="$rv" -v mq="$(python3 -c "print(f'{$mqc / $mqp:.2f}')")" -v mv="$(python3 -c "print(f'{$mvc / $mvp:.2f}')")" 'BEGIN {
+  printf "goal: quick restore time to agent, compressed/uncompressed, median of the round ratios %.2f (target <= 1.10; ratio of the medians %.2f): %s\n", q, mq, q <= 1.10 ? "met" : "NOT met"
+  printf "goal: validation boot time to agent, compressed/uncompressed, median of the round ratios %.2f (target <= 1.10; ratio of the medians %.2f): %s\n", v, mv, v <= 1.10 ? "met" : "NOT met"
 }'
