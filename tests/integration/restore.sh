@@ -55,7 +55,7 @@ qemu-io -f qcow2 -c "write -P 0x77 0 200M" "$data" >/dev/null
 big=$(kb_backup s --full)
 qemu-io -f qcow2 -c "write -P 0x78 0 1M" "$data" >/dev/null
 snap before-kill
-KBOSS_BINDIR=$KB_BINDIR kb kboss-restore "$big" >/dev/null 2>&1 &
+KBOSS_BINDIR=$KB_BINDIR "$(kb_prog kboss-restore)" "$big" >/dev/null 2>&1 &
 pid=$!
 for i in $(seq 1 100); do ls "$(dirname "$data")"/*.kboss-restore.tmp >/dev/null 2>&1 && break; sleep 0.05; done
 pkill -9 -P $pid qemu-img 2>/dev/null; kill -9 $pid 2>/dev/null; wait $pid 2>/dev/null
