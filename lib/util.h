@@ -59,6 +59,17 @@ int kb_write_all(int fd, const void *buf, size_t len);
  * catalog has its own generation files (catalog.h). */
 int kb_write_file_atomic(const char *path, const void *buf, size_t len, unsigned mode);
 
+/* Give the file open as FD the owner and mode of the regular file FROM
+ * (not followed if a symlink): a file written beside a backup's file takes
+ * its place for qemu, which reads backups as its own user. EPERM on chown
+ * (not root) is ignored. */
+int kb_copy_owner(const char *from, int fd);
+/* rename(TMP, DST) that tolerates a lost NFS reply: when TMP is gone and
+ * DST is now the file TMP was (same inode), it happened. */
+int kb_rename_over(const char *tmp, const char *dst);
+/* fsync the folder that holds PATH (a rename in it becomes durable). */
+int kb_fsync_parent(const char *path);
+
 /* This host's name as kboss uses it in slot and lock files; "" when it
  * cannot be found (never a made-up fallback). KBOSS_HOSTNAME overrides
  * (tests pose as several hosts). */

@@ -1,8 +1,10 @@
 /* kbossctl prune: apply a VM's retention policy (its offering's keep_*
  * fields, the VM's settings over them, a schedule's own keep values for
  * that schedule's backups) to its backups: what no rule keeps goes, unless
- * a kept backup depends on it, it is in use by a quick restore, still
- * Running, or its lock is held by another operation. */
+ * it is in use by a quick restore, still Running, or its lock is held by
+ * another operation; what a kept backup depends on is merged forward into
+ * it (merge.c) and then goes too. This file decides and removes; the
+ * policy itself is lib/retention.c. */
 #include <config.h>
 
 #include <errno.h>
@@ -32,10 +34,14 @@ static void prune_usage(FILE *f)
           "backupRetentionKeepLast... override them) to its backups, or to VM's only.\n"
           "The backups a schedule took (kbossctl schedule --name N --keep-...) are\n"
           "ranked among themselves by that schedule's own keep values, when it has\n"
-          "any. A backup that a kept backup depends on is kept (\"dependency\"),\n"
-          "as is one in use by a quick restore, one still being taken and one whose\n"
-          "lock another operation holds. A VM with no policy (no keep_* field in its\n"
-          "offering, settings or schedules) is left alone.\n"
+          "any. Backups that no rule keeps but a kept backup depends on are merged\n"
+          "forward into the oldest kept backup of their chain (it becomes a full\n"
+          "holding the same guest bytes, compressed as it was) and then removed. A\n"
+          "backup in use by a quick restore, one still being taken and one whose lock\n"
+          "another operation holds (or a job runs on) is kept, with what it depends\n"
+          "on. A VM with no policy (no keep_* field in its offering, settings or\n"
+          "schedules) is left alone. A merge a killed prune left pending is finished\n"
+          "first.\n"
           "\n"
           "  --dry-run       say what would be removed, remove nothing\n"
           "  --json          print the decision for every backup as JSON\n"
@@ -227,9 +233,92 @@ static const char *id_of(const struct vm_plan *p, size_t k)
   return "?";
 }
 
+/* The merge forward planned for chain C: the oldest backup kept for its
+ * own sake (a rule, not only as a dependency) whose older backups are all
+ * kept only because it depends on them. Returns its position in the chain
+ * (MERGE[i] set for those older backups), or -1; *RET_WHY says why there
+ * are dependencies but no merge. */
+static ssize_t plan_merge(const struct vm_plan *p, size_t c, bool *merge, const char **ret_why)
+{
+  const struct kb_chain_view *cv = &p->cvs[c];
+  size_t base = item_index(p, c, 0);
+
+  *ret_why = NULL;
+  for (size_t i = 0; i < cv->n; i++) {
+    const struct kb_retention_item *it = &p->items[base + i];
+    ssize_t j;
+
+    if (!(it->keep & ~KB_KEEP_DEPENDENCY))
+      continue;
+    if (it->parent < 0)
+      return -1;          /* a full: nothing depends on older backups */
+    if (it->keep & (KB_KEEP_IN_USE | KB_KEEP_NOT_READY)) {
+      *ret_why = "the backup depending on it is in use or not Ready";
+      return -1;
+    }
+    j = it->parent;
+    for (size_t steps = 0; j >= 0 && steps < cv->n; steps++) {
+      const struct kb_retention_item *a = &p->items[j];
+      const char *why = a->keep != KB_KEEP_DEPENDENCY ? "an older backup is kept for another reason"
+                        : !a->ready ? "an older backup is not Ready (Invalid)"
+                        : (size_t) j < base || (size_t) j >= base + cv->n ? "its parent is in another chain"
+                        : NULL;
+      if (why) {
+        memset(merge, 0, cv->n * sizeof *merge);
+        *ret_why = why;
+        return -1;
+      }
+      merge[(size_t) j - base] = true;
+      j = a->parent;
+    }
+    return (ssize_t) i;
+  }
+  return -1;
+}
+
+/* A compression, validation or hash job runs on backup ID. */
+static bool job_running(const struct kb_catalog *cat, const char *id)
+{
+  static const char *const types[] = { KB_JOB_COMPRESSION, KB_JOB_VALIDATION, KB_JOB_HASH };
+
+  for (size_t t = 0; t < KB_ARRAY_SIZE(types); t++) {
+    CLEANUP_FREE char *jid = kb_printf("%s-%s", types[t], id);
+    if (!jid || kb_catalog_lock_probe(cat, KB_LOCK_JOB, jid, NULL) != 0)
+      return true;
+  }
+  return false;
+}
+
+/* Take backup ID's lock for prune (once, not waiting), unless a job runs
+ * on it. */
+static int lock_backup(const struct kb_catalog *cat, const char *id, struct kb_lock **ret)
+{
+  if (job_running(cat, id))
+    return -EBUSY;
+  return kb_catalog_lock(cat, KB_LOCK_BACKUP, id, "prune", 0, ret);
+}
+
+static void checkpoint_point(void)
+{
+  ctl_prune_point("checkpoint-xml");
+}
+
+static int strv_push(char ***v, size_t *n, const char *s)
+{
+  char **nv = realloc(*v, (*n + 2) * sizeof **v);
+
+  if (!nv)
+    return -ENOMEM;
+  *v = nv;
+  if (!(nv[*n] = strdup(s)))
+    return -ENOMEM;
+  nv[++*n] = NULL;
+  return 0;
+}
+
 /* Prune one VM. Returns 0, or 1 when something could not be removed. */
 static int prune_vm(const struct kb_config *cfg, const struct kb_catalog *cat, const char *uuid, bool dry,
-                    json_object *jout, unsigned *ret_removed)
+                    json_object *jout, unsigned *ret_removed, unsigned *ret_merged)
 {
   struct kb_doc *rec = NULL;
   const char *name;
@@ -238,8 +327,10 @@ static int prune_vm(const struct kb_config *cfg, const struct kb_catalog *cat, c
   struct kb_lock *vmlock = NULL;
   struct vm_plan p;
   char why[160], sfx[64];
+  char **gone = NULL;
+  size_t ngone = 0;
   int r, rc = 0;
-  unsigned removed = 0;
+  unsigned removed = 0, merged = 0;
 
   if (kb_vm_load(cat, uuid, &rec) < 0)
     return 0;
@@ -262,6 +353,14 @@ static int prune_vm(const struct kb_config *cfg, const struct kb_catalog *cat, c
     kb_doc_free(rec);
     return 1;
   }
+  /* First what a killed prune left: pending merges are finished, temporary
+   * files of merges never recorded removed. */
+  if (!dry) {
+    unsigned fin = 0;
+    rc |= ctl_merge_recover(cat, uuid, &fin);
+    if (fin && !jout)
+      kb_print_escaped("VM %s: finished %u merge(s) a previous prune left pending\n", name ? name : uuid, fin);
+  }
   r = plan_load(cat, uuid, &pol, &p);
   if (r < 0) {
     kb_err("prune: VM %s: cannot read its backups: %s", name ? name : uuid, strerror(-r));
@@ -272,21 +371,51 @@ static int prune_vm(const struct kb_config *cfg, const struct kb_catalog *cat, c
   }
   for (size_t c = 0; c < p.nchains; c++) {
     struct kb_chain_view *cv = &p.cvs[c];
-    bool *del = calloc(cv->n + 1, sizeof *del);
+    bool *del = calloc(cv->n + 1, sizeof *del), *merge = calloc(cv->n + 1, sizeof *merge);
     struct kb_lock **locks = calloc(cv->n + 1, sizeof *locks);
-    size_t ndel = 0;
+    const char **mids = calloc(cv->n + 1, sizeof *mids);
+    const char *nomerge = NULL;
+    ssize_t t;
+    size_t ndel = 0, nm = 0;
 
-    if (!del || !locks) {
+    if (!del || !locks || !merge || !mids) {
       free(del);
+      free(merge);
       free(locks);
+      free(mids);
       rc = 1;
       break;
     }
+    t = plan_merge(&p, c, merge, &nomerge);
+    for (size_t i = 0; i < cv->n; i++)
+      if (merge[i])
+        mids[nm++] = cv->ids[i];
+    if (t >= 0 && !dry) {
+      /* The target and every backup merged into it, locked, no job on them. */
+      bool ok = lock_backup(cat, cv->ids[t], &locks[t]) == 0;
+      for (size_t i = 0; ok && i < cv->n; i++)
+        if (merge[i] && lock_backup(cat, cv->ids[i], &locks[i]) < 0)
+          ok = false;
+      if (!ok) {
+        for (size_t i = 0; i < cv->n; i++)
+          if (merge[i] || (ssize_t) i == t) {
+            kb_lock_release(locks[i]);
+            locks[i] = NULL;
+            if (merge[i])
+              p.items[item_index(&p, c, i)].keep |= KB_KEEP_IN_USE;
+          }
+        memset(merge, 0, cv->n * sizeof *merge);
+        t = -1;
+        nm = 0;
+        nomerge = "a backup of it is locked by another operation or a job runs on it";
+      }
+    }
+    mids[nm] = NULL;
     for (size_t i = 0; i < cv->n; i++) {
       struct kb_retention_item *it = &p.items[item_index(&p, c, i)];
-      const char *verdict = it->keep ? "keep" : "remove";
+      const char *verdict = merge[i] ? "merge" : it->keep ? "keep" : "remove";
       if (!it->keep && !dry) {
-        r = kb_catalog_lock(cat, KB_LOCK_BACKUP, cv->ids[i], "prune", 0, &locks[i]);
+        r = lock_backup(cat, cv->ids[i], &locks[i]);
         if (r < 0) {
           it->keep |= KB_KEEP_IN_USE;
           verdict = "keep";
@@ -305,18 +434,46 @@ static int prune_vm(const struct kb_config *cfg, const struct kb_catalog *cat, c
         json_object_object_add(x, "chain", kb_json_str(p.chains[c]));
         json_object_object_add(x, "backup", kb_json_str(cv->ids[i]));
         json_object_object_add(x, "action", kb_json_str(verdict));
-        json_object_object_add(x, "reasons", kb_json_str(it->keep ? why : NULL));
+        json_object_object_add(x, "reasons", kb_json_str(it->keep && !merge[i] ? why : NULL));
         json_object_object_add(x, "schedule", kb_json_str(doc_schedule(cv->docs[i])));
         json_object_object_add(x, "policy", kb_json_str(it->policy ? "schedule" : "vm"));
         json_object_object_add(x, "needed_by",
                                kb_json_str(it->needed_by >= 0 ? id_of(&p, (size_t) it->needed_by) : NULL));
+        json_object_object_add(x, "merge_into", kb_json_str(merge[i] ? cv->ids[t] : NULL));
+        json_object_object_add(x, "merge_target", json_object_new_boolean((ssize_t) i == t));
         json_object_array_add(jout, x);
-      } else if (it->needed_by >= 0 && !(it->keep & ~KB_KEEP_DEPENDENCY))
-        kb_print_escaped("VM %s: keep   %s (%s: %s depends on it; merging forward is not done, so it stays)%s\n",
-                         name ? name : uuid, cv->ids[i], why, id_of(&p, (size_t) it->needed_by), sfx);
+      } else if (merge[i])
+        kb_print_escaped("VM %s: %s %s into %s (no rule keeps it; %s depends on it)%s\n", name ? name : uuid,
+                         dry ? "would merge" : "merge ", cv->ids[i], cv->ids[t], cv->ids[t], sfx);
+      else if ((ssize_t) i == t)
+        kb_print_escaped("VM %s: keep   %s (%s), the merge target: it %s a full%s\n", name ? name : uuid,
+                         cv->ids[i], why, dry ? "would become" : "becomes", sfx);
+      else if (it->needed_by >= 0 && !(it->keep & ~KB_KEEP_DEPENDENCY))
+        kb_print_escaped("VM %s: keep   %s (%s: %s depends on it; not merged: %s)%s\n", name ? name : uuid,
+                         cv->ids[i], why, id_of(&p, (size_t) it->needed_by),
+                         nomerge ? nomerge : "a newer kept backup is not the oldest of its chain", sfx);
       else
         kb_print_escaped("VM %s: %s %s (%s)%s\n", name ? name : uuid, it->keep ? "keep  " : dry ? "would remove" : "remove",
                          cv->ids[i], it->keep ? why : "no rule keeps it", sfx);
+    }
+    if (t >= 0 && !dry) {
+      CLEANUP_FREE char *err = NULL;
+      r = ctl_merge_forward(cat, uuid, p.chains[c], cv->ids[t], mids, &err);
+      if (r < 0) {
+        kb_err("prune: VM %s: cannot merge %zu backup(s) into %s: %s", name ? name : uuid, nm, cv->ids[t],
+               err ? err : strerror(-r));
+        rc = 1;
+      } else {
+        merged++;
+        for (size_t i = 0; i < cv->n; i++)
+          if (merge[i]) {
+            del[i] = true;
+            ndel++;
+          }
+        if (!jout)
+          kb_print_escaped("VM %s: merged %zu backup(s) into %s: it is a full now\n", name ? name : uuid, nm,
+                           cv->ids[t]);
+      }
     }
     /* Newest first, so a failure never leaves a backup without its parent. */
     for (size_t i = cv->n; ndel && i-- > 0;) {
@@ -331,29 +488,46 @@ static int prune_vm(const struct kb_config *cfg, const struct kb_catalog *cat, c
           del[j] = false;
         break;
       }
-      removed++;
+      if (strv_push(&gone, &ngone, cv->ids[i]) < 0)
+        rc = 1;
+      if (removed++ == 0)
+        ctl_prune_point("removed-one");
     }
     if (ndel) {
       struct kb_forget_result res;
       bool any = false;
+      ctl_prune_point("removed");
       for (size_t i = 0; i < cv->n; i++)
         any |= del[i];
       if (any && kb_chain_forget(cat, uuid, p.chains[c], cv, del, &res) < 0) {
         kb_err("prune: VM %s: cannot update its records: %m", name ? name : uuid);
         rc = 1;
       }
+      ctl_prune_point("forgotten");
     }
     for (size_t i = 0; i < cv->n; i++)
       kb_lock_release(locks[i]);
     free(locks);
     free(del);
+    free(merge);
+    free(mids);
   }
-  if (!dry && removed) {
-    CLEANUP_FREE char *msg = kb_printf("VM %s: pruned %u backup(s)", name ? name : uuid, removed);
+  if (!dry) {
+    /* Saved checkpoint XML of removed backups (and any a killed prune or an
+     * older version left); never the VM's last checkpoint. */
+    r = kb_vm_forget_checkpoints(cat, uuid, (const char *const *) gone, checkpoint_point);
+    if (r < 0)
+      kb_warn("prune: VM %s: cannot remove saved checkpoint XML: %s", name ? name : uuid, strerror(-r));
+  }
+  if (!dry && (removed || merged)) {
+    CLEANUP_FREE char *msg = kb_printf("VM %s: pruned %u backup(s), merged forward into %u", name ? name : uuid,
+                                       removed, merged);
     struct kb_event ev = { KB_EV_PRUNE, uuid, name, NULL, NULL, msg };
     kb_event(&ev);
   }
   *ret_removed += removed;
+  *ret_merged += merged;
+  kb_strv_free(gone);
   plan_clear(&p);
   kb_lock_release(vmlock);
   kb_doc_free(rec);
@@ -374,7 +548,7 @@ int ctl_prune(int argc, char **argv)
   struct kb_catalog *cat;
   char **uuids = NULL;
   json_object *jout = NULL;
-  unsigned removed = 0;
+  unsigned removed = 0, merged = 0;
   int c, r, rc = 0;
 
   while ((c = getopt_long(argc, argv, "h", longopts, NULL)) != -1) {
@@ -418,12 +592,12 @@ int ctl_prune(int argc, char **argv)
   if (json)
     jout = json_object_new_array();
   for (size_t i = 0; uuids[i]; i++)
-    rc |= prune_vm(cfg, cat, uuids[i], dry, jout, &removed);
+    rc |= prune_vm(cfg, cat, uuids[i], dry, jout, &removed, &merged);
   if (jout) {
     kb_json_print(jout);
     jout = NULL;
   } else if (!dry)
-    printf("%u backup(s) removed\n", removed);
+    printf("%u backup(s) removed, %u merge(s) forward\n", removed, merged);
   if (!dry && (r = kb_metrics_write(cfg, cat)) < 0)
     kb_warn("cannot write metrics.path: %s", strerror(-r));
 out:
