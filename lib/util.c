@@ -5,10 +5,12 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <limits.h>
+#include <signal.h>
 #include <stdarg.h>
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <sys/prctl.h>
 #include <sys/random.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
@@ -494,11 +496,12 @@ int kb_run(const char *const argv[], char **ret_output)
   int pipefd[2] = { -1, -1 };
   char *out = NULL;
   size_t len = 0, cap = 0;
-  pid_t pid;
+  pid_t pid, parent;
   int status;
 
   if (ret_output && pipe2(pipefd, O_CLOEXEC) < 0)
     return -errno;
+  parent = getpid();
   pid = fork();
   if (pid < 0) {
     int e = errno;
@@ -511,7 +514,10 @@ int kb_run(const char *const argv[], char **ret_output)
   if (pid == 0) {
     int fd = ret_output ? pipefd[1] : open("/dev/null", O_WRONLY);
     int nul = open("/dev/null", O_RDONLY);
-    if (fd < 0 || nul < 0)
+    /* Killed with -9, the caller takes the program with it: no orphan
+     * qemu-img keeps writing a temporary file. */
+    (void) prctl(PR_SET_PDEATHSIG, SIGKILL);
+    if (fd < 0 || nul < 0 || getppid() != parent)
       _exit(127);
     dup2(nul, 0);
     dup2(fd, 1);

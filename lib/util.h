@@ -110,7 +110,8 @@ void kb_catch_signals(volatile sig_atomic_t *flag);
 
 /* Run a program (no shell) and wait for it. Returns its exit status (0-255),
  * 128+signal, or negative errno. Its stdout+stderr go to *RET_OUTPUT when
- * given (NUL-terminated), else to /dev/null. */
+ * given (NUL-terminated), else to /dev/null. The program gets SIGKILL when
+ * the caller dies (kill -9 leaves no orphan working on its behalf). */
 int kb_run(const char *const argv[], char **ret_output);
 
 #endif
