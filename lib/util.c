@@ -351,9 +351,17 @@ const char *kb_run_dir(void)
   return env && env[0] == '/' ? env : "/run/kboss";
 }
 
+int64_t kb_clock_skew(void)
+{
+  const char *env = getenv("KBOSS_TEST_CLOCK_SKEW");
+  long long skew;
+
+  return env && kb_parse_ll(env, &skew) == 0 ? (int64_t) skew : 0;
+}
+
 int64_t kb_now(void)
 {
-  return (int64_t) time(NULL);
+  return (int64_t) time(NULL) + kb_clock_skew();
 }
 
 int64_t kb_mono_ms(void)

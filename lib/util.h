@@ -83,8 +83,13 @@ int kb_host_identity_check(void);
 /* Host-local runtime state: /run/kboss (KBOSS_RUN_DIR overrides, tests). */
 const char *kb_run_dir(void);
 
-/* Wall clock in seconds / monotonic clock in milliseconds. */
+/* Wall clock in seconds / monotonic clock in milliseconds. kb_now() is
+ * what every program stamps records, backup ids and events with; the test
+ * variable KBOSS_TEST_CLOCK_SKEW (seconds, may be negative) shifts it, as
+ * a host whose clock is that far off would (lock stamps shift with it).
+ * kb_clock_skew() is that shift, 0 without the variable. */
 int64_t kb_now(void);
+int64_t kb_clock_skew(void);
 int64_t kb_mono_ms(void);
 
 /* ISO 8601 UTC timestamp "2026-11-26T10:01:39Z" into BUF (at least 21 bytes). */

@@ -44,6 +44,9 @@ int ctl_finish_chain(int argc, char **argv);
 int ctl_delete(int argc, char **argv);
 int ctl_extract(int argc, char **argv);
 int ctl_schedule(int argc, char **argv);
+/* The calendars (OnCalendar=) of VM's schedules (its unnamed one and its
+ * named ones) in UNITDIR, NULL-terminated (kb_strv_free). */
+int ctl_schedule_calendars(const char *unitdir, const char *vm, char ***ret);
 int ctl_status(int argc, char **argv);
 int ctl_prune(int argc, char **argv);
 

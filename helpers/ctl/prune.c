@@ -1,9 +1,10 @@
 /* kbossctl prune: apply a VM's retention policy (its offering's keep_*
- * fields) to its backups: what no rule keeps goes, unless it is in use by
- * a quick restore, still Running, or its lock is held by another
- * operation; what a kept backup depends on is merged forward into it
- * (merge.c) and then goes too. This file decides and removes; the policy
- * itself is lib/retention.c. */
+ * fields, the VM's settings over them, a schedule's own keep values for
+ * that schedule's backups) to its backups: what no rule keeps goes, unless
+ * it is in use by a quick restore, still Running, or its lock is held by
+ * another operation; what a kept backup depends on is merged forward into
+ * it (merge.c) and then goes too. This file decides and removes; the
+ * policy itself is lib/retention.c. */
 #include <config.h>
 
 #include <errno.h>
@@ -31,13 +32,16 @@ static void prune_usage(FILE *f)
           "Apply the retention policy of each VM's offering (keep_last, keep_hourly,\n"
           "keep_daily, keep_weekly, keep_monthly, keep_yearly; the VM settings\n"
           "backupRetentionKeepLast... override them) to its backups, or to VM's only.\n"
-          "Backups that no rule keeps but a kept backup depends on are merged forward\n"
-          "into the oldest kept backup of their chain (it becomes a full holding the\n"
-          "same guest bytes, compressed as it was) and then removed. A backup in use\n"
-          "by a quick restore, one still being taken and one whose lock another\n"
-          "operation holds (or a job runs on) is kept, with what it depends on. A VM\n"
-          "whose offering sets no keep_* field is left alone. A merge a killed prune\n"
-          "left pending is finished first.\n"
+          "The backups a schedule took (kbossctl schedule --name N --keep-...) are\n"
+          "ranked among themselves by that schedule's own keep values, when it has\n"
+          "any. Backups that no rule keeps but a kept backup depends on are merged\n"
+          "forward into the oldest kept backup of their chain (it becomes a full\n"
+          "holding the same guest bytes, compressed as it was) and then removed. A\n"
+          "backup in use by a quick restore, one still being taken and one whose lock\n"
+          "another operation holds (or a job runs on) is kept, with what it depends\n"
+          "on. A VM with no policy (no keep_* field in its offering, settings or\n"
+          "schedules) is left alone. A merge a killed prune left pending is finished\n"
+          "first.\n"
           "\n"
           "  --dry-run       say what would be removed, remove nothing\n"
           "  --json          print the decision for every backup as JSON\n"
@@ -50,6 +54,10 @@ struct vm_plan {
   size_t nchains;
   struct kb_retention_item *items;
   size_t n;
+  /* pols[0]: the VM's policy; pols[k > 0]: schedule sched[k]'s own */
+  struct kb_retention *pols;
+  const char **sched;
+  size_t npol;
 };
 
 static void plan_clear(struct vm_plan *p)
@@ -59,6 +67,8 @@ static void plan_clear(struct vm_plan *p)
   free(p->cvs);
   kb_strv_free(p->chains);
   free(p->items);
+  free(p->pols);
+  free(p->sched);
   memset(p, 0, sizeof *p);
 }
 
@@ -69,6 +79,99 @@ static size_t item_index(const struct vm_plan *p, size_t c, size_t i)
   for (size_t x = 0; x < c; x++)
     k += p->cvs[x].n;
   return k + i;
+}
+
+/* The VM's policy: its offering's keep_* fields, each overridden by the
+ * VM's setting (backupRetentionKeep...). */
+static void vm_policy(const struct kb_config *cfg, const char *name, const struct kb_offering *off,
+                      struct kb_retention *pol)
+{
+  static const char *const vm_keys[6] = { "backupRetentionKeepLast", "backupRetentionKeepHourly",
+                                          "backupRetentionKeepDaily", "backupRetentionKeepWeekly",
+                                          "backupRetentionKeepMonthly", "backupRetentionKeepYearly" };
+  unsigned *dst[6];
+
+  memset(pol, 0, sizeof *pol);
+  kb_retention_fields(pol, dst);
+  for (size_t i = 0; i < 6; i++) {
+    struct kb_value v;
+    long long x;
+    *dst[i] = off ? (unsigned) off->keep[i] : 0;
+    if (name && kb_config_lookup(cfg, name, vm_keys[i], &v) == 0 && v.file && kb_parse_ll(v.value, &x) == 0 &&
+        x >= 0)
+      *dst[i] = (unsigned) x;
+  }
+}
+
+static const char *doc_schedule(const struct kb_doc *d)
+{
+  const char *s = d ? kb_doc_get(d, "backup", "schedule") : NULL;
+  return s && kb_schedule_name_ok(s) ? s : NULL;
+}
+
+/* Which policy ranks each backup: a schedule's own keep values (those its
+ * newest backup recorded, kboss-backup --keep-*) for that schedule's
+ * backups when it has any, else the VM's (pols[0]). */
+static int plan_policies(struct vm_plan *p, const struct kb_retention *vm_pol)
+{
+  const struct kb_doc **newest = calloc(p->n + 1, sizeof *newest);
+  int64_t *newest_t = calloc(p->n + 1, sizeof *newest_t);
+  size_t nsched = 0, k = 0;
+
+  p->pols = calloc(p->n + 1, sizeof *p->pols);
+  p->sched = calloc(p->n + 1, sizeof *p->sched);
+  if (!newest || !newest_t || !p->pols || !p->sched) {
+    free(newest);
+    free(newest_t);
+    return -ENOMEM;
+  }
+  p->pols[0] = *vm_pol;
+  p->npol = 1;
+  /* each schedule's newest record (sched[1..nsched]) */
+  for (size_t c = 0; c < p->nchains; c++)
+    for (size_t i = 0; i < p->cvs[c].n; i++, k++) {
+      const char *s = doc_schedule(p->cvs[c].docs[i]);
+      size_t g = 1;
+      if (!s)
+        continue;
+      while (g <= nsched && !KB_STREQ(p->sched[g], s))
+        g++;
+      if (g > nsched) {
+        p->sched[++nsched] = s;
+        newest_t[g] = INT64_MIN;
+      }
+      if (p->items[k].time >= newest_t[g]) {
+        newest_t[g] = p->items[k].time;
+        newest[g] = p->cvs[c].docs[i];
+      }
+    }
+  /* those with keep values of their own become policies */
+  for (size_t g = 1; g <= nsched; g++) {
+    struct kb_retention pol = { 0 };
+    unsigned *dst[6];
+    kb_retention_fields(&pol, dst);
+    for (size_t i = 0; i < 6; i++) {
+      CLEANUP_FREE char *key = kb_printf("schedule_keep_%s", kb_retention_field_names[i]);
+      long long x = key ? kb_doc_get_ll(newest[g], "backup", key, 0) : 0;
+      *dst[i] = x > 0 && x <= 100000 ? (unsigned) x : 0;
+    }
+    if (kb_retention_empty(&pol))
+      continue;
+    p->sched[p->npol] = p->sched[g];
+    p->pols[p->npol++] = pol;
+  }
+  k = 0;
+  for (size_t c = 0; c < p->nchains; c++)
+    for (size_t i = 0; i < p->cvs[c].n; i++, k++) {
+      const char *s = doc_schedule(p->cvs[c].docs[i]);
+      p->items[k].policy = 0;
+      for (size_t g = 1; s && g < p->npol; g++)
+        if (KB_STREQ(p->sched[g], s))
+          p->items[k].policy = g;
+    }
+  free(newest);
+  free(newest_t);
+  return 0;
 }
 
 static int plan_load(const struct kb_catalog *cat, const char *uuid, const struct kb_retention *pol,
@@ -113,7 +216,10 @@ static int plan_load(const struct kb_catalog *cat, const char *uuid, const struc
         it->eligible = false;   /* a parent we cannot see: leave it */
     }
   }
-  kb_retention_apply(pol, p->items, p->n);
+  r = plan_policies(p, pol);
+  if (r < 0)
+    return r;
+  kb_retention_apply_set(p->pols, p->npol, p->items, p->n);
   return 0;
 }
 
@@ -217,10 +323,10 @@ static int prune_vm(const struct kb_config *cfg, const struct kb_catalog *cat, c
   struct kb_doc *rec = NULL;
   const char *name;
   const struct kb_offering *off;
-  struct kb_retention pol = { 0 };
+  struct kb_retention pol;
   struct kb_lock *vmlock = NULL;
   struct vm_plan p;
-  char why[160];
+  char why[160], sfx[64];
   char **gone = NULL;
   size_t ngone = 0;
   int r, rc = 0;
@@ -230,29 +336,18 @@ static int prune_vm(const struct kb_config *cfg, const struct kb_catalog *cat, c
     return 0;
   name = kb_doc_get(rec, "vm", "name");
   off = name ? kb_config_vm_offering_def(cfg, name) : NULL;
-  {
-    /* The offering's fields, each overridden by the VM's setting. */
-    static const char *const vm_keys[6] = { "backupRetentionKeepLast", "backupRetentionKeepHourly",
-                                            "backupRetentionKeepDaily", "backupRetentionKeepWeekly",
-                                            "backupRetentionKeepMonthly", "backupRetentionKeepYearly" };
-    unsigned *dst[6] = { &pol.keep_last, &pol.keep_hourly, &pol.keep_daily,
-                         &pol.keep_weekly, &pol.keep_monthly, &pol.keep_yearly };
-    for (size_t i = 0; i < 6; i++) {
-      struct kb_value v;
-      long long x;
-      *dst[i] = off ? (unsigned) off->keep[i] : 0;
-      if (name && kb_config_lookup(cfg, name, vm_keys[i], &v) == 0 && v.file && kb_parse_ll(v.value, &x) == 0 &&
-          x >= 0)
-        *dst[i] = (unsigned) x;
-    }
-  }
+  vm_policy(cfg, name, off, &pol);
   if (kb_retention_empty(&pol)) {
-    if (!jout)
-      kb_print_escaped("VM %s: no retention policy (neither offering %s nor the VM sets a keep_* field)\n",
-                       name ? name : uuid,
-                       off ? off->name : "none");
-    kb_doc_free(rec);
-    return 0;
+    /* still a policy when one of its schedules has keep values */
+    bool sched = plan_load(cat, uuid, &pol, &p) == 0 && p.npol > 1;
+    plan_clear(&p);
+    if (!sched) {
+      if (!jout)
+        kb_print_escaped("VM %s: no retention policy (neither offering %s, the VM nor a schedule sets a keep_* "
+                         "field)\n", name ? name : uuid, off ? off->name : "none");
+      kb_doc_free(rec);
+      return 0;
+    }
   }
   if (!dry && ctl_lock_vm(cat, uuid, name ? name : uuid, "prune", &vmlock) < 0) {
     kb_doc_free(rec);
@@ -330,6 +425,8 @@ static int prune_vm(const struct kb_config *cfg, const struct kb_catalog *cat, c
         }
       }
       kb_retention_reasons(it->keep, why, sizeof why);
+      snprintf(sfx, sizeof sfx, "%s%s%s", it->policy ? " [schedule " : "", it->policy ? p.sched[it->policy] : "",
+               it->policy ? "]" : "");
       if (jout) {
         json_object *x = json_object_new_object();
         json_object_object_add(x, "vm", kb_json_str(uuid));
@@ -338,24 +435,26 @@ static int prune_vm(const struct kb_config *cfg, const struct kb_catalog *cat, c
         json_object_object_add(x, "backup", kb_json_str(cv->ids[i]));
         json_object_object_add(x, "action", kb_json_str(verdict));
         json_object_object_add(x, "reasons", kb_json_str(it->keep && !merge[i] ? why : NULL));
+        json_object_object_add(x, "schedule", kb_json_str(doc_schedule(cv->docs[i])));
+        json_object_object_add(x, "policy", kb_json_str(it->policy ? "schedule" : "vm"));
         json_object_object_add(x, "needed_by",
                                kb_json_str(it->needed_by >= 0 ? id_of(&p, (size_t) it->needed_by) : NULL));
         json_object_object_add(x, "merge_into", kb_json_str(merge[i] ? cv->ids[t] : NULL));
         json_object_object_add(x, "merge_target", json_object_new_boolean((ssize_t) i == t));
         json_object_array_add(jout, x);
       } else if (merge[i])
-        kb_print_escaped("VM %s: %s %s into %s (no rule keeps it; %s depends on it)\n", name ? name : uuid,
-                         dry ? "would merge" : "merge ", cv->ids[i], cv->ids[t], cv->ids[t]);
+        kb_print_escaped("VM %s: %s %s into %s (no rule keeps it; %s depends on it)%s\n", name ? name : uuid,
+                         dry ? "would merge" : "merge ", cv->ids[i], cv->ids[t], cv->ids[t], sfx);
       else if ((ssize_t) i == t)
-        kb_print_escaped("VM %s: keep   %s (%s), the merge target: it %s a full\n", name ? name : uuid,
-                         cv->ids[i], why, dry ? "would become" : "becomes");
+        kb_print_escaped("VM %s: keep   %s (%s), the merge target: it %s a full%s\n", name ? name : uuid,
+                         cv->ids[i], why, dry ? "would become" : "becomes", sfx);
       else if (it->needed_by >= 0 && !(it->keep & ~KB_KEEP_DEPENDENCY))
-        kb_print_escaped("VM %s: keep   %s (%s: %s depends on it; not merged: %s)\n", name ? name : uuid,
+        kb_print_escaped("VM %s: keep   %s (%s: %s depends on it; not merged: %s)%s\n", name ? name : uuid,
                          cv->ids[i], why, id_of(&p, (size_t) it->needed_by),
-                         nomerge ? nomerge : "a newer kept backup is not the oldest of its chain");
+                         nomerge ? nomerge : "a newer kept backup is not the oldest of its chain", sfx);
       else
-        kb_print_escaped("VM %s: %s %s (%s)\n", name ? name : uuid, it->keep ? "keep  " : dry ? "would remove" : "remove",
-                         cv->ids[i], it->keep ? why : "no rule keeps it");
+        kb_print_escaped("VM %s: %s %s (%s)%s\n", name ? name : uuid, it->keep ? "keep  " : dry ? "would remove" : "remove",
+                         cv->ids[i], it->keep ? why : "no rule keeps it", sfx);
     }
     if (t >= 0 && !dry) {
       CLEANUP_FREE char *err = NULL;

@@ -4,11 +4,13 @@
 # incremental depends on is merged forward into it; the real prune removes the backups no rule
 # keeps (their files too: the space used drops), merges the one the kept incremental depends on
 # into it (it becomes a full; tests/integration/prune-merge.sh tests the merge in depth), records
-# the prune event, and the kept backup restores byte for byte to its point in time.
+# the prune event, and the kept backup restores byte for byte to its point in time. Backups a
+# schedule took with keep values of its own (kboss-backup --schedule NAME --keep-last N, what
+# the units of kbossctl schedule pass) are ranked among themselves by those.
 . "$(dirname "$0")/../lib/functions.sh"
 . "$(dirname "$0")/../lib/kboss.sh"
 
-plan 19
+plan 23
 start_libvirt || bail_out "libvirtd"
 kb_conf_init 8
 make_test_vm p 256 || bail_out "cannot define the test VM"
@@ -73,3 +75,23 @@ ok grep -q "pruned 3 backup(s), merged forward into 1" <<<"$out" "the prune even
 # ---- every kept backup restores byte for byte ----
 ok kb kboss-restore "$b4" "restore of the merged full $b4 succeeds"
 ok same 4 "restore of $b4 gives backup point 4 byte for byte"
+
+# ---- a schedule's own policy ----
+s=()
+for k in 1 2 3; do
+	qemu-io -f qcow2 -c "write -P 0x5$k $((k * 2))M 1M" "$data" >/dev/null
+	sleep 1.1; s[k]=$(kb_backup p --isolated --schedule often --keep-last 2); snap s$k
+done
+ok [ "$(kb_backup_field "${s[3]}" schedule)/$(kb_backup_field "${s[3]}" schedule_keep_last)" = "often/2" ] \
+	"kboss-backup --schedule often --keep-last 2 records the schedule and its keep_last in the backup"
+out=$(kb kbossctl prune "$dom" 2>&1)
+diag "$out"
+ok grep -q "remove ${s[1]} (no rule keeps it) \[schedule often\]" <<<"$out" \
+	"the oldest of the schedule's three backups goes by the schedule's keep_last = 2"
+ok [ "$(kb_listed_backups | sort | tr '\n' ' ')" = "$(printf '%s\n' "$b4" "${s[2]}" "${s[3]}" | sort | tr '\n' ' ')" ] \
+	"$b4, taken by hand, stays by the offering's keep_last = 1 though newer backups exist: they are the schedule's"
+n=$(kb_listed_backups | wc -l)
+kb kboss-backup --schedule "../x" "$dom" >/dev/null 2>&1; r1=$?
+kb kboss-backup --keep-last 3 "$dom" >/dev/null 2>&1; r2=$?
+ok [ "$r1/$r2/$(kb_listed_backups | wc -l)" = "2/2/$n" ] \
+	"kboss-backup refuses a bad schedule name and --keep-* without --schedule (exit 2), backing nothing up"
