@@ -18,7 +18,7 @@
 
 POINTS="planned temp-created disk-copied synced intent renamed-first renamed recorded removed-one removed forgotten checkpoint-xml recovery-renamed"
 NPOINTS=13
-plan $((32 + NPOINTS * 10))
+plan $((33 + NPOINTS * 10))
 start_libvirt || bail_out "libvirtd"
 kb_conf_init 16
 CATALOG_TOOL=${top_builddir:-$KBT_TOPDIR/_build}/tests/catalog-tool
@@ -185,6 +185,12 @@ diag "$out"
 ok '[ "$(kb_listed_backups | wc -l)" -eq 4 ] && ! is_full "$b3" 2>/dev/null && grep -q "keep   $b1 (in-use" <<<"$out"' \
 	"with $b1's lock held by another operation, nothing is merged and $b1 stays"
 rm -f "$KB_SECONDARY/kboss/locks/backup-$b1.lock"
+ops_fake_lock "$KB_SECONDARY/kboss/locks/backup-$b4.lock" $holder
+out=$(kb kbossctl prune "$dom" 2>&1)
+diag "$out"
+ok '[ "$(kb_listed_backups | wc -l)" -eq 4 ] && ! is_full "$b3" 2>/dev/null' \
+	"with $b4's lock held (say its validation, which reads $b1 and $b2 too), nothing is merged or removed"
+rm -f "$KB_SECONDARY/kboss/locks/backup-$b4.lock"
 ops_fake_lock "$KB_SECONDARY/kboss/locks/job-compression-$b3.lock" $holder
 out=$(kb kbossctl prune "$dom" 2>&1)
 diag "$out"
