@@ -268,6 +268,34 @@ int kb_rename_over(const char *tmp, const char *dst)
   return -errno;
 }
 
+void kb_remove_prefixed(const char *dir, const char *prefix)
+{
+  size_t pl = strlen(prefix);
+  struct dirent *de;
+  DIR *d;
+  int fd = open(dir, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+
+  if (fd < 0)
+    return;
+  if (!(d = fdopendir(fd))) {
+    close(fd);
+    return;
+  }
+  while ((de = readdir(d)))
+    if (strncmp(de->d_name, prefix, pl) == 0 || (de->d_name[0] == '.' && strncmp(de->d_name + 1, prefix, pl) == 0))
+      (void) unlinkat(fd, de->d_name, 0);
+  closedir(d);
+}
+
+uint64_t kb_file_usage(const char *path)
+{
+  struct stat st;
+
+  if (lstat(path, &st) < 0 || !S_ISREG(st.st_mode))
+    return 0;
+  return (uint64_t) st.st_blocks * 512;
+}
+
 int kb_fsync_parent(const char *path)
 {
   CLEANUP_FREE char *dir = kb_dirname(path);

@@ -68,40 +68,17 @@ static char *merge_temp(const char *path)
   return slash ? kb_printf("%.*s/" MERGE_PREFIX "%s", (int) (slash - path), path, slash + 1) : NULL;
 }
 
-/* Remove our temporary files from a backup's data folder. */
+/* Remove our temporary files from a backup's data folder: ours, and the
+ * compressing writer's temporary names built on ours (".<out>.kbtmp-<hex>"). */
 static void remove_temps(const struct kb_catalog *cat, const struct kb_backup_ref *ref)
 {
   CLEANUP_FREE char *dir = kb_backup_data_dir(cat, ref);
-  struct dirent *de;
-  DIR *d;
-  int fd;
 
-  if (!dir)
-    return;
-  fd = open(dir, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
-  if (fd < 0)
-    return;
-  if (!(d = fdopendir(fd))) {
-    close(fd);
-    return;
-  }
-  /* Ours, and the compressing writer's temporary names built on ours
-   * (".<out>.kbtmp-<hex>"). */
-  while ((de = readdir(d)))
-    if (strncmp(de->d_name, MERGE_PREFIX, strlen(MERGE_PREFIX)) == 0 ||
-        strncmp(de->d_name, "." MERGE_PREFIX, strlen(MERGE_PREFIX) + 1) == 0)
-      (void) unlinkat(fd, de->d_name, 0);
-  closedir(d);
+  if (dir)
+    kb_remove_prefixed(dir, MERGE_PREFIX);
 }
 
-static uint64_t file_usage(const char *path)
-{
-  struct stat st;
-
-  if (lstat(path, &st) < 0 || !S_ISREG(st.st_mode))
-    return 0;
-  return (uint64_t) st.st_blocks * 512;
-}
+#define file_usage kb_file_usage
 
 /* Whether the qcow2 file PATH has no backing file (1), has one (0), or
  * cannot be read (-errno). */
