@@ -483,7 +483,7 @@ int kb_catalog_find_backup(const struct kb_catalog *cat, const char *backup_id,
 
 int kb_catalog_new_id(char *buf, size_t len)
 {
-  time_t t = time(NULL);
+  time_t t = (time_t) kb_now();   /* the same clock as the record's created */
   struct tm tm;
   char hex[7];
   int r;

@@ -9,7 +9,11 @@
 #include <stdlib.h>
 #include <string.h>
 #include <signal.h>
+#include <sys/prctl.h>
+#include <sys/socket.h>
 #include <sys/stat.h>
+#include <sys/un.h>
+#include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -354,13 +358,34 @@ char *kb_chain_qemu_json(const struct kb_chain *c, const char *overlay)
   return s;
 }
 
+/* Has the server started listening on SOCK? */
+static bool nbd_listening(const char *sock)
+{
+  struct sockaddr_un sa = { .sun_family = AF_UNIX };
+  int fd, r;
+
+  if (strlen(sock) >= sizeof sa.sun_path)
+    return false;
+  strcpy(sa.sun_path, sock);
+  fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  if (fd < 0)
+    return false;
+  r = connect(fd, (struct sockaddr *) &sa, sizeof sa);
+  close(fd);
+  return r == 0;
+}
+
+/* qemu-nbd runs as our child, not daemonised (--fork): it gets SIGTERM when
+ * this process dies in any way, kill -9 included, so no server is left
+ * holding the backup's files open. */
 int kb_chain_nbd_start(const struct kb_chain *c, struct kb_chain_nbd *ret, char **ret_error)
 {
   CLEANUP_FREE char *spec = kb_chain_qemu_json(c, NULL);
-  CLEANUP_FREE char *pidfile = NULL, *pidtext = NULL;
+  CLEANUP_FREE char *sockopt = NULL;
   const char *tmp = getenv("TMPDIR");
-  long long pid;
-  int r;
+  const struct timespec step = { 0, 20 * 1000 * 1000 };
+  pid_t parent = getpid(), pid;
+  int r, status;
 
   if (ret_error)
     *ret_error = NULL;
@@ -375,27 +400,43 @@ int kb_chain_nbd_start(const struct kb_chain *c, struct kb_chain_nbd *ret, char 
     return fail(ret_error, r, "cannot make a folder for the NBD socket: %s", strerror(-r));
   }
   ret->sock = kb_printf("%s/sock", ret->dir);
-  pidfile = kb_printf("%s/pid", ret->dir);
-  if (!ret->sock || !pidfile)
+  sockopt = ret->sock ? kb_printf("--socket=%s", ret->sock) : NULL;
+  if (!sockopt)
     goto nomem;
   {
-    /* --fork returns once the socket listens. */
-    CLEANUP_FREE char *sockopt = kb_printf("--socket=%s", ret->sock), *pidopt = kb_printf("--pid-file=%s", pidfile);
-    const char *argv[] = { QEMU_NBD, "--read-only", "--persistent", "--shared=4", "--fork", NULL, NULL, spec, NULL };
+    const char *argv[] = { QEMU_NBD, "--read-only", "--persistent", "--shared=4", sockopt, spec, NULL };
 
-    if (!sockopt || !pidopt)
-      goto nomem;
-    argv[5] = sockopt;
-    argv[6] = pidopt;
-    r = kb_run(argv, NULL);
+    pid = fork();
+    if (pid < 0) {
+      r = -errno;
+      kb_chain_nbd_stop(ret);
+      return fail(ret_error, r, "cannot start qemu-nbd: %s", strerror(-r));
+    }
+    if (pid == 0) {
+      int nul = open("/dev/null", O_RDWR);
+      (void) prctl(PR_SET_PDEATHSIG, SIGTERM);
+      if (getppid() != parent || nul < 0)
+        _exit(127);
+      dup2(nul, 0);
+      dup2(nul, 1);
+      dup2(nul, 2);
+      execv(argv[0], (char *const *) argv);
+      _exit(127);
+    }
   }
-  if (r != 0 || kb_read_file(pidfile, &pidtext, NULL) < 0 || kb_parse_ll(strtok(pidtext, "\n"), &pid) < 0 ||
-      pid <= 1) {
-    kb_chain_nbd_stop(ret);
-    return fail(ret_error, -EIO, "qemu-nbd could not serve the chain of %s", c->files[0]);
+  ret->pid = pid;
+  /* Wait (at most 30 s) until it listens, or has exited. */
+  for (int i = 0; i < 1500; i++) {
+    if (nbd_listening(ret->sock))
+      return 0;
+    if (waitpid(pid, &status, WNOHANG) == pid) {
+      ret->pid = 0;
+      break;
+    }
+    nanosleep(&step, NULL);
   }
-  ret->pid = (pid_t) pid;
-  return 0;
+  kb_chain_nbd_stop(ret);
+  return fail(ret_error, -EIO, "qemu-nbd could not serve the chain of %s", c->files[0]);
 nomem:
   kb_chain_nbd_stop(ret);
   return -ENOMEM;
@@ -404,9 +445,14 @@ nomem:
 void kb_chain_nbd_stop(struct kb_chain_nbd *s)
 {
   if (s->pid > 1 && kill(s->pid, SIGTERM) == 0) {
-    struct timespec ts = { 0, 50 * 1000 * 1000 };
-    for (int i = 0; i < 100 && kill(s->pid, 0) == 0; i++)
-      nanosleep(&ts, NULL);
+    const struct timespec step = { 0, 20 * 1000 * 1000 };
+    int i;
+    for (i = 0; i < 250 && waitpid(s->pid, NULL, WNOHANG) == 0; i++)
+      nanosleep(&step, NULL);
+    if (i == 250) {   /* 5 s: it does not stop */
+      (void) kill(s->pid, SIGKILL);
+      (void) waitpid(s->pid, NULL, 0);
+    }
   }
   if (s->dir)
     (void) kb_rm_rf(s->dir);

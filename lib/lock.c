@@ -158,19 +158,17 @@ static int proc_start_time(long long pid, unsigned long long *ret)
 }
 
 /* Stamp FD's times. NULL times: on NFS the server stamps its own clock.
- * KBOSS_TEST_CLOCK_SKEW (seconds) makes this host stamp its own wall clock
- * shifted by that much instead, as a host with a wrong clock would on a
- * file system without a common clock: the protocol must not care. */
+ * KBOSS_TEST_CLOCK_SKEW (seconds, see kb_now()) makes this host stamp its
+ * own wall clock shifted by that much instead, as a host with a wrong clock
+ * would on a file system without a common clock: the protocol must not care. */
 static int stamp(int fd)
 {
-  const char *env = getenv("KBOSS_TEST_CLOCK_SKEW");
-  long long skew;
   struct timespec ts[2];
 
-  if (!env || kb_parse_ll(env, &skew) < 0)
+  if (!getenv("KBOSS_TEST_CLOCK_SKEW"))
     return futimens(fd, NULL) < 0 ? -errno : 0;
   clock_gettime(CLOCK_REALTIME, &ts[0]);
-  ts[0].tv_sec += skew;
+  ts[0].tv_sec += (time_t) kb_clock_skew();
   ts[1] = ts[0];
   return futimens(fd, ts) < 0 ? -errno : 0;
 }

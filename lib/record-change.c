@@ -316,6 +316,182 @@ out:
   return r;
 }
 
+/* ---- merge forward ---- */
+
+bool kb_backup_merge_pending(const struct kb_doc *backup)
+{
+  const char *m = backup ? kb_doc_get(backup, "backup", "merge") : NULL;
+
+  return m && *m;
+}
+
+static char *disk_sec(const char *disk)
+{
+  return kb_printf("disk:%s", disk);
+}
+
+int kb_backup_merge_intent(struct kb_doc *backup, const char *const *merged, char *const *disks,
+                           char *const *hashes)
+{
+  CLEANUP_FREE char *list = NULL;
+  size_t len = 1, i;
+  int r = 0;
+
+  for (i = 0; merged[i]; i++)
+    len += strlen(merged[i]) + 1;
+  if (!(list = calloc(len, 1)))
+    return -ENOMEM;
+  for (i = 0; merged[i]; i++) {
+    if (i)
+      strcat(list, " ");
+    strcat(list, merged[i]);
+  }
+  if (!*list)
+    return -EINVAL;
+  for (i = 0; disks[i] && r == 0; i++) {
+    CLEANUP_FREE char *sec = disk_sec(disks[i]);
+    if (!sec)
+      return -ENOMEM;
+    r = kb_doc_set(backup, sec, "hash_new", hashes[i]);
+  }
+  if (r == 0)
+    r = kb_doc_set(backup, "backup", "merge", list);
+  return r;
+}
+
+int kb_backup_merge_done(struct kb_doc *backup, char *const *disks, const bool *done,
+                         const long long *sizes, bool all_full)
+{
+  const char *merged = kb_doc_get(backup, "backup", "merge");
+  CLEANUP_FREE char *from = merged ? strdup(merged) : NULL;
+  long long total = 0;
+  char now[32];
+  int r = 0;
+
+  if (merged && !from)
+    return -ENOMEM;
+  for (size_t i = 0; disks[i] && r == 0; i++) {
+    CLEANUP_FREE char *sec = disk_sec(disks[i]);
+    const char *hn;
+    if (!sec)
+      return -ENOMEM;
+    hn = kb_doc_get(backup, sec, "hash_new");
+    if (done[i]) {
+      if (hn)
+        r = kb_doc_set(backup, sec, "hash", hn);
+      if (r == 0) r = kb_doc_set_ll(backup, sec, "size", sizes[i]);
+      if (r == 0) r = kb_doc_set(backup, sec, "mode", "full");
+      if (r == 0) r = kb_doc_set(backup, sec, "backing", NULL);
+      if (r == 0 && from) r = kb_doc_set_text(backup, sec, "reason", "merged forward by kbossctl prune");
+    }
+    if (r == 0)
+      r = kb_doc_set(backup, sec, "hash_new", NULL);
+    total += kb_doc_get_ll(backup, sec, "size", 0);
+  }
+  kb_format_time(kb_now(), now, sizeof now);
+  if (r == 0 && all_full) {
+    r = kb_doc_set(backup, "backup", "type", "full");
+    if (r == 0) r = kb_doc_set(backup, "backup", "parent", NULL);
+    if (r == 0) r = kb_doc_set(backup, "backup", "since_checkpoint", NULL);
+    if (r == 0) r = kb_doc_set(backup, "backup", "full_disks", NULL);
+    if (r == 0 && from) r = kb_doc_set(backup, "backup", "merged_from", from);
+    if (r == 0 && from) r = kb_doc_set(backup, "backup", "merged_at", now);
+  } else if (r == 0 && from) {
+    /* Some disks are full now, the others still need the parent. */
+    r = kb_doc_set(backup, "backup", "full_disks", "true");
+  }
+  if (r == 0) r = kb_doc_set_ll(backup, "backup", "size", total);
+  if (r == 0 && from) r = kb_doc_set(backup, "backup", "hashed", now);
+  if (r == 0) r = kb_doc_set(backup, "backup", "merge", NULL);
+  return r;
+}
+
+/* Every backup id of the VM (any chain), sorted; NULL-terminated. */
+static int vm_backup_ids(const struct kb_catalog *cat, const char *vm_uuid, char ***ret)
+{
+  char **chains = NULL, **all = NULL;
+  size_t n = 0;
+  int r = kb_catalog_list_chains(cat, vm_uuid, &chains);
+
+  if (r < 0)
+    return r;
+  all = calloc(1, sizeof *all);
+  for (size_t c = 0; all && chains[c]; c++) {
+    char **ids = NULL;
+    if (kb_catalog_list_backups(cat, vm_uuid, chains[c], &ids) < 0)
+      continue;
+    for (size_t i = 0; ids[i]; i++) {
+      char **nv = realloc(all, (n + 2) * sizeof *all);
+      if (!nv) {
+        r = -ENOMEM;
+        break;
+      }
+      all = nv;
+      all[n] = ids[i];
+      ids[i] = NULL;
+      all[++n] = NULL;
+    }
+    kb_strv_free(ids);
+  }
+  kb_strv_free(chains);
+  if (!all || r < 0) {
+    kb_strv_free(all);
+    return r < 0 ? r : -ENOMEM;
+  }
+  *ret = all;
+  return 0;
+}
+
+static bool strv_has(char *const *v, const char *s)
+{
+  for (size_t i = 0; v && v[i]; i++)
+    if (KB_STREQ(v[i], s))
+      return true;
+  return false;
+}
+
+int kb_vm_forget_checkpoints(const struct kb_catalog *cat, const char *vm_uuid,
+                             const char *const *removed, void (*after_each)(void))
+{
+  CLEANUP_FREE char *dir = kb_catalog_checkpoints_dir(cat, vm_uuid);
+  struct kb_doc *vm = NULL;
+  char **names = NULL, **ids = NULL;
+  const char *keep;
+  int r, n = 0;
+
+  if (!dir)
+    return -EINVAL;
+  r = kb_vm_load(cat, vm_uuid, &vm);
+  if (r < 0)
+    return r;
+  keep = kb_doc_get(vm, "vm", "last_checkpoint");
+  r = kb_meta_list_files(dir, &names);
+  if (r == -ENOENT)
+    r = 0;
+  if (r >= 0 && names)
+    r = vm_backup_ids(cat, vm_uuid, &ids);
+  for (size_t i = 0; r >= 0 && names && names[i]; i++) {
+    /* "<id>.xml": only names kboss gave its checkpoints. */
+    size_t l = strlen(names[i]);
+    CLEANUP_FREE char *id = l > 4 && KB_STREQ(names[i] + l - 4, ".xml") ? strndup(names[i], l - 4) : NULL;
+    CLEANUP_FREE char *path = NULL;
+    if (!id || !kb_backup_id_ok(id) || (keep && KB_STREQ(id, keep)))
+      continue;
+    if (strv_has(ids, id) && !strv_has((char *const *) removed, id))
+      continue;
+    path = kb_catalog_checkpoint_path(cat, vm_uuid, id);
+    if (path && kb_meta_remove_file(path) == 0) {
+      n++;
+      if (after_each)
+        after_each();
+    }
+  }
+  kb_strv_free(names);
+  kb_strv_free(ids);
+  kb_doc_free(vm);
+  return r < 0 ? r : n;
+}
+
 /* ---- words ---- */
 
 char *kb_msg_backup_find(const char *id, int err)

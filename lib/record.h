@@ -147,6 +147,41 @@ struct kb_forget_result {
 int kb_chain_forget(const struct kb_catalog *cat, const char *vm_uuid, const char *chain,
                     const struct kb_chain_view *cv, const bool *del, struct kb_forget_result *ret);
 
+/* --- Merge forward (kbossctl prune, "synthetic full") ---
+ * A backup whose older backups are due is rewritten as a full holding the
+ * same guest bytes. Its record says so in two steps, each saved by the
+ * caller under the backup's lock:
+ *   [backup] merge = <ids merged into it, oldest first, space-separated>
+ *   [disk:X] hash_new = <hash of the proven merged file for disk X>
+ * is the intent, written before any file is renamed; while it is there a
+ * hash check accepts either hash of a disk (as for a compression swap) and
+ * kboss-compress leaves the backup alone. kb_backup_merge_done() then
+ * records what the files now are. */
+
+/* Whether a merge is recorded and not finished. */
+bool kb_backup_merge_pending(const struct kb_doc *backup);
+/* The intent: MERGED (ids, oldest first), and for each disk DISKS[i] with
+ * HASHES[i] not NULL its new file's hash. */
+int kb_backup_merge_intent(struct kb_doc *backup, const char *const *merged, char *const *disks,
+                           char *const *hashes);
+/* The end: each disk with DONE[i] holds its merged file (SIZES[i] bytes on
+ * the store; mode full, no backing, hash = hash_new); hash_new goes from
+ * every disk. When every disk is now full (ALL_FULL) the backup becomes a
+ * full with no parent: type full, parent and since_checkpoint cleared,
+ * merged_from and merged_at set. size is the sum of the disks' sizes. The
+ * merge field goes. */
+int kb_backup_merge_done(struct kb_doc *backup, char *const *disks, const bool *done,
+                         const long long *sizes, bool all_full);
+
+/* Remove the saved libvirt checkpoint XML (vms/<uuid>/checkpoints/) that no
+ * backup of the VM needs: that of every id in REMOVED, and any left by a
+ * backup no longer in the catalog, but never the VM's last_checkpoint (the
+ * next incremental may need it redefined). Call under the VM lock.
+ * AFTER_EACH (may be NULL) is called after each removal (a test hook).
+ * Returns how many were removed, or -errno. */
+int kb_vm_forget_checkpoints(const struct kb_catalog *cat, const char *vm_uuid,
+                             const char *const *removed, void (*after_each)(void));
+
 /* --- How every program words the common catalog errors (malloc'd) --- */
 
 /* A failed kb_backup_find(): "backup ID: no such backup in the catalog"

@@ -237,6 +237,51 @@ int kb_write_file_atomic(const char *path, const void *buf, size_t len, unsigned
   return 0;
 }
 
+int kb_copy_owner(const char *from, int fd)
+{
+  struct stat st;
+
+  if (lstat(from, &st) < 0)
+    return -errno;
+  if (!S_ISREG(st.st_mode))
+    return -EPERM;
+  if (fchown(fd, st.st_uid, st.st_gid) < 0 && errno != EPERM)
+    return -errno;
+  if (fchmod(fd, st.st_mode & 07777) < 0)
+    return -errno;
+  return 0;
+}
+
+int kb_rename_over(const char *tmp, const char *dst)
+{
+  struct stat before, after;
+
+  if (lstat(tmp, &before) < 0)
+    return -errno;
+  if (rename(tmp, dst) == 0)
+    return 0;
+  if (errno == ENOENT && lstat(tmp, &after) < 0 && lstat(dst, &after) == 0 &&
+      after.st_ino == before.st_ino && after.st_dev == before.st_dev)
+    return 0;
+  return -errno;
+}
+
+int kb_fsync_parent(const char *path)
+{
+  CLEANUP_FREE char *dir = kb_dirname(path);
+  int fd, r = 0;
+
+  if (!dir)
+    return -ENOMEM;
+  fd = open(dir, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+  if (fd < 0)
+    return -errno;
+  if (fsync(fd) < 0 && errno != EINVAL)
+    r = -errno;
+  close(fd);
+  return r;
+}
+
 const char *kb_hostname(void)
 {
   static char name[HOST_NAME_MAX + 1];
@@ -304,9 +349,17 @@ const char *kb_run_dir(void)
   return env && env[0] == '/' ? env : "/run/kboss";
 }
 
+int64_t kb_clock_skew(void)
+{
+  const char *env = getenv("KBOSS_TEST_CLOCK_SKEW");
+  long long skew;
+
+  return env && kb_parse_ll(env, &skew) == 0 ? (int64_t) skew : 0;
+}
+
 int64_t kb_now(void)
 {
-  return (int64_t) time(NULL);
+  return (int64_t) time(NULL) + kb_clock_skew();
 }
 
 int64_t kb_mono_ms(void)

@@ -59,6 +59,17 @@ int kb_write_all(int fd, const void *buf, size_t len);
  * catalog has its own generation files (catalog.h). */
 int kb_write_file_atomic(const char *path, const void *buf, size_t len, unsigned mode);
 
+/* Give the file open as FD the owner and mode of the regular file FROM
+ * (not followed if a symlink): a file written beside a backup's file takes
+ * its place for qemu, which reads backups as its own user. EPERM on chown
+ * (not root) is ignored. */
+int kb_copy_owner(const char *from, int fd);
+/* rename(TMP, DST) that tolerates a lost NFS reply: when TMP is gone and
+ * DST is now the file TMP was (same inode), it happened. */
+int kb_rename_over(const char *tmp, const char *dst);
+/* fsync the folder that holds PATH (a rename in it becomes durable). */
+int kb_fsync_parent(const char *path);
+
 /* This host's name as kboss uses it in slot and lock files; "" when it
  * cannot be found (never a made-up fallback). KBOSS_HOSTNAME overrides
  * (tests pose as several hosts). */
@@ -72,8 +83,13 @@ int kb_host_identity_check(void);
 /* Host-local runtime state: /run/kboss (KBOSS_RUN_DIR overrides, tests). */
 const char *kb_run_dir(void);
 
-/* Wall clock in seconds / monotonic clock in milliseconds. */
+/* Wall clock in seconds / monotonic clock in milliseconds. kb_now() is
+ * what every program stamps records, backup ids and events with; the test
+ * variable KBOSS_TEST_CLOCK_SKEW (seconds, may be negative) shifts it, as
+ * a host whose clock is that far off would (lock stamps shift with it).
+ * kb_clock_skew() is that shift, 0 without the variable. */
 int64_t kb_now(void);
+int64_t kb_clock_skew(void);
 int64_t kb_mono_ms(void);
 
 /* ISO 8601 UTC timestamp "2026-11-26T10:01:39Z" into BUF (at least 21 bytes). */

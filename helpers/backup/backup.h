@@ -16,6 +16,8 @@
 struct bk_opts {
   bool full, isolated, quiesce, json;
   unsigned long bandwidth;     /* MiB/s the copy may read, 0: no limit */
+  const char *schedule;        /* --schedule: the schedule taking it (checked name), or NULL */
+  unsigned keep[6];            /* --keep-*: that schedule's keep_last..keep_yearly, 0: unset */
 };
 
 /* One VM being worked on, with the VM lock held. */

@@ -13,6 +13,7 @@
 #include "metrics.h"
 #include "log.h"
 #include "record.h"
+#include "retention.h"
 #include "util.h"
 
 volatile sig_atomic_t bk_cancel;
@@ -38,6 +39,14 @@ static void usage(FILE *f)
           "                       or another tool has frozen them (kboss thaws only\n"
           "                       a freeze it made)\n"
           "  -b, --bandwidth N    copy at most N MiB/s (default: no limit)\n"
+          "      --schedule NAME  record that schedule NAME takes this backup (the\n"
+          "                       units of kbossctl schedule pass it); 1-32 of\n"
+          "                       A-Z a-z 0-9 _ -\n"
+          "      --keep-last N, --keep-hourly N, --keep-daily N, --keep-weekly N,\n"
+          "      --keep-monthly N, --keep-yearly N\n"
+          "                       with --schedule: that schedule's own retention,\n"
+          "                       recorded with the backup; kbossctl prune ranks the\n"
+          "                       schedule's backups by the values of its newest one\n"
           "      --finish-chain   end the VM's current chain: the next backup is full\n"
           "      --normalize      repair a VM in BackupError (leftovers of failed runs,\n"
           "                       a freeze a killed kboss run left)\n"
@@ -54,7 +63,7 @@ static void usage(FILE *f)
 
 int main(int argc, char **argv)
 {
-  enum { OPT_FINISH = 256, OPT_NORMALIZE, OPT_JSON, OPT_QUIET, OPT_REDEFINE };
+  enum { OPT_FINISH = 256, OPT_NORMALIZE, OPT_JSON, OPT_QUIET, OPT_REDEFINE, OPT_SCHEDULE, OPT_KEEP };
   static const struct option longopts[] = {
     { "full", no_argument, NULL, 'f' },
     { "isolated", no_argument, NULL, 'i' },
@@ -63,6 +72,8 @@ int main(int argc, char **argv)
     { "finish-chain", no_argument, NULL, OPT_FINISH },
     { "normalize", no_argument, NULL, OPT_NORMALIZE },
     { "redefine-checkpoints", no_argument, NULL, OPT_REDEFINE },
+    { "schedule", required_argument, NULL, OPT_SCHEDULE },
+    KB_RETENTION_LONG_OPTIONS(OPT_KEEP),
     { "json", no_argument, NULL, OPT_JSON },
     { "config", required_argument, NULL, 'c' },
     { "verbose", no_argument, NULL, 'v' },
@@ -71,7 +82,8 @@ int main(int argc, char **argv)
     { "version", no_argument, NULL, 'V' },
     { NULL, 0, NULL, 0 },
   };
-  struct bk_opts opts = { false, false, false, false, 0 };
+  struct bk_opts opts = { 0 };
+  bool any_keep = false;
   const char *config = NULL;
   bool finish = false, normalize = false, redefine = false;
   struct kb_config *cfg = NULL;
@@ -99,6 +111,22 @@ int main(int argc, char **argv)
     case OPT_NORMALIZE: normalize = true; break;
     case OPT_REDEFINE: redefine = true; break;
     case OPT_JSON: opts.json = true; break;
+    case OPT_SCHEDULE:
+      if (!kb_schedule_name_ok(optarg)) {
+        fprintf(stderr, "%s: --schedule: \"%s\" is not a schedule name (1-%d of A-Z a-z 0-9 _ -)\n", kb_progname,
+                optarg, KB_SCHEDULE_NAME_MAX);
+        return 2;
+      }
+      opts.schedule = optarg;
+      break;
+    case OPT_KEEP: case OPT_KEEP + 1: case OPT_KEEP + 2: case OPT_KEEP + 3: case OPT_KEEP + 4: case OPT_KEEP + 5:
+      if (kb_retention_parse_count(optarg, &opts.keep[c - OPT_KEEP]) < 0) {
+        fprintf(stderr, "%s: --keep-%s takes a whole number from 0 to %d\n", kb_progname,
+                kb_retention_field_names[c - OPT_KEEP], KB_RETENTION_MAX);
+        return 2;
+      }
+      any_keep = true;
+      break;
     case 'c': config = optarg; break;
     case 'v': kb_verbosity++; break;
     case OPT_QUIET: kb_verbosity = 0; break;
@@ -111,8 +139,12 @@ int main(int argc, char **argv)
     fprintf(stderr, "%s: expected exactly one VM (name or UUID); see --help\n", kb_progname);
     return 2;
   }
+  if (any_keep && !opts.schedule) {
+    fprintf(stderr, "%s: --keep-* options belong to a schedule: give --schedule NAME too\n", kb_progname);
+    return 2;
+  }
   if ((finish || normalize || redefine) &&
-      (opts.full || opts.isolated || opts.quiesce || finish + normalize + redefine > 1)) {
+      (opts.full || opts.isolated || opts.quiesce || opts.schedule || finish + normalize + redefine > 1)) {
     fprintf(stderr, "%s: --finish-chain, --normalize and --redefine-checkpoints take no other backup option\n",
             kb_progname);
     return 2;

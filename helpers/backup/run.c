@@ -16,6 +16,7 @@
 #include "domxml.h"
 #include "log.h"
 #include "record.h"
+#include "retention.h"
 #include "util.h"
 #include "store.h"
 #include "watchdog.h"
@@ -516,6 +517,24 @@ static char *backup_xml(struct bk_job *j)
 
 /* ---- records ---- */
 
+/* Which schedule took the backup and that schedule's keep values:
+ * kbossctl prune ranks a schedule's backups by the values recorded in its
+ * newest one. */
+static int record_schedule(struct kb_doc *rec, const struct bk_opts *o)
+{
+  int r = 0;
+
+  if (!o->schedule)
+    return 0;
+  r = kb_doc_set(rec, "backup", "schedule", o->schedule);
+  for (size_t i = 0; i < 6 && r == 0; i++)
+    if (o->keep[i]) {
+      CLEANUP_FREE char *key = kb_printf("schedule_keep_%s", kb_retention_field_names[i]);
+      r = key ? kb_doc_set_ll(rec, "backup", key, o->keep[i]) : -ENOMEM;
+    }
+  return r;
+}
+
 static int write_running_record(struct bk_job *j)
 {
   struct bk_vm *v = j->v;
@@ -547,6 +566,7 @@ static int write_running_record(struct bk_job *j)
   if (r == 0) r = kb_doc_set(j->rec, "backup", "checkpoint", j->opts->isolated ? NULL : j->id);
   if (r == 0) r = kb_doc_set(j->rec, "backup", "compressed", "false");
   if (r == 0) r = kb_doc_set(j->rec, "backup", "validated", "false");
+  if (r == 0) r = record_schedule(j->rec, j->opts);
   if (r < 0)
     return r;
   return kb_backup_save(v->cat, v->uuid, j->chain, j->id, j->rec);

@@ -153,6 +153,11 @@ static int find_in_use(const struct kb_doc *b, char **ret_error)
 {
   const char *user = kb_doc_get(b, "backup", "in_use_by");
 
+  if (kb_backup_merge_pending(b)) {
+    *ret_error = kb_printf("backup %s has a merge forward pending (the next kbossctl prune finishes it)",
+                           kb_doc_get(b, "backup", "id"));
+    return CP_POSTPONED;
+  }
   if (!user)
     return 0;
   *ret_error = kb_printf("backup %s is in use by VM %s (quick restore)", kb_doc_get(b, "backup", "id"), user);

@@ -116,36 +116,12 @@ static int qemu_img_check(const char *tmp, char **ret_error)
  * quick restore) reads backups as its own user. */
 static int copy_owner(const char *orig, const char *tmp)
 {
-  struct stat st;
-  CLEANUP_CLOSE int fd = -1;
+  CLEANUP_CLOSE int fd = open(tmp, O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC);
 
-  if (lstat(orig, &st) < 0)
-    return -errno;
-  fd = open(tmp, O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC);
-  if (fd < 0)
-    return -errno;
-  if (fchown(fd, st.st_uid, st.st_gid) < 0 && errno != EPERM)
-    return -errno;
-  if (fchmod(fd, st.st_mode & 07777) < 0)
-    return -errno;
-  return 0;
+  return fd < 0 ? -errno : kb_copy_owner(orig, fd);
 }
 
-/* rename() that tolerates a lost NFS reply: if the temporary file is gone
- * and the target is now the file we wrote (same inode), it happened. */
-static int swap_in(const char *tmp, const char *orig)
-{
-  struct stat before, after;
-
-  if (lstat(tmp, &before) < 0)
-    return -errno;
-  if (rename(tmp, orig) == 0)
-    return 0;
-  if (errno == ENOENT && lstat(tmp, &after) < 0 && lstat(orig, &after) == 0 &&
-      after.st_ino == before.st_ino && after.st_dev == before.st_dev)
-    return 0;
-  return -errno;
-}
+#define swap_in kb_rename_over
 
 void cp_test_point(const char *point)
 {
@@ -450,6 +426,18 @@ int cp_compress_backup(const struct kb_config *cfg, const struct kb_catalog *cat
                            kb_doc_get(fresh, "backup", "in_use_by"));
     r = CP_POSTPONED;
     goto out;
+  }
+  {
+    /* kbossctl prune may have merged the backup forward (its file is now a
+     * full) since we read it, or left such a merge pending: what we
+     * compressed is not what is there any more. */
+    const char *p0 = kb_doc_get(ref->doc, "backup", "parent"), *p1 = kb_doc_get(fresh, "backup", "parent");
+    if (kb_backup_merge_pending(fresh) || (p0 && !p1) || (!p0 && p1) || (p0 && p1 && !KB_STREQ(p0, p1))) {
+      *ret_error = kb_printf("backup %s was merged forward by kbossctl prune meanwhile; compressing it again later",
+                             ref->id);
+      r = CP_POSTPONED;
+      goto out;
+    }
   }
   if (cp_cancel) {
     r = -ECANCELED;

@@ -44,8 +44,26 @@ int ctl_finish_chain(int argc, char **argv);
 int ctl_delete(int argc, char **argv);
 int ctl_extract(int argc, char **argv);
 int ctl_schedule(int argc, char **argv);
+/* The calendars (OnCalendar=) of VM's schedules (its unnamed one and its
+ * named ones) in UNITDIR, NULL-terminated (kb_strv_free). */
+int ctl_schedule_calendars(const char *unitdir, const char *vm, char ***ret);
 int ctl_status(int argc, char **argv);
 int ctl_prune(int argc, char **argv);
+
+struct kb_catalog;
+/* merge.c: merge forward for prune (see the top of merge.c). Merge the
+ * backups MERGED (ids, oldest first, NULL-terminated) of CHAIN into
+ * TARGET, which depends on them: TARGET becomes a full with the same guest
+ * bytes. The caller holds the VM lock and the backup locks of TARGET and
+ * MERGED, and removes MERGED afterwards. 0, or -errno with *RET_ERROR. */
+int ctl_merge_forward(const struct kb_catalog *cat, const char *vm_uuid, const char *chain,
+                      const char *target, const char *const *merged, char **ret_error);
+/* Under the VM lock: finish every merge a killed prune left pending on the
+ * VM's backups and remove temporary files of merges never recorded.
+ * *RET_FINISHED counts the merges finished. 0, or 1 when one could not be. */
+int ctl_merge_recover(const struct kb_catalog *cat, const char *vm_uuid, unsigned *ret_finished);
+/* Test hook: KBOSS_TEST_PRUNE_KILL=POINT makes prune SIGKILL itself there. */
+void ctl_prune_point(const char *point);
 
 /* offerings-edit.c: offerings create / delete (exit status). */
 int ctl_offerings_create(const char *name, int nkv, char **kv);

@@ -4,7 +4,6 @@
  * (also written to metrics.path). */
 #include <config.h>
 
-#include <dirent.h>
 #include <errno.h>
 #include <getopt.h>
 #include <stdio.h>
@@ -25,7 +24,8 @@ static void status_usage(FILE *f)
           "Usage: %s status [--json | --metrics] [--unit-dir DIR]\n"
           "\n"
           "What needs an operator's attention: VMs with a schedule but no successful\n"
-          "backup within 1.25 times its period, VMs in BackupError, Invalid backups,\n"
+          "backup within 1.25 times its period (of several schedules, the most\n"
+          "frequent), VMs in BackupError, Invalid backups,\n"
           "failed jobs and Executing jobs without a live runner (stuck), and the free\n"
           "space of each store. Exits 0 when nothing needs attention, 1 otherwise.\n"
           "\n"
@@ -54,33 +54,19 @@ static long long calendar_period(const char *cal)
   return 86400;
 }
 
-/* The OnCalendar= of VM's schedule drop-in, or NULL. */
+/* The calendar of VM's most frequent schedule, or NULL. */
 static char *schedule_of(const char *unitdir, const char *vm)
 {
-  CLEANUP_FREE char *dir = kb_printf("%s/kboss-backup@%s.timer.d", unitdir, vm);
-  DIR *d;
-  struct dirent *e;
-  char *val = NULL;
+  char **cals = NULL, *best = NULL;
 
-  if (!dir || !kb_name_ok(vm) || !(d = opendir(dir)))
+  if (!kb_name_ok(vm) || ctl_schedule_calendars(unitdir, vm, &cals) < 0)
     return NULL;
-  while ((e = readdir(d))) {
-    size_t n = strlen(e->d_name);
-    CLEANUP_FREE char *text = NULL, *p = NULL;
-    char *save = NULL;
-    if (n < 6 || strcmp(e->d_name + n - 5, ".conf") != 0)
-      continue;
-    p = kb_printf("%s/%s", dir, e->d_name);
-    if (!p || kb_read_file(p, &text, NULL) < 0)
-      continue;
-    for (char *line = strtok_r(text, "\n", &save); line; line = strtok_r(NULL, "\n", &save))
-      if (strncmp(line, "OnCalendar=", 11) == 0 && line[11]) {
-        free(val);
-        val = strdup(line + 11);
-      }
-  }
-  closedir(d);
-  return val;
+  for (size_t i = 0; cals[i]; i++)
+    if (!best || calendar_period(cals[i]) < calendar_period(best))
+      best = cals[i];
+  best = best ? strdup(best) : NULL;
+  kb_strv_free(cals);
+  return best;
 }
 
 struct overdue {

@@ -12,6 +12,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/prctl.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -32,7 +33,7 @@ static int convert(const struct rs_disk *d, char **ret_error)
   CLEANUP_FREE char *source = kb_chain_qemu_json(d->chain, NULL);
   const char *argv[24];
   int n = 0, status;
-  pid_t pid;
+  pid_t pid, parent;
   bool tty = isatty(STDERR_FILENO) && kb_verbosity >= 1;
 
   argv[n++] = QEMU_IMG;
@@ -53,11 +54,17 @@ static int convert(const struct rs_disk *d, char **ret_error)
   argv[n++] = source;
   argv[n++] = d->tmp;
   argv[n] = NULL;
+  parent = getpid();
   pid = fork();
   if (pid < 0)
     return -errno;
   if (pid == 0) {
     int nul = open("/dev/null", O_RDWR);
+    /* A restore killed with -9 takes its copy with it: no orphan keeps
+     * writing a temporary file next to the VM's disk. */
+    (void) prctl(PR_SET_PDEATHSIG, SIGKILL);
+    if (getppid() != parent)
+      _exit(127);
     dup2(nul, 0);
     if (!tty)
       dup2(nul, 1);

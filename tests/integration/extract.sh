@@ -7,7 +7,7 @@
 . "$(dirname "$0")/../lib/functions.sh"
 . "$(dirname "$0")/../lib/kboss.sh"
 
-plan 11
+plan 13
 start_libvirt || bail_out "libvirtd"
 kb_conf_init 8
 kb_offering files allow_extract_file=true
@@ -30,6 +30,26 @@ ok cmp "$ref" "$KBT_TMPDIR/x1" "the extracted file is byte-identical to the gues
 ok [ "$(stat -c %a "$KBT_TMPDIR/x1")" = 600 ] "... and created 0600"
 ok '! kb kbossctl extract "$b1" /root/kboss-secret.bin "$KBT_TMPDIR/x1" 2>"$out" && grep -q "exists" "$out"' \
 	"an existing DEST is not overwritten"
+
+# kill -9 while the chain is served: the qemu-nbd that serves it must not outlive kbossctl
+f1=$(kb_backup_file "$b1" vda)
+"$(kb_prog kbossctl)" extract "$b1" /root/kboss-secret.bin "$KBT_TMPDIR/xk" >/dev/null 2>&1 &
+xpid=$!
+nbd=
+for _ in $(seq 1 300); do
+	nbd=$(pgrep -f -- "qemu-nbd.*$f1" | head -1)
+	[ -n "$nbd" ] && break
+	sleep 0.1
+done
+ok [ -n "$nbd" ] "kbossctl extract serves the chain with qemu-nbd (pid ${nbd:-none})"
+kill -9 "$xpid"
+wait "$xpid" 2>/dev/null
+for _ in $(seq 1 50); do
+	[ -n "$nbd" ] && kill -0 "$nbd" 2>/dev/null || break
+	sleep 0.1
+done
+ok '[ -n "$nbd" ] && ! kill -0 "$nbd" 2>/dev/null' "after kill -9 of kbossctl extract its qemu-nbd is gone within 5 s"
+[ -n "$nbd" ] && kill "$nbd" 2>/dev/null
 
 # an incremental: a second file, read through the chain
 guest_exec a /bin/sh -c 'head -c 70000 /dev/urandom > /root/second.bin && sync' || bail_out "cannot write the second file"

@@ -6,7 +6,7 @@
 . "$(dirname "$0")/../lib/functions.sh"
 . "$(dirname "$0")/../lib/kboss.sh"
 
-plan 21
+plan 22
 start_libvirt || bail_out "libvirtd"
 kb_conf_init 8
 make_test_vm s 256 || bail_out "cannot define the test VM"
@@ -55,10 +55,12 @@ qemu-io -f qcow2 -c "write -P 0x77 0 200M" "$data" >/dev/null
 big=$(kb_backup s --full)
 qemu-io -f qcow2 -c "write -P 0x78 0 1M" "$data" >/dev/null
 snap before-kill
-KBOSS_BINDIR=$KB_BINDIR kb kboss-restore "$big" >/dev/null 2>&1 &
+KBOSS_BINDIR=$KB_BINDIR "$(kb_prog kboss-restore)" "$big" >/dev/null 2>&1 &
 pid=$!
 for i in $(seq 1 100); do ls "$(dirname "$data")"/*.kboss-restore.tmp >/dev/null 2>&1 && break; sleep 0.05; done
-pkill -9 -P $pid qemu-img 2>/dev/null; kill -9 $pid 2>/dev/null; wait $pid 2>/dev/null
+kill -9 $pid 2>/dev/null; wait $pid 2>/dev/null
+for i in $(seq 1 50); do pgrep -f "qemu-img convert.*$(basename "$data")" >/dev/null || break; sleep 0.1; done
+ok '! pgrep -f "qemu-img convert.*$(basename "$data")" >/dev/null' "after kill -9 of a restore its qemu-img convert is gone within 5 s"
 pkill -9 -f "qemu-img convert.*$(basename "$data")" 2>/dev/null
 ok same before-kill "after kill -9 of a restore the old disks are intact"
 ok qemu-img check -q "$data" "and the data disk is a sound qcow2"

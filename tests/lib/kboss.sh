@@ -15,15 +15,21 @@
 
 KB_BINDIR=${KBOSS_BINDIR:-$KBT_TOPDIR/_build/helpers}
 
-kb() {
-	local prog=$1
-	shift
+# kb_prog PROG: the path of a kboss program (to exec it, so that $! is its pid)
+kb_prog() {
 	local path
-	for path in "$KB_BINDIR/$prog" "$KB_BINDIR"/*/"$prog"; do
-		[ -x "$path" ] && { "$path" "$@"; return; }
+	for path in "$KB_BINDIR/$1" "$KB_BINDIR"/*/"$1"; do
+		[ -x "$path" ] && { echo "$path"; return 0; }
 	done
-	echo "kb: $prog is not built under $KB_BINDIR" >&2
+	echo "kb: $1 is not built under $KB_BINDIR" >&2
 	return 127
+}
+
+kb() {
+	local path
+	path=$(kb_prog "$1") || return
+	shift
+	"$path" "$@"
 }
 
 kb_conf_init() {

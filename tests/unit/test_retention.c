@@ -112,3 +112,69 @@ Test(retention, no_policy_keeps_everything)
   for (int i = 0; i < N; i++)
     cr_assert(it[i].keep & KB_KEEP_NO_POLICY);
 }
+
+/* Two policies: the backups at 06:00 and 18:00 (a schedule with keep values
+ * of its own) are ranked among themselves, those at 00:00 and 12:00 by the
+ * VM's policy; dependencies cross them (one chain a day holds both). */
+Test(retention, a_schedule_ranks_its_own_backups)
+{
+  struct kb_retention_item it[N];
+  struct kb_retention pols[2] = { { .keep_last = 2 }, { .keep_last = 1, .keep_daily = 3 } };
+  char got[256], why[128];
+
+  week(it, day(2026, 11, 23));
+  for (int i = 0; i < N; i++)
+    it[i].policy = i % 2;   /* 06:00 and 18:00: the schedule's */
+  kb_retention_apply_set(pols, 2, it, N);
+  kept_set(it, got, sizeof got);
+  cr_assert_str_eq(got, "16 17 18 19 20 21 22 23 24 25 26 27");
+  /* the VM's keep_last = 2 counts only its own: 12:00 and 00:00 of the last day */
+  cr_assert_str_eq(kb_retention_reasons(it[26].keep, why, sizeof why), "last,dependency");
+  cr_assert_str_eq(kb_retention_reasons(it[24].keep, why, sizeof why), "last,dependency");
+  /* the schedule's: its newest by keep_last, the 18:00 of three days by keep_daily */
+  cr_assert_str_eq(kb_retention_reasons(it[27].keep, why, sizeof why), "last,daily");
+  cr_assert_str_eq(kb_retention_reasons(it[23].keep, why, sizeof why), "daily");
+  cr_assert_str_eq(kb_retention_reasons(it[19].keep, why, sizeof why), "daily");
+  /* 06:00 of the last day: no rule of its schedule picks it, 26 and 27 need it */
+  cr_assert_str_eq(kb_retention_reasons(it[25].keep, why, sizeof why), "dependency");
+  cr_assert_eq(it[25].needed_by, 26);
+  cr_assert_eq(it[15].keep, 0);
+}
+
+/* An empty policy (a schedule without keep values would not be one; an
+ * index out of range is a caller's bug) keeps its backups. */
+Test(retention, empty_or_unknown_policy_keeps)
+{
+  struct kb_retention_item it[N];
+  struct kb_retention pols[2] = { { .keep_last = 1 }, { 0 } };
+  char got[256];
+
+  week(it, day(2026, 11, 23));
+  for (int i = 0; i < N; i++)
+    it[i].policy = i < 4 ? 1 : i < 8 ? 7 : 0;
+  kb_retention_apply_set(pols, 2, it, N);
+  kept_set(it, got, sizeof got);
+  cr_assert_str_eq(got, "0 1 2 3 4 5 6 7 24 25 26 27");
+  cr_assert(it[2].keep & KB_KEEP_NO_POLICY);
+  cr_assert(it[6].keep & KB_KEEP_NO_POLICY);
+  cr_assert(!(it[27].keep & KB_KEEP_NO_POLICY));
+}
+
+Test(retention, schedule_names)
+{
+  cr_assert(kb_schedule_name_ok("hourly"));
+  cr_assert(kb_schedule_name_ok("default"));
+  cr_assert(kb_schedule_name_ok("Daily_2-b"));
+  cr_assert(kb_schedule_name_ok("0123456789abcdef0123456789abcdef"));
+  cr_assert(!kb_schedule_name_ok("0123456789abcdef0123456789abcdef0"));
+  cr_assert(!kb_schedule_name_ok(""));
+  cr_assert(!kb_schedule_name_ok(NULL));
+  cr_assert(!kb_schedule_name_ok("-x"));
+  cr_assert(!kb_schedule_name_ok("_x"));
+  cr_assert(!kb_schedule_name_ok("a:b"));
+  cr_assert(!kb_schedule_name_ok("a.b"));
+  cr_assert(!kb_schedule_name_ok("../x"));
+  cr_assert(!kb_schedule_name_ok("a b"));
+  cr_assert(!kb_schedule_name_ok("a\nb"));
+  cr_assert(!kb_schedule_name_ok("a\\x2db"));
+}
