@@ -429,7 +429,8 @@ int kb_virt_wait_job(virDomainPtr dom, volatile int *cancel,
                      char **ret_error)
 {
   /* Short jobs (a small incremental) end within tens of ms: poll soon,
-   * then back off to 100 ms. */
+   * then back off to 100 ms; once the job has copied everything (libvirt
+   * is closing the targets, which flushes them) poll every 5 ms again. */
   useconds_t wait_us = 5 * 1000;
 
   for (;;) {
@@ -451,7 +452,9 @@ int kb_virt_wait_job(virDomainPtr dom, volatile int *cancel,
       progress(opaque, info.fileProcessed ? info.fileProcessed : info.dataProcessed,
                info.fileTotal ? info.fileTotal : info.dataTotal);
     usleep(wait_us);
-    if (wait_us < 100 * 1000)
+    if (info.dataTotal > 0 && info.dataProcessed >= info.dataTotal)
+      wait_us = 5 * 1000;
+    else if (wait_us < 100 * 1000)
       wait_us = wait_us * 2 > 100 * 1000 ? 100 * 1000 : wait_us * 2;
   }
   {

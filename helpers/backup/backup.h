@@ -122,7 +122,8 @@ int bk_offline_checkpoint(struct bk_vm *v, const char *id, const char *cpxml, st
 
 /* A new empty qcow2 v3 at PATH (0600, 64 KiB clusters) of SIZE bytes,
  * backed by BACKING (qcow2) when not NULL: what `qemu-img create -u -b`
- * makes, without a process. */
+ * makes, without a process, and with all L2 tables and refcount blocks in
+ * place (holes), so that qemu writing it allocates no metadata. */
 int bk_qcow2_create(const char *path, unsigned long long size, const char *backing);
 
 /* watch.c: run the rest of kboss-backup under the export watchdog
