@@ -1,5 +1,6 @@
 #include <config.h>
 
+#include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -136,6 +137,16 @@ void kb_retention_fields(struct kb_retention *p, unsigned *ret[6])
   ret[3] = &p->keep_weekly;
   ret[4] = &p->keep_monthly;
   ret[5] = &p->keep_yearly;
+}
+
+int kb_retention_parse_count(const char *s, unsigned *ret)
+{
+  long long n;
+
+  if (kb_parse_ll(s, &n) < 0 || n < 0 || n > KB_RETENTION_MAX)
+    return -EINVAL;
+  *ret = (unsigned) n;
+  return 0;
 }
 
 bool kb_schedule_name_ok(const char *name)

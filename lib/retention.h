@@ -64,6 +64,17 @@ void kb_retention_fields(struct kb_retention *p, unsigned *ret[6]);
 /* Their names without "keep_" ("last", ..., "yearly"). */
 extern const char *const kb_retention_field_names[6];
 
+/* getopt_long entries for --keep-last ... --keep-yearly (values BASE to
+ * BASE + 5, in kb_retention_field_names order; the caller includes
+ * <getopt.h>), and their argument: a count from 0 to KB_RETENTION_MAX.
+ * kb_retention_parse_count returns 0 or -EINVAL. */
+#define KB_RETENTION_MAX 100000
+#define KB_RETENTION_LONG_OPTIONS(base)                                                               \
+  { "keep-last", required_argument, NULL, (base) }, { "keep-hourly", required_argument, NULL, (base) + 1 }, \
+  { "keep-daily", required_argument, NULL, (base) + 2 }, { "keep-weekly", required_argument, NULL, (base) + 3 }, \
+  { "keep-monthly", required_argument, NULL, (base) + 4 }, { "keep-yearly", required_argument, NULL, (base) + 5 }
+int kb_retention_parse_count(const char *s, unsigned *ret);
+
 /* A schedule's name (kbossctl schedule --name, kboss-backup --schedule):
  * 1-32 of A-Z a-z 0-9 _ -, starting with a letter or digit. It becomes
  * part of unit names and is written into backup records. */

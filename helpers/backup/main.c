@@ -73,12 +73,7 @@ int main(int argc, char **argv)
     { "normalize", no_argument, NULL, OPT_NORMALIZE },
     { "redefine-checkpoints", no_argument, NULL, OPT_REDEFINE },
     { "schedule", required_argument, NULL, OPT_SCHEDULE },
-    { "keep-last", required_argument, NULL, OPT_KEEP },
-    { "keep-hourly", required_argument, NULL, OPT_KEEP + 1 },
-    { "keep-daily", required_argument, NULL, OPT_KEEP + 2 },
-    { "keep-weekly", required_argument, NULL, OPT_KEEP + 3 },
-    { "keep-monthly", required_argument, NULL, OPT_KEEP + 4 },
-    { "keep-yearly", required_argument, NULL, OPT_KEEP + 5 },
+    KB_RETENTION_LONG_OPTIONS(OPT_KEEP),
     { "json", no_argument, NULL, OPT_JSON },
     { "config", required_argument, NULL, 'c' },
     { "verbose", no_argument, NULL, 'v' },
@@ -124,17 +119,14 @@ int main(int argc, char **argv)
       }
       opts.schedule = optarg;
       break;
-    case OPT_KEEP: case OPT_KEEP + 1: case OPT_KEEP + 2: case OPT_KEEP + 3: case OPT_KEEP + 4: case OPT_KEEP + 5: {
-      long long n;
-      if (kb_parse_ll(optarg, &n) < 0 || n < 0 || n > 100000) {
-        fprintf(stderr, "%s: --keep-%s takes a whole number from 0 to 100000\n", kb_progname,
-                kb_retention_field_names[c - OPT_KEEP]);
+    case OPT_KEEP: case OPT_KEEP + 1: case OPT_KEEP + 2: case OPT_KEEP + 3: case OPT_KEEP + 4: case OPT_KEEP + 5:
+      if (kb_retention_parse_count(optarg, &opts.keep[c - OPT_KEEP]) < 0) {
+        fprintf(stderr, "%s: --keep-%s takes a whole number from 0 to %d\n", kb_progname,
+                kb_retention_field_names[c - OPT_KEEP], KB_RETENTION_MAX);
         return 2;
       }
-      opts.keep[c - OPT_KEEP] = (unsigned) n;
       any_keep = true;
       break;
-    }
     case 'c': config = optarg; break;
     case 'v': kb_verbosity++; break;
     case OPT_QUIET: kb_verbosity = 0; break;
@@ -194,7 +186,7 @@ int main(int argc, char **argv)
   } else if (redefine) {
     r = bk_redefine_checkpoints(&v, &err);
   } else if (normalize) {
-    r = bk_normalize(&v, &err);
+    r = bk_normalize(&v, false, &err);
     if (r == 0)
       printf("VM %s is Ready\n", v.name);
   } else {
@@ -207,11 +199,11 @@ int main(int argc, char **argv)
        * we hold says no other run is under way. */
       if (state && !KB_STREQ(state, KB_VM_READY)) {
         kb_info("VM %s is %s: normalizing it first", v.name, state);
-        r = bk_normalize(&v, &err);
+        r = bk_normalize(&v, true, &err);
         if (r < 0)
           goto out;
       } else
-        (void) bk_normalize(&v, &err);
+        (void) bk_normalize(&v, true, &err);
       free(err);
       err = NULL;
       r = bk_run(&v, &opts, &err);

@@ -153,7 +153,7 @@ static int plan_policies(struct vm_plan *p, const struct kb_retention *vm_pol)
     for (size_t i = 0; i < 6; i++) {
       CLEANUP_FREE char *key = kb_printf("schedule_keep_%s", kb_retention_field_names[i]);
       long long x = key ? kb_doc_get_ll(newest[g], "backup", key, 0) : 0;
-      *dst[i] = x > 0 && x <= 100000 ? (unsigned) x : 0;
+      *dst[i] = x > 0 && x <= KB_RETENTION_MAX ? (unsigned) x : 0;
     }
     if (kb_retention_empty(&pol))
       continue;

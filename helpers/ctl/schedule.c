@@ -210,17 +210,17 @@ static void parse_args(char *args, struct sched *s)
   memset(s, 0, sizeof *s);
   s->name = "default";
   for (char *w = args ? strtok_r(args, " ", &save) : NULL; w; prev = w, w = strtok_r(NULL, " ", &save)) {
-    long long n;
+    unsigned n;
     if (KB_STREQ(w, "--quiesce"))
       s->quiesce = true;
     else if (KB_STREQ(w, "--isolated"))
       s->isolated = true;
     else if (prev && KB_STREQ(prev, "--schedule") && kb_schedule_name_ok(w))
       s->name = w;
-    else if (prev && strncmp(prev, "--keep-", 7) == 0 && kb_parse_ll(w, &n) == 0 && n >= 0 && n <= 100000)
+    else if (prev && strncmp(prev, "--keep-", 7) == 0 && kb_retention_parse_count(w, &n) == 0)
       for (size_t i = 0; i < 6; i++)
         if (KB_STREQ(prev + 7, kb_retention_field_names[i]))
-          s->keep[i] = (unsigned) n;
+          s->keep[i] = n;
   }
 }
 
@@ -421,12 +421,7 @@ int ctl_schedule(int argc, char **argv)
     { "remove", no_argument, NULL, 'r' },
     { "unit-dir", required_argument, NULL, 'u' },
     { "json", no_argument, NULL, 'j' },
-    { "keep-last", required_argument, NULL, O_KEEP },
-    { "keep-hourly", required_argument, NULL, O_KEEP + 1 },
-    { "keep-daily", required_argument, NULL, O_KEEP + 2 },
-    { "keep-weekly", required_argument, NULL, O_KEEP + 3 },
-    { "keep-monthly", required_argument, NULL, O_KEEP + 4 },
-    { "keep-yearly", required_argument, NULL, O_KEEP + 5 },
+    KB_RETENTION_LONG_OPTIONS(O_KEEP),
     { NULL, 0, NULL, 0 },
   };
   const char *calendar = NULL, *unitdir = getenv("KBOSS_UNIT_DIR"), *vm = NULL;
@@ -454,16 +449,14 @@ int ctl_schedule(int argc, char **argv)
     case 'r': remove_ = true; break;
     case 'u': unitdir = optarg; break;
     case 'j': json = true; break;
-    case O_KEEP: case O_KEEP + 1: case O_KEEP + 2: case O_KEEP + 3: case O_KEEP + 4: case O_KEEP + 5: {
-      long long v;
-      if (kb_parse_ll(optarg, &v) < 0 || v < 0 || v > 100000) {
-        kb_err("schedule: --keep-%s takes a whole number from 0 to 100000", kb_retention_field_names[c - O_KEEP]);
+    case O_KEEP: case O_KEEP + 1: case O_KEEP + 2: case O_KEEP + 3: case O_KEEP + 4: case O_KEEP + 5:
+      if (kb_retention_parse_count(optarg, &s.keep[c - O_KEEP]) < 0) {
+        kb_err("schedule: --keep-%s takes a whole number from 0 to %d", kb_retention_field_names[c - O_KEEP],
+               KB_RETENTION_MAX);
         return 2;
       }
-      s.keep[c - O_KEEP] = (unsigned) v;
       any_keep = true;
       break;
-    }
     default: schedule_usage(stderr); return 2;
     }
   }

@@ -10,7 +10,7 @@
 . "$(dirname "$0")/../lib/functions.sh"
 . "$(dirname "$0")/../lib/kboss.sh"
 
-plan 23
+plan 25
 start_libvirt || bail_out "libvirtd"
 kb_conf_init 8
 make_test_vm p 256 || bail_out "cannot define the test VM"
@@ -95,3 +95,20 @@ kb kboss-backup --schedule "../x" "$dom" >/dev/null 2>&1; r1=$?
 kb kboss-backup --keep-last 3 "$dom" >/dev/null 2>&1; r2=$?
 ok [ "$r1/$r2/$(kb_listed_backups | wc -l)" = "2/2/$n" ] \
 	"kboss-backup refuses a bad schedule name and --keep-* without --schedule (exit 2), backing nothing up"
+ok 'kb kbossctl prune --dry-run --json "$dom" | python3 -c "
+import json, sys
+d = {x[\"backup\"]: x for x in json.load(sys.stdin)}
+s3, b4 = d[sys.argv[1]], d[sys.argv[2]]
+assert (s3[\"schedule\"], s3[\"policy\"], s3[\"action\"], s3[\"reasons\"]) == (\"often\", \"schedule\", \"keep\", \"last\"), s3
+assert (b4[\"schedule\"], b4[\"policy\"], b4[\"action\"]) == (None, \"vm\", \"keep\"), b4
+" "${s[3]}" "$b4"' "prune --json names each backup's schedule and the policy that ranked it"
+
+# ---- kbossctl status counts a VM's most frequent schedule, named ones too ----
+U=$KBT_TMPDIR/units
+kb kbossctl schedule "$dom" --calendar daily --unit-dir "$U" >/dev/null
+kb kbossctl schedule "$dom" --name often --calendar hourly --keep-last 2 --unit-dir "$U" >/dev/null
+ok 'kb kbossctl status --json --unit-dir "$U" | python3 -c "
+import json, sys
+v = [x for x in json.load(sys.stdin)[\"vms\"] if x[\"name\"] == sys.argv[1]]
+assert v and v[0][\"schedule\"] == \"hourly\", v
+" "$dom"' "kbossctl status takes the VM's most frequent schedule, its named hourly one, for overdue"
