@@ -7,7 +7,7 @@
 . "$(dirname "$0")/../lib/functions.sh"
 . "$(dirname "$0")/../lib/kboss.sh"
 
-plan 17
+plan 18
 start_libvirt || bail_out "libvirtd"
 kb_conf_init 8
 make_test_vm a || bail_out "cannot define the test VM"
@@ -27,6 +27,9 @@ guest_write_pattern a /dev/vdb $((4 * MiB)) $((512 * 1024)) 0xb2
 b2=$(kb_backup a)
 ok [ "$(kb_backup_field "$b2" type)" = incremental ] "second backup (running) is incremental: $b2"
 ok [ "$(kb_backup_field "$b2" parent)" = "$b1" ] "its parent is the full"
+# Targets of a running VM are laid out by kboss and filled by qemu.
+ok 'qemu-img check -q "$(kb_backup_file "$b1" vdb)" && qemu-img check -q "$(kb_backup_file "$b2" vdb)"' \
+	"qemu-img check finds the running VM's full and incremental images clean"
 
 stop_vm a || bail_out "the guest did not stop"
 qemu-io -f qcow2 -c "write -P 0xc3 $((8 * MiB)) $((256 * 1024))" "$data" >/dev/null
