@@ -5,7 +5,7 @@ KBOSS_CFLAGS = $(WARN_CFLAGS) $(LIBVIRT_CFLAGS) $(LIBXML2_CFLAGS) $(LIBGUESTFS_C
 
 # Each program links only what its code reaches (docs/architecture.md):
 # the configuration, the catalog and its locks every program needs;
-KBOSS_CORE_LIBS = $(top_builddir)/lib/libkboss.a $(INIH_LIBS) $(XXHASH_LIBS) $(LIBSYSTEMD_LIBS) $(PTHREAD_LIBS)
+KBOSS_CORE_LIBS = $(top_builddir)/lib/libkboss.a $(INIH_LIBS) $(XXHASH_LIBS) $(PTHREAD_LIBS)
 # libvirt and the XML and JSON it speaks (virt.c, domain XML);
 KBOSS_VIRT_LIBS = $(LIBVIRT_LIBS) $(LIBXML2_LIBS) $(JSONC_LIBS)
 # kboss's qcow2 reader and writer, the chain validator (qcow2*.c, chain.c);

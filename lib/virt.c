@@ -237,42 +237,60 @@ out:
   return r;
 }
 
-/* QMP query-named-block-nodes, returning the format node of SOURCE. */
-static int qmp_node(virDomainPtr dom, const char *source, json_object **ret_root,
-                    json_object **ret_node)
+struct kb_block_nodes {
+  json_object *root;
+  json_object *arr;    /* the "return" array */
+};
+
+void kb_block_nodes_free(struct kb_block_nodes *n)
 {
+  if (!n)
+    return;
+  json_object_put(n->root);
+  free(n);
+}
+
+int kb_virt_block_nodes(virDomainPtr dom, struct kb_block_nodes **ret)
+{
+  struct kb_block_nodes *n;
   char *reply = NULL;
-  json_object *root, *arr;
-  size_t i, n;
 
   if (virDomainQemuMonitorCommand(dom,
                                   "{\"execute\":\"query-named-block-nodes\",\"arguments\":{\"flat\":true}}",
                                   &reply, 0) < 0)
     return -EIO;
-  root = json_tokener_parse(reply);
+  n = calloc(1, sizeof *n);
+  if (!n) {
+    free(reply);
+    return -ENOMEM;
+  }
+  n->root = json_tokener_parse(reply);
   free(reply);
-  if (!root)
-    return -EPROTO;
-  if (!json_object_object_get_ex(root, "return", &arr) || !json_object_is_type(arr, json_type_array)) {
-    json_object_put(root);
+  if (!n->root || !json_object_object_get_ex(n->root, "return", &n->arr) ||
+      !json_object_is_type(n->arr, json_type_array)) {
+    kb_block_nodes_free(n);
     return -EPROTO;
   }
-  n = json_object_array_length(arr);
+  *ret = n;
+  return 0;
+}
+
+/* The format node (not the protocol node) whose image is SOURCE. */
+static json_object *format_node(const struct kb_block_nodes *nodes, const char *source)
+{
+  size_t i, n = json_object_array_length(nodes->arr);
+
   for (i = 0; i < n; i++) {
-    json_object *node = json_object_array_get_idx(arr, i), *file, *drv;
+    json_object *node = json_object_array_get_idx(nodes->arr, i), *file, *drv;
     if (!json_object_object_get_ex(node, "file", &file) ||
         !json_object_object_get_ex(node, "drv", &drv))
       continue;
     if (KB_STREQ(json_object_get_string(drv), "file"))
       continue;
-    if (KB_STREQ(json_object_get_string(file), source)) {
-      *ret_root = root;
-      *ret_node = node;
-      return 0;
-    }
+    if (KB_STREQ(json_object_get_string(file), source))
+      return node;
   }
-  json_object_put(root);
-  return -ENOENT;
+  return NULL;
 }
 
 static bool jbool(json_object *o, const char *key)
@@ -281,17 +299,15 @@ static bool jbool(json_object *o, const char *key)
   return json_object_object_get_ex(o, key, &v) && json_object_get_boolean(v);
 }
 
-int kb_virt_bitmap_state(virDomainPtr dom, const char *disk_source, const char *bitmap,
-                         struct kb_bitmap_state *ret)
+int kb_block_nodes_bitmap_state(const struct kb_block_nodes *nodes, const char *disk_source,
+                                const char *bitmap, struct kb_bitmap_state *ret)
 {
-  json_object *root = NULL, *node, *bms;
+  json_object *node = format_node(nodes, disk_source), *bms;
   size_t i, n;
-  int r;
 
   memset(ret, 0, sizeof *ret);
-  r = qmp_node(dom, disk_source, &root, &node);
-  if (r < 0)
-    return r;
+  if (!node)
+    return -ENOENT;
   if (json_object_object_get_ex(node, "dirty-bitmaps", &bms)) {
     n = json_object_array_length(bms);
     for (i = 0; i < n; i++) {
@@ -309,49 +325,89 @@ int kb_virt_bitmap_state(virDomainPtr dom, const char *disk_source, const char *
       break;
     }
   }
-  json_object_put(root);
   return 0;
 }
 
-int kb_virt_bitmap_names(virDomainPtr dom, const char *disk_source, char ***ret)
+int kb_block_nodes_bitmap_names(const struct kb_block_nodes *nodes, const char *disk_source, char ***ret)
 {
-  json_object *root = NULL, *node, *bms;
+  json_object *node = format_node(nodes, disk_source), *bms;
   char **v;
   size_t i, n = 0, k = 0;
-  int r;
 
-  r = qmp_node(dom, disk_source, &root, &node);
-  if (r < 0)
-    return r;
+  if (!node)
+    return -ENOENT;
   if (json_object_object_get_ex(node, "dirty-bitmaps", &bms))
     n = json_object_array_length(bms);
   v = calloc(n + 1, sizeof *v);
-  if (!v) {
-    json_object_put(root);
+  if (!v)
     return -ENOMEM;
-  }
   for (i = 0; i < n; i++) {
     json_object *name;
-    if (json_object_object_get_ex(json_object_array_get_idx(bms, i), "name", &name))
-      v[k++] = strdup(json_object_get_string(name));
+    if (json_object_object_get_ex(json_object_array_get_idx(bms, i), "name", &name) &&
+        !(v[k++] = strdup(json_object_get_string(name)))) {
+      while (k > 0)
+        free(v[--k]);
+      free(v);
+      return -ENOMEM;
+    }
   }
-  json_object_put(root);
   *ret = v;
   return 0;
 }
 
+int kb_block_nodes_capacity(const struct kb_block_nodes *nodes, const char *disk_source,
+                            unsigned long long *ret)
+{
+  json_object *node = format_node(nodes, disk_source), *image, *vs;
+
+  if (!node || !json_object_object_get_ex(node, "image", &image) ||
+      !json_object_object_get_ex(image, "virtual-size", &vs) || !json_object_is_type(vs, json_type_int) ||
+      json_object_get_int64(vs) <= 0)
+    return -ENOENT;
+  *ret = (unsigned long long) json_object_get_int64(vs);
+  return 0;
+}
+
+int kb_virt_bitmap_state(virDomainPtr dom, const char *disk_source, const char *bitmap,
+                         struct kb_bitmap_state *ret)
+{
+  struct kb_block_nodes *nodes = NULL;
+  int r;
+
+  memset(ret, 0, sizeof *ret);
+  r = kb_virt_block_nodes(dom, &nodes);
+  if (r == 0)
+    r = kb_block_nodes_bitmap_state(nodes, disk_source, bitmap, ret);
+  kb_block_nodes_free(nodes);
+  return r;
+}
+
+int kb_virt_bitmap_names(virDomainPtr dom, const char *disk_source, char ***ret)
+{
+  struct kb_block_nodes *nodes = NULL;
+  int r;
+
+  r = kb_virt_block_nodes(dom, &nodes);
+  if (r == 0)
+    r = kb_block_nodes_bitmap_names(nodes, disk_source, ret);
+  kb_block_nodes_free(nodes);
+  return r;
+}
+
 int kb_virt_bitmap_remove(virDomainPtr dom, const char *disk_source, const char *bitmap)
 {
-  json_object *root = NULL, *node, *nn, *cmd, *args;
+  struct kb_block_nodes *nodes = NULL;
+  json_object *node, *nn, *cmd, *args;
   char *reply = NULL;
   int r;
 
-  r = qmp_node(dom, disk_source, &root, &node);
+  r = kb_virt_block_nodes(dom, &nodes);
   if (r < 0)
     return r;
-  if (!json_object_object_get_ex(node, "node-name", &nn)) {
-    json_object_put(root);
-    return -EPROTO;
+  node = format_node(nodes, disk_source);
+  if (!node || !json_object_object_get_ex(node, "node-name", &nn)) {
+    kb_block_nodes_free(nodes);
+    return node ? -EPROTO : -ENOENT;
   }
   cmd = json_object_new_object();
   args = json_object_new_object();
@@ -359,7 +415,7 @@ int kb_virt_bitmap_remove(virDomainPtr dom, const char *disk_source, const char 
   json_object_object_add(args, "name", json_object_new_string(bitmap));
   json_object_object_add(cmd, "execute", json_object_new_string("block-dirty-bitmap-remove"));
   json_object_object_add(cmd, "arguments", args);
-  json_object_put(root);
+  kb_block_nodes_free(nodes);
   r = virDomainQemuMonitorCommand(dom, json_object_to_json_string(cmd), &reply, 0) < 0 ? -EIO : 0;
   if (r == 0 && reply && strstr(reply, "\"error\""))
     r = -EIO;

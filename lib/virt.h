@@ -52,6 +52,19 @@ struct kb_bitmap_state {
 };
 int kb_virt_bitmap_state(virDomainPtr dom, const char *disk_source, const char *bitmap,
                          struct kb_bitmap_state *ret);
+/* One QMP query-named-block-nodes answer: every disk's bitmaps and size
+ * from one monitor round trip (domain must be active). */
+struct kb_block_nodes;
+int kb_virt_block_nodes(virDomainPtr dom, struct kb_block_nodes **ret);
+void kb_block_nodes_free(struct kb_block_nodes *nodes);
+/* As kb_virt_bitmap_state / kb_virt_bitmap_names, from NODES; -ENOENT when
+ * no format node has DISK_SOURCE as its image. */
+int kb_block_nodes_bitmap_state(const struct kb_block_nodes *nodes, const char *disk_source,
+                                const char *bitmap, struct kb_bitmap_state *ret);
+int kb_block_nodes_bitmap_names(const struct kb_block_nodes *nodes, const char *disk_source, char ***ret);
+/* The disk's virtual size (what virDomainGetBlockInfo calls capacity). */
+int kb_block_nodes_capacity(const struct kb_block_nodes *nodes, const char *disk_source,
+                            unsigned long long *ret);
 /* Names of all bitmaps on the disk's active layer (NULL-terminated). */
 int kb_virt_bitmap_names(virDomainPtr dom, const char *disk_source, char ***ret);
 /* Remove a bitmap from an active domain's disk (QMP block-dirty-bitmap-remove). */

@@ -7,6 +7,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/pidfd.h>
 #include <sys/prctl.h>
 #include <sys/stat.h>
 #include <sys/types.h>
@@ -184,6 +185,8 @@ static void supervise(pid_t worker, pid_t probe, int notes_rd, int beats_rd, uns
   bool notes_eof = false;
   int64_t last_beat = kb_mono_ms();
   struct sigaction sa;
+  /* Readable when the worker has ended: its end is seen at once. */
+  int worker_fd = pidfd_open(worker, 0);
 
   memset(&sa, 0, sizeof sa);
   sa.sa_handler = forward;
@@ -193,7 +196,8 @@ static void supervise(pid_t worker, pid_t probe, int notes_rd, int beats_rd, uns
   signal(SIGPIPE, SIG_IGN);
 
   for (;;) {
-    struct pollfd p[2] = { { notes_eof ? -1 : notes_rd, POLLIN, 0 }, { beats_rd, POLLIN, 0 } };
+    struct pollfd p[3] = { { notes_eof ? -1 : notes_rd, POLLIN, 0 }, { beats_rd, POLLIN, 0 },
+                           { worker_fd, POLLIN, 0 } };
     int status;
     pid_t w;
 
@@ -201,9 +205,10 @@ static void supervise(pid_t worker, pid_t probe, int notes_rd, int beats_rd, uns
       (void) kill(worker, pending_signal);
       pending_signal = 0;
     }
-    /* After the notes pipe's EOF the worker is exiting: look for its end
-     * often, or its last poll would add up to half a second to the run. */
-    if (poll(p, 2, notes_eof ? 5 : 500) > 0) {
+    /* After the notes pipe's EOF the worker is exiting: without a pidfd,
+     * look for its end often, or its last poll would add up to half a
+     * second to the run. */
+    if (poll(p, 3, notes_eof && worker_fd < 0 ? 5 : 500) > 0) {
       if (!notes_eof && (p[0].revents & (POLLIN | POLLHUP)))
         read_notes(notes_rd, buf, &used, sizeof buf, &notes_eof);
       if (p[1].revents & POLLIN) {

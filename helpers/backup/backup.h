@@ -2,6 +2,7 @@
 #ifndef KBOSS_BACKUP_H
 #define KBOSS_BACKUP_H
 
+#include <pthread.h>
 #include <signal.h>
 #include <stdbool.h>
 
@@ -30,6 +31,9 @@ struct bk_vm {
   char uuid[VIR_UUID_STRING_BUFLEN];
   struct kb_lock *lock;
   struct kb_doc *rec;          /* vm.ini */
+  /* A running VM's block nodes as one QMP query saw them, shared by the
+   * steps of a run until something adds or removes a bitmap; NULL: ask. */
+  struct kb_block_nodes *nodes;
 };
 
 extern volatile sig_atomic_t bk_cancel;  /* set by SIGINT/SIGTERM */
@@ -40,13 +44,16 @@ int bk_vm_open(struct kb_config *cfg, const char *vm, const char *purpose, bool 
                struct bk_vm *ret, char **ret_error);
 void bk_vm_close(struct bk_vm *v);
 int bk_vm_set_state(struct bk_vm *v, const char *state, const char *error);
+/* Drop v->nodes: a bitmap is about to be added or removed. */
+void bk_vm_forget_nodes(struct bk_vm *v);
 
 /* run.c: take one backup. */
 int bk_run(struct bk_vm *v, const struct bk_opts *opts, char **ret_error);
 
 /* normalize.c: clean what failed or killed runs left behind; 0 when the VM
- * is back to Ready. */
-int bk_normalize(struct bk_vm *v, char **ret_error);
+ * is back to Ready. BEFORE_BACKUP: a backup follows and writes the VM's
+ * record itself, so a Ready VM that stays Ready is not written here. */
+int bk_normalize(struct bk_vm *v, bool before_backup, char **ret_error);
 /* End the VM's current chain (next backup is full). */
 int bk_finish_chain(struct bk_vm *v, const char *reason, char **ret_error);
 /* Remove the leftovers of one backup that did not complete. */
@@ -73,8 +80,16 @@ int bk_freeze(struct bk_vm *v, const char *by, char **ret_error);
  * (the record stays, so the next run thaws). */
 int bk_thaw(struct bk_vm *v);
 /* Normalisation: thaw a freeze kboss recorded whose run is gone; report,
- * and leave, any other freeze. */
-void bk_normalize_freeze(struct bk_vm *v);
+ * and leave, any other freeze. _start asks the guest agent for the freeze
+ * state in a thread; _finish waits for the answer and acts on it. */
+struct bk_fs_probe {
+  virDomainPtr dom;
+  bool active, running;
+  pthread_t thread;
+  enum bk_fs_state state;
+};
+void bk_normalize_freeze_start(struct bk_vm *v, struct bk_fs_probe *p);
+void bk_normalize_freeze_finish(struct bk_vm *v, struct bk_fs_probe *p);
 
 /* mountns.c: when qemu could not open the target PATH on a store although
  * it exists for us, the explanation (qemu's mount namespace does not see

@@ -6,6 +6,8 @@
 #include <config.h>
 
 #include <errno.h>
+#include <pthread.h>
+#include <signal.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -108,21 +110,51 @@ int bk_thaw(struct bk_vm *v)
   return 0;
 }
 
-void bk_normalize_freeze(struct bk_vm *v)
+static void *fs_probe_thread(void *arg)
+{
+  struct bk_fs_probe *p = arg;
+
+  /* Short wait: this runs before every backup, quiesced or not. */
+  p->state = bk_guest_fs_state(p->dom, 5);
+  return NULL;
+}
+
+void bk_normalize_freeze_start(struct bk_vm *v, struct bk_fs_probe *p)
+{
+  sigset_t all, old;
+
+  memset(p, 0, sizeof *p);
+  p->active = virDomainIsActive(v->dom) == 1;
+  if (!p->active)
+    return;
+  /* The guest's answer takes a round trip through its agent (tens of ms
+   * under TCG); the rest of the normalization goes on meanwhile. */
+  p->dom = v->dom;
+  sigfillset(&all);
+  pthread_sigmask(SIG_BLOCK, &all, &old);   /* signals stay with the main thread */
+  p->running = pthread_create(&p->thread, NULL, fs_probe_thread, p) == 0;
+  pthread_sigmask(SIG_SETMASK, &old, NULL);
+  if (!p->running)
+    p->state = bk_guest_fs_state(v->dom, 5);
+}
+
+void bk_normalize_freeze_finish(struct bk_vm *v, struct bk_fs_probe *p)
 {
   CLEANUP_FREE char *desc = NULL;
   enum kb_freeze_owner owner = kb_vm_freeze_owner(v->rec, &desc);
   enum bk_fs_state st;
 
-  if (virDomainIsActive(v->dom) != 1) {
+  if (p->running) {
+    pthread_join(p->thread, NULL);
+    p->running = false;
+  }
+  if (!p->active) {
     /* A stopped guest holds no freeze. */
     if (owner != KB_FREEZE_NONE)
       (void) kb_vm_clear_frozen(v->cat, v->uuid, v->rec);
     return;
   }
-  /* Short waits: this runs before every backup, quiesced or not. */
-  (void) virDomainAgentSetResponseTimeout(v->dom, 5, 0);
-  st = bk_guest_fs_state(v->dom, 5);
+  st = p->state;
   switch (owner) {
   case KB_FREEZE_NONE:
     if (st == BK_FS_FROZEN)
@@ -147,6 +179,7 @@ void bk_normalize_freeze(struct bk_vm *v)
     (void) kb_vm_clear_frozen(v->cat, v->uuid, v->rec);
     return;
   }
+  (void) virDomainAgentSetResponseTimeout(v->dom, 5, 0);   /* for the thaw */
   if (bk_thaw(v) < 0) {
     kb_warn("VM %s: cannot thaw the filesystems frozen by a kboss run that did not finish (%s): %s; "
             "the next run tries again", v->name, desc ? desc : "?", kb_virt_error());

@@ -186,7 +186,7 @@ int main(int argc, char **argv)
   } else if (redefine) {
     r = bk_redefine_checkpoints(&v, &err);
   } else if (normalize) {
-    r = bk_normalize(&v, &err);
+    r = bk_normalize(&v, false, &err);
     if (r == 0)
       printf("VM %s is Ready\n", v.name);
   } else {
@@ -199,11 +199,11 @@ int main(int argc, char **argv)
        * we hold says no other run is under way. */
       if (state && !KB_STREQ(state, KB_VM_READY)) {
         kb_info("VM %s is %s: normalizing it first", v.name, state);
-        r = bk_normalize(&v, &err);
+        r = bk_normalize(&v, true, &err);
         if (r < 0)
           goto out;
       } else
-        (void) bk_normalize(&v, &err);
+        (void) bk_normalize(&v, true, &err);
       free(err);
       err = NULL;
       r = bk_run(&v, &opts, &err);

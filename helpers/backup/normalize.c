@@ -16,10 +16,12 @@ int bk_checkpoint_delete(struct bk_vm *v, const char *name)
 {
   virDomainCheckpointPtr cp = virDomainCheckpointLookupByName(v->dom, name, 0);
   struct kb_disks disks = { NULL, 0 };
+  struct kb_block_nodes *nodes = NULL;
   CLEANUP_FREE char *xml = NULL;
-  int r = 0;
+  int r = 0, active;
   size_t i;
 
+  bk_vm_forget_nodes(v);   /* bitmaps go */
   if (cp) {
     /* libvirt deletes checkpoints of running domains only. */
     int del = virDomainIsActive(v->dom) == 1 ? virDomainCheckpointDelete(cp, 0) : -1;
@@ -41,13 +43,16 @@ int bk_checkpoint_delete(struct bk_vm *v, const char *name)
   xml = virDomainGetXMLDesc(v->dom, 0);
   if (!xml || kb_disks_parse(xml, &disks) < 0)
     return r ? r : -EIO;
+  active = virDomainIsActive(v->dom);
+  if (active == 1 && kb_virt_block_nodes(v->dom, &nodes) < 0)
+    nodes = NULL;
   for (i = 0; i < disks.n; i++) {
     const struct kb_disk *d = &disks.v[i];
     if (!kb_disk_is_backed_up(d) || kb_disk_unsupported(d) || !d->format || !KB_STREQ(d->format, "qcow2"))
       continue;
-    if (virDomainIsActive(v->dom) == 1) {
+    if (active == 1) {
       struct kb_bitmap_state st;
-      if (kb_virt_bitmap_state(v->dom, d->source, name, &st) == 0 && st.present &&
+      if (nodes && kb_block_nodes_bitmap_state(nodes, d->source, name, &st) == 0 && st.present &&
           kb_virt_bitmap_remove(v->dom, d->source, name) < 0)
         r = -EIO;
     } else {
@@ -63,7 +68,18 @@ int bk_checkpoint_delete(struct bk_vm *v, const char *name)
     }
   }
   kb_disks_clear(&disks);
+  kb_block_nodes_free(nodes);
   return r;
+}
+
+/* The catalog's copy of checkpoint NAME's XML (run.c saves it while the
+ * job runs), once the checkpoint is gone. */
+static void forget_checkpoint_xml(struct bk_vm *v, const char *name)
+{
+  CLEANUP_FREE char *path = kb_backup_id_ok(name) ? kb_catalog_checkpoint_path(v->cat, v->uuid, name) : NULL;
+
+  if (path)
+    (void) kb_meta_remove_file(path);
 }
 
 int bk_discard_backup(struct bk_vm *v, const char *chain, const char *backup, char **ret_error)
@@ -94,6 +110,7 @@ int bk_discard_backup(struct bk_vm *v, const char *chain, const char *backup, ch
       kb_backup_ref_clear(&ref);
       return -EIO;
     }
+    forget_checkpoint_xml(v, backup);
   }
   r = ref.vm_uuid && ref.chain && ref.id ? kb_backup_remove(v->cat, &ref) : -ENOMEM;
   kb_backup_ref_clear(&ref);
@@ -129,21 +146,26 @@ static void abort_stale_job(struct bk_vm *v)
   }
 }
 
-int bk_normalize(struct bk_vm *v, char **ret_error)
+int bk_normalize(struct bk_vm *v, bool before_backup, char **ret_error)
 {
+  const char *state0 = kb_doc_get(v->rec, "vm", "state");
+  bool was_ready = state0 && KB_STREQ(state0, KB_VM_READY);
   CLEANUP_FREE char *err = NULL;
   const char *keep = kb_doc_get(v->rec, "vm", "last_checkpoint");
   char **chains = NULL;
+  struct bk_fs_probe probe;
   size_t c;
   bool clean = true;
   int r;
 
   abort_stale_job(v);
   /* A killed quiesced backup may have left the guest frozen; a freeze
-   * kboss did not record is someone else's and stays. */
-  bk_normalize_freeze(v);
+   * kboss did not record is someone else's and stays. The agent is asked
+   * now and answers while the catalog and checkpoints are looked at. */
+  bk_normalize_freeze_start(v, &probe);
   r = kb_catalog_list_chains(v->cat, v->uuid, &chains);
   if (r < 0 && r != -ENOENT) {
+    bk_normalize_freeze_finish(v, &probe);
     *ret_error = kb_printf("VM %s: cannot list its chains: %s", v->name, strerror(-r));
     return r;
   }
@@ -189,6 +211,8 @@ int bk_normalize(struct bk_vm *v, char **ret_error)
         kb_info("VM %s: removing checkpoint %s that no backup needs", v->name, name);
         if (bk_checkpoint_delete(v, name) < 0)
           clean = false;
+        else
+          forget_checkpoint_xml(v, name);
       }
     }
     free(cps);
@@ -199,12 +223,17 @@ int bk_normalize(struct bk_vm *v, char **ret_error)
     CLEANUP_FREE char *xml = virDomainGetXMLDesc(v->dom, 0);
     struct kb_disks disks = { NULL, 0 };
     size_t i, k;
-    if (xml && kb_disks_parse(xml, &disks) == 0) {
+    struct kb_block_nodes *nodes = NULL;
+    bool removed = false;
+    /* One query for every disk; kept for the backup's own checks (run.c)
+     * unless a bitmap is removed here. */
+    bk_vm_forget_nodes(v);
+    if (xml && kb_disks_parse(xml, &disks) == 0 && kb_virt_block_nodes(v->dom, &nodes) == 0) {
       for (i = 0; i < disks.n; i++) {
         char **names = NULL;
         const struct kb_disk *d = &disks.v[i];
         if (!kb_disk_is_backed_up(d) || kb_disk_unsupported(d) ||
-            kb_virt_bitmap_names(v->dom, d->source, &names) < 0)
+            kb_block_nodes_bitmap_names(nodes, d->source, &names) < 0)
           continue;
         for (k = 0; names[k]; k++) {
           virDomainCheckpointPtr cp;
@@ -216,14 +245,24 @@ int bk_normalize(struct bk_vm *v, char **ret_error)
             continue;
           }
           kb_info("VM %s: disk %s: removing orphan bitmap %s", v->name, d->target, names[k]);
+          removed = true;
           if (kb_virt_bitmap_remove(v->dom, d->source, names[k]) < 0)
             clean = false;
         }
         kb_strv_free(names);
       }
-      kb_disks_clear(&disks);
     }
+    kb_disks_clear(&disks);
+    if (removed)
+      kb_block_nodes_free(nodes);
+    else
+      v->nodes = nodes;
   }
+  bk_normalize_freeze_finish(v, &probe);
+  /* A Ready VM that stays Ready before a backup: the backup's own record
+   * (BackingUp, or Ready with its error) follows at once. */
+  if (clean && was_ready && before_backup)
+    return 0;
   r = bk_vm_set_state(v, clean ? KB_VM_READY : KB_VM_BACKUP_ERROR,
                       clean ? NULL : "normalization could not remove everything; see the log");
   if (r < 0) {

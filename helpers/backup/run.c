@@ -53,6 +53,8 @@ struct bk_job {
   char *meta_dir, *data_dir;
   bool offline;              /* stopped VM: offline.c, no qemu */
   bool was_active, started_paused, frozen, job_begun, recorded;
+  bool xml_saved;            /* save_job_xml() done */
+  bool cp_xml_written;       /* the checkpoint's XML may be in the catalog */
   struct kb_progress progress;
 };
 
@@ -231,8 +233,10 @@ static int plan_chain(struct bk_job *j, char **ret_error)
   return r;
 }
 
-/* Is checkpoint SINCE usable for disk D? Sets reason when not. */
-static void check_disk(struct bk_job *j, struct bk_disk *b, char **cp_disks, bool cp_known)
+/* Is checkpoint SINCE usable for disk D? Sets reason when not. NODES: the
+ * running VM's block nodes (one QMP answer for all disks). */
+static void check_disk(struct bk_job *j, struct bk_disk *b, char **cp_disks, bool cp_known,
+                       const struct kb_block_nodes *nodes, int nodes_err)
 {
   struct kb_bitmap_state st;
   bool listed = false;
@@ -261,7 +265,7 @@ static void check_disk(struct bk_job *j, struct bk_disk *b, char **cp_disks, boo
   if (j->offline)
     r = bk_offline_bitmap_state(b->d->source, j->since, &st, &b->why);
   else
-    r = kb_virt_bitmap_state(j->v->dom, b->d->source, j->since, &st);
+    r = nodes ? kb_block_nodes_bitmap_state(nodes, b->d->source, j->since, &st) : nodes_err;
   if (r < 0 && b->why)
     b->reason = b->why;
   else if (r < 0) {
@@ -326,6 +330,7 @@ static int plan_disks(struct bk_job *j, char **ret_error)
   struct bk_vm *v = j->v;
   char **cp_disks = NULL;
   bool cp_known = false;
+  int nodes_err = -EIO;
   size_t i;
   int r;
 
@@ -362,19 +367,29 @@ static int plan_disks(struct bk_job *j, char **ret_error)
   }
   if (j->since)
     cp_known = ensure_checkpoint(j, &cp_disks);
+  /* A running VM: every disk's bitmaps and size from one QMP query (the
+   * one normalization made, when it changed nothing since). */
+  if (!j->offline && !v->nodes)
+    nodes_err = kb_virt_block_nodes(v->dom, &v->nodes);
   for (i = 0; i < j->nbd; i++) {
     virDomainBlockInfo info;
-    check_disk(j, &j->bd[i], cp_disks, cp_known);
-    if (virDomainGetBlockInfo(v->dom, j->bd[i].d->target, &info, 0) < 0) {
-      *ret_error = kb_printf("VM %s: disk %s: cannot read its size: %s", v->name, j->bd[i].d->target,
-                             kb_virt_error());
-      kb_strv_free(cp_disks);
-      return -EIO;
+    check_disk(j, &j->bd[i], cp_disks, cp_known, v->nodes, nodes_err);
+    if (!v->nodes || kb_block_nodes_capacity(v->nodes, j->bd[i].d->source, &j->bd[i].capacity) < 0) {
+      if (virDomainGetBlockInfo(v->dom, j->bd[i].d->target, &info, 0) < 0) {
+        *ret_error = kb_printf("VM %s: disk %s: cannot read its size: %s", v->name, j->bd[i].d->target,
+                               kb_virt_error());
+        kb_strv_free(cp_disks);
+        return -EIO;
+      }
+      j->bd[i].capacity = info.capacity;
     }
-    j->bd[i].capacity = info.capacity;
-    if (j->bd[i].drop_bitmap && !j->offline && kb_virt_bitmap_remove(v->dom, j->bd[i].d->source, j->since) < 0)
-      kb_warn("VM %s: disk %s: cannot remove its unusable bitmap %s", v->name, j->bd[i].d->target, j->since);
   }
+  for (i = 0; i < j->nbd; i++)
+    if (j->bd[i].drop_bitmap && !j->offline) {
+      bk_vm_forget_nodes(v);
+      if (kb_virt_bitmap_remove(v->dom, j->bd[i].d->source, j->since) < 0)
+        kb_warn("VM %s: disk %s: cannot remove its unusable bitmap %s", v->name, j->bd[i].d->target, j->since);
+    }
   kb_strv_free(cp_disks);
   return 0;
 }
@@ -622,21 +637,25 @@ static int finish_records(struct bk_job *j, uint64_t *ret_total)
   return r;
 }
 
-static int save_xml_files(struct bk_job *j)
+/* The backup's own copy of the domain XML and its checkpoint's XML. A push
+ * job's checkpoint exists once the job began: they are written while the
+ * job runs, and undo() removes them with the backup. */
+static int save_job_xml(struct bk_job *j)
 {
   struct bk_vm *v = j->v;
-  CLEANUP_FREE char *p1 = kb_catalog_vm_domain_path(v->cat, v->uuid);
   CLEANUP_FREE char *p2 = kb_catalog_backup_domain_path(v->cat, v->uuid, j->chain, j->id);
   CLEANUP_FREE char *p3 = NULL, *cpdir = NULL;
   int r;
 
-  if (!p1 || !p2)
+  if (j->xml_saved)
+    return 0;
+  if (!p2)
     return -EINVAL;
-  r = kb_meta_write_file(p1, j->inactive_xml, strlen(j->inactive_xml));
-  if (r == 0)
-    r = kb_meta_write_file(p2, j->inactive_xml, strlen(j->inactive_xml));
-  if (r < 0 || j->opts->isolated)
+  r = kb_meta_write_file(p2, j->inactive_xml, strlen(j->inactive_xml));
+  if (r < 0 || j->opts->isolated) {
+    j->xml_saved = r == 0;
     return r;
+  }
   cpdir = kb_catalog_checkpoints_dir(v->cat, v->uuid);
   if (!cpdir)
     return -EINVAL;
@@ -653,8 +672,21 @@ static int save_xml_files(struct bk_job *j)
     p3 = kb_catalog_checkpoint_path(v->cat, v->uuid, j->id);
     if (!p3)
       return -EINVAL;
-    return kb_meta_write_file(p3, xml, strlen(xml));
+    j->cp_xml_written = true;
+    r = kb_meta_write_file(p3, xml, strlen(xml));
+    j->xml_saved = r == 0;
+    return r;
   }
+}
+
+/* The VM's domain XML as of its newest backup: once the backup is good. */
+static int save_vm_xml(struct bk_job *j)
+{
+  CLEANUP_FREE char *p1 = kb_catalog_vm_domain_path(j->v->cat, j->v->uuid);
+
+  if (!p1)
+    return -EINVAL;
+  return kb_meta_write_file(p1, j->inactive_xml, strlen(j->inactive_xml));
 }
 
 /* Only the newest checkpoint is needed: remove older kboss checkpoints so
@@ -706,6 +738,11 @@ static void undo(struct bk_job *j, const char *error)
   if (j->job_begun && !j->opts->isolated && bk_checkpoint_delete(v, j->id) < 0) {
     kb_err("VM %s: cannot remove checkpoint %s of the failed backup", v->name, j->id);
     clean = false;
+  }
+  if (j->cp_xml_written) {
+    CLEANUP_FREE char *p3 = kb_catalog_checkpoint_path(v->cat, v->uuid, j->id);
+    if (p3)
+      (void) kb_meta_remove_file(p3);
   }
   if (j->data_dir && kb_rm_rf(j->data_dir) < 0)
     clean = false;
@@ -911,6 +948,7 @@ int bk_run(struct bk_vm *v, const struct bk_opts *opts, char **ret_error)
   kb_watchdog_note("job", "1");
   if (!opts->isolated)
     kb_watchdog_note("checkpoint", j.id);
+  bk_vm_forget_nodes(v);   /* the job adds a bitmap */
   r = virDomainBackupBegin(v->dom, bxml, cpxml, VIR_DOMAIN_BACKUP_BEGIN_REUSE_EXTERNAL);
   if (r < 0)
     berr = strdup(kb_virt_error());   /* before the thaw resets it */
@@ -936,6 +974,12 @@ int bk_run(struct bk_vm *v, const struct bk_opts *opts, char **ret_error)
   }
   if (opts->bandwidth && kb_virt_backup_set_speed(v->dom, (unsigned long long) opts->bandwidth << 20) < 0)
     kb_warn("VM %s: cannot limit the backup job to %lu MiB/s: %s", v->name, opts->bandwidth, kb_virt_error());
+  /* While the job copies: the XML files need only its checkpoint. */
+  r = save_job_xml(&j);
+  if (r < 0) {
+    *ret_error = kb_printf("VM %s: cannot save the domain and checkpoint XML: %s", v->name, strerror(-r));
+    goto fail;
+  }
   kb_progress_start(&j.progress, "backup", 0);
   r = kb_virt_wait_job(v->dom, &bk_cancel, on_progress, &j, &jerr);
   kb_progress_end(&j.progress);
@@ -952,7 +996,9 @@ int bk_run(struct bk_vm *v, const struct bk_opts *opts, char **ret_error)
     goto fail;
   }
 copied:
-  r = save_xml_files(&j);
+  r = save_job_xml(&j);
+  if (r == 0)
+    r = save_vm_xml(&j);
   if (r < 0) {
     *ret_error = kb_printf("VM %s: cannot save the domain and checkpoint XML: %s", v->name, strerror(-r));
     goto fail;

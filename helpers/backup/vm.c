@@ -103,8 +103,15 @@ int bk_vm_open(struct kb_config *cfg, const char *vm, const char *purpose, bool 
   return 0;
 }
 
+void bk_vm_forget_nodes(struct bk_vm *v)
+{
+  kb_block_nodes_free(v->nodes);
+  v->nodes = NULL;
+}
+
 void bk_vm_close(struct bk_vm *v)
 {
+  bk_vm_forget_nodes(v);
   kb_lock_release(v->lock);
   kb_doc_free(v->rec);
   kb_catalog_free(v->cat);

@@ -10,7 +10,8 @@
  *     every node spelled out, "backing": null at the base: qemu follows no
  *     name from the export) into ".kbmerge-<file>" in T's folder, a file we
  *     created 0600 with O_EXCL|O_NOFOLLOW (the same type of compression as
- *     T's file when T was compressed); qemu-img compare proves it reads
+ *     T's file when T was compressed: qemu-img's own for zstd, kboss's
+ *     writer for zlib); qemu-img compare proves it reads
  *     the same as the chain; it is fsync'ed and hashed;
  *  3. the intent goes into T's record (kb_backup_merge_intent: "merge" and
  *     each disk's hash_new); from now on the merge only goes forward;
@@ -67,37 +68,17 @@ static char *merge_temp(const char *path)
   return slash ? kb_printf("%.*s/" MERGE_PREFIX "%s", (int) (slash - path), path, slash + 1) : NULL;
 }
 
-/* Remove our temporary files from a backup's data folder. */
+/* Remove our temporary files from a backup's data folder: ours, and the
+ * compressing writer's temporary names built on ours (".<out>.kbtmp-<hex>"). */
 static void remove_temps(const struct kb_catalog *cat, const struct kb_backup_ref *ref)
 {
   CLEANUP_FREE char *dir = kb_backup_data_dir(cat, ref);
-  struct dirent *de;
-  DIR *d;
-  int fd;
 
-  if (!dir)
-    return;
-  fd = open(dir, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
-  if (fd < 0)
-    return;
-  if (!(d = fdopendir(fd))) {
-    close(fd);
-    return;
-  }
-  while ((de = readdir(d)))
-    if (strncmp(de->d_name, MERGE_PREFIX, strlen(MERGE_PREFIX)) == 0)
-      (void) unlinkat(fd, de->d_name, 0);
-  closedir(d);
+  if (dir)
+    kb_remove_prefixed(dir, MERGE_PREFIX);
 }
 
-static uint64_t file_usage(const char *path)
-{
-  struct stat st;
-
-  if (lstat(path, &st) < 0 || !S_ISREG(st.st_mode))
-    return 0;
-  return (uint64_t) st.st_blocks * 512;
-}
+#define file_usage kb_file_usage
 
 /* Whether the qcow2 file PATH has no backing file (1), has one (0), or
  * cannot be read (-errno). */
@@ -138,33 +119,43 @@ static bool rel_in(const char *rel, const char *target, const char *const *ids)
 }
 
 /* Write the merged image of the validated chain CH into TMP (created here);
- * on success *RET_HASH is its hash. COMPRESS: NULL, "zstd" or "zlib". */
+ * on success *RET_HASH is its hash. COMPRESS: NULL, "zstd" or "zlib".
+ * By the numbers in docs/operations.md ("Merge forward"): qemu-img convert
+ * writes the file, compressing it itself for zstd; for zlib it writes an
+ * uncompressed file that kboss's writer compresses (libdeflate level 4,
+ * as the compression job: three times faster than qemu's zlib and 4 %
+ * smaller). */
 static int write_merged(const struct kb_chain *ch, const char *orig, const char *tmp, const char *compress,
                         char ret_hash[KB_HASH_HEX_LEN + 1], char **ret_error)
 {
+  bool own_writer = compress && KB_STREQ(compress, "zlib");
   CLEANUP_FREE char *spec = kb_chain_qemu_json(ch, NULL), *tspec = single_json(tmp);
-  CLEANUP_FREE char *opts = NULL, *out = NULL;
+  CLEANUP_FREE char *opts = NULL, *out = NULL, *raw = own_writer ? kb_printf("%s.raw", tmp) : NULL;
+  const char *target = own_writer ? raw : tmp;
   CLEANUP_CLOSE int fd = -1;
   struct kb_qcow2 *img = NULL;
   struct stat a, b;
   uint64_t cs = 65536;
   int r;
 
-  if (!spec || !tspec)
+  if (!spec || !tspec || (own_writer && !raw))
     return -ENOMEM;
   if (kb_qcow2_open(orig, &img, NULL) == 0) {
     cs = kb_qcow2_get_info(img)->cluster_size;
     kb_qcow2_close(img);
   }
-  opts = compress ? kb_printf("cluster_size=%llu,compression_type=%s", (unsigned long long) cs, compress)
-                  : kb_printf("cluster_size=%llu", (unsigned long long) cs);
+  opts = compress && !own_writer
+    ? kb_printf("cluster_size=%llu,compression_type=%s", (unsigned long long) cs, compress)
+    : kb_printf("cluster_size=%llu", (unsigned long long) cs);
   if (!opts)
     return -ENOMEM;
   (void) unlink(tmp);
-  fd = open(tmp, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0600);
+  if (raw)
+    (void) unlink(raw);
+  fd = open(target, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0600);
   if (fd < 0) {
     r = -errno;
-    *ret_error = kb_printf("cannot create %s: %s", tmp, strerror(-r));
+    *ret_error = kb_printf("cannot create %s: %s", target, strerror(-r));
     return r;
   }
   ctl_prune_point("temp-created");
@@ -178,25 +169,46 @@ static int write_merged(const struct kb_chain *ch, const char *orig, const char 
     argv[na++] = "qcow2";
     argv[na++] = "-o";
     argv[na++] = opts;
-    if (compress)
+    if (compress && !own_writer)
       argv[na++] = "-c";
     argv[na++] = spec;
-    argv[na++] = tmp;
+    argv[na++] = target;
     argv[na] = NULL;
     r = kb_run(argv, &out);
   }
   if (r != 0) {
-    *ret_error = kb_printf("qemu-img convert into %s failed (status %d): %s", tmp, r, out ? out : "");
+    *ret_error = kb_printf("qemu-img convert into %s failed (status %d): %s", target, r, out ? out : "");
     return -EIO;
   }
-  ctl_prune_point("disk-copied");
-  /* Still the file we created (nobody swapped a name under us), a
-   * regular qcow2 file without a backing file. */
-  if (fstat(fd, &a) < 0 || lstat(tmp, &b) < 0 || !S_ISREG(b.st_mode) || a.st_ino != b.st_ino ||
+  /* Still the file we created (nobody swapped a name under us). */
+  if (fstat(fd, &a) < 0 || lstat(target, &b) < 0 || !S_ISREG(b.st_mode) || a.st_ino != b.st_ino ||
       a.st_dev != b.st_dev) {
-    *ret_error = kb_printf("%s was replaced while it was written", tmp);
+    *ret_error = kb_printf("%s was replaced while it was written", target);
     return -EPERM;
   }
+  if (own_writer) {
+    struct kb_compress_opts o;
+    CLEANUP_FREE char *msg = NULL;
+
+    kb_compress_opts_init(&o);
+    o.algorithm = KB_QCOW2_ZLIB;
+    o.zlib_level = 4;
+    o.threads = 2;
+    /* The writer creates TMP itself (O_EXCL, 0600, fsync'ed). */
+    r = kb_qcow2_compress(raw, tmp, &o, NULL, &msg);
+    (void) unlink(raw);
+    if (r < 0) {
+      *ret_error = kb_printf("compressing %s: %s", tmp, msg ? msg : strerror(-r));
+      return r;
+    }
+    close(fd);
+    fd = open(tmp, O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC);
+    if (fd < 0 || fstat(fd, &a) < 0 || !S_ISREG(a.st_mode)) {
+      *ret_error = kb_printf("%s: not a regular file after compressing", tmp);
+      return -EPERM;
+    }
+  }
+  ctl_prune_point("disk-copied");
   r = is_full(tmp);
   if (r != 1) {
     *ret_error = kb_printf("%s: the merged file is not a full qcow2 image (%s)", tmp,
