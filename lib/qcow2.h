@@ -103,6 +103,7 @@ struct kb_compress_opts {
   unsigned threads;              /* compressing threads, >= 1 */
   uint64_t rate_limit;           /* input bytes read per second, 0 = none */
   int zstd_level;                /* default 3 */
+  int zstd_hash_log;             /* ZSTD_c_hashLog, default 16 (level 3's is 17); 0: the level's */
   int zlib_level;                /* libdeflate level 1..12, default 6 */
   bool replace_original;         /* OUT may exist (e.g. OUT == IN) and is replaced */
   kb_compress_progress_fn progress;
@@ -133,7 +134,7 @@ struct kb_compress_stats {
   char hash[33];
 };
 
-/* zstd, 1 thread, level 3/6, no limit, no replace, input cluster size,
+/* zstd, 1 thread, level 3 (hash log 16) / 6, no limit, no replace, input cluster size,
  * no hash.  Every compressed cluster is always decompressed again right
  * after compressing and compared with its input in memory (-EIO when it
  * differs): the output's data is proven without reading it back. */

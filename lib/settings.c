@@ -49,7 +49,7 @@ const struct kb_setting_def kb_setting_defs[] = {
     "Compression threads per job." },
   { "backup.compression.rate.limit", KB_TYPE_INT, KB_SCOPE_CLUSTER, "0", -1, 1048576,
     "Compression rate limit in MB/s; below 1 means no limit." },
-  { "backup.compression.cluster.size", KB_TYPE_INT, KB_SCOPE_ZONE, "2048", 64, 2048,
+  { "backup.compression.cluster.size", KB_TYPE_INT, KB_SCOPE_ZONE, "1024", 64, 2048,
     "Cluster size in KiB of a compressed full backup (a power of two; incrementals keep theirs)." },
 
   /* Validation. */

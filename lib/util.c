@@ -5,10 +5,12 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <limits.h>
+#include <signal.h>
 #include <stdarg.h>
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <sys/prctl.h>
 #include <sys/random.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
@@ -266,6 +268,34 @@ int kb_rename_over(const char *tmp, const char *dst)
   return -errno;
 }
 
+void kb_remove_prefixed(const char *dir, const char *prefix)
+{
+  size_t pl = strlen(prefix);
+  struct dirent *de;
+  DIR *d;
+  int fd = open(dir, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+
+  if (fd < 0)
+    return;
+  if (!(d = fdopendir(fd))) {
+    close(fd);
+    return;
+  }
+  while ((de = readdir(d)))
+    if (strncmp(de->d_name, prefix, pl) == 0 || (de->d_name[0] == '.' && strncmp(de->d_name + 1, prefix, pl) == 0))
+      (void) unlinkat(fd, de->d_name, 0);
+  closedir(d);
+}
+
+uint64_t kb_file_usage(const char *path)
+{
+  struct stat st;
+
+  if (lstat(path, &st) < 0 || !S_ISREG(st.st_mode))
+    return 0;
+  return (uint64_t) st.st_blocks * 512;
+}
+
 int kb_fsync_parent(const char *path)
 {
   CLEANUP_FREE char *dir = kb_dirname(path);
@@ -502,11 +532,12 @@ int kb_run(const char *const argv[], char **ret_output)
   int pipefd[2] = { -1, -1 };
   char *out = NULL;
   size_t len = 0, cap = 0;
-  pid_t pid;
+  pid_t pid, parent;
   int status;
 
   if (ret_output && pipe2(pipefd, O_CLOEXEC) < 0)
     return -errno;
+  parent = getpid();
   pid = fork();
   if (pid < 0) {
     int e = errno;
@@ -519,7 +550,10 @@ int kb_run(const char *const argv[], char **ret_output)
   if (pid == 0) {
     int fd = ret_output ? pipefd[1] : open("/dev/null", O_WRONLY);
     int nul = open("/dev/null", O_RDONLY);
-    if (fd < 0 || nul < 0)
+    /* Killed with -9, the caller takes the program with it: no orphan
+     * qemu-img keeps writing a temporary file. */
+    (void) prctl(PR_SET_PDEATHSIG, SIGKILL);
+    if (fd < 0 || nul < 0 || getppid() != parent)
       _exit(127);
     dup2(nul, 0);
     dup2(fd, 1);

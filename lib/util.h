@@ -67,6 +67,13 @@ int kb_copy_owner(const char *from, int fd);
 /* rename(TMP, DST) that tolerates a lost NFS reply: when TMP is gone and
  * DST is now the file TMP was (same inode), it happened. */
 int kb_rename_over(const char *tmp, const char *dst);
+/* Remove the entries of folder DIR (not followed if a symlink) whose names
+ * start with PREFIX or with "." PREFIX (the temporary names the qcow2
+ * writer builds on an output name). */
+void kb_remove_prefixed(const char *dir, const char *prefix);
+/* Bytes a regular file occupies on disk (not followed if a symlink); 0
+ * when it is not a regular file or cannot be read. */
+uint64_t kb_file_usage(const char *path);
 /* fsync the folder that holds PATH (a rename in it becomes durable). */
 int kb_fsync_parent(const char *path);
 
@@ -115,7 +122,8 @@ void kb_catch_signals(volatile sig_atomic_t *flag);
 
 /* Run a program (no shell) and wait for it. Returns its exit status (0-255),
  * 128+signal, or negative errno. Its stdout+stderr go to *RET_OUTPUT when
- * given (NUL-terminated), else to /dev/null. */
+ * given (NUL-terminated), else to /dev/null. The program gets SIGKILL when
+ * the caller dies (kill -9 leaves no orphan working on its behalf). */
 int kb_run(const char *const argv[], char **ret_output);
 
 #endif

@@ -60,37 +60,14 @@ static char *temp_path(const char *orig)
 void cp_remove_temps(const struct kb_catalog *cat, const struct kb_backup_ref *ref)
 {
   CLEANUP_FREE char *dir = kb_backup_data_dir(cat, ref);
-  struct dirent *de;
-  DIR *d;
-  int fd;
 
-  if (!dir)
-    return;
-  fd = open(dir, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
-  if (fd < 0)
-    return;
-  d = fdopendir(fd);
-  if (!d) {
-    close(fd);
-    return;
-  }
   /* Ours, and the writer's own temporary names built on ours
    * (".<out>.kbtmp-<hex>"). */
-  while ((de = readdir(d)))
-    if (strncmp(de->d_name, TMP_PREFIX, strlen(TMP_PREFIX)) == 0 ||
-        strncmp(de->d_name, "." TMP_PREFIX, strlen(TMP_PREFIX) + 1) == 0)
-      (void) unlinkat(fd, de->d_name, 0);
-  closedir(d);
+  if (dir)
+    kb_remove_prefixed(dir, TMP_PREFIX);
 }
 
-static uint64_t file_usage(const char *path)
-{
-  struct stat st;
-
-  if (lstat(path, &st) < 0 || !S_ISREG(st.st_mode))
-    return 0;
-  return (uint64_t) st.st_blocks * 512;
-}
+#define file_usage kb_file_usage
 
 static int qemu_img_check(const char *tmp, char **ret_error)
 {

@@ -276,15 +276,16 @@ static ssize_t plan_merge(const struct vm_plan *p, size_t c, bool *merge, const 
   return -1;
 }
 
-/* A compression, validation or hash job runs on backup ID. */
-static bool job_running(const struct kb_catalog *cat, const char *id)
+/* Whether backup I of chain C is built on backup T of that chain. */
+static bool depends_on(const struct vm_plan *p, size_t c, size_t i, size_t t)
 {
-  static const char *const types[] = { KB_JOB_COMPRESSION, KB_JOB_VALIDATION, KB_JOB_HASH };
+  size_t base = item_index(p, c, 0);
+  ssize_t j = p->items[base + i].parent;
 
-  for (size_t t = 0; t < KB_ARRAY_SIZE(types); t++) {
-    CLEANUP_FREE char *jid = kb_printf("%s-%s", types[t], id);
-    if (!jid || kb_catalog_lock_probe(cat, KB_LOCK_JOB, jid, NULL) != 0)
+  for (size_t steps = 0; j >= 0 && steps < p->cvs[c].n; steps++) {
+    if ((size_t) j == base + t)
       return true;
+    j = p->items[j].parent;
   }
   return false;
 }
@@ -293,7 +294,7 @@ static bool job_running(const struct kb_catalog *cat, const char *id)
  * on it. */
 static int lock_backup(const struct kb_catalog *cat, const char *id, struct kb_lock **ret)
 {
-  if (job_running(cat, id))
+  if (ctl_job_running(cat, id))
     return -EBUSY;
   return kb_catalog_lock(cat, KB_LOCK_BACKUP, id, "prune", 0, ret);
 }
@@ -391,19 +392,20 @@ static int prune_vm(const struct kb_config *cfg, const struct kb_catalog *cat, c
       if (merge[i])
         mids[nm++] = cv->ids[i];
     if (t >= 0 && !dry) {
-      /* The target and every backup merged into it, locked, no job on them. */
+      /* The target, every backup merged into it and every backup built on
+       * the target (a validation or extract of one reads the merged
+       * backups' files too), locked, no job on them. */
       bool ok = lock_backup(cat, cv->ids[t], &locks[t]) == 0;
       for (size_t i = 0; ok && i < cv->n; i++)
-        if (merge[i] && lock_backup(cat, cv->ids[i], &locks[i]) < 0)
+        if ((merge[i] || depends_on(&p, c, i, (size_t) t)) && lock_backup(cat, cv->ids[i], &locks[i]) < 0)
           ok = false;
       if (!ok) {
-        for (size_t i = 0; i < cv->n; i++)
-          if (merge[i] || (ssize_t) i == t) {
-            kb_lock_release(locks[i]);
-            locks[i] = NULL;
-            if (merge[i])
-              p.items[item_index(&p, c, i)].keep |= KB_KEEP_IN_USE;
-          }
+        for (size_t i = 0; i < cv->n; i++) {
+          kb_lock_release(locks[i]);
+          locks[i] = NULL;
+          if (merge[i])
+            p.items[item_index(&p, c, i)].keep |= KB_KEEP_IN_USE;
+        }
         memset(merge, 0, cv->n * sizeof *merge);
         t = -1;
         nm = 0;

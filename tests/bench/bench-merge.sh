@@ -8,11 +8,13 @@
 #   cp+rebase      copy the top file, qemu-img rebase -b "" (pulls the backing data in)
 #   convert-c      qemu-img convert -c -o compression_type=zstd, then compare
 #   convert+kbw    convert, then kboss's compressing writer (zstd, 2 threads), then compare
+#   convert-c-zlib, convert+kbw-zlib   the same with the zlib type (kboss's writer: libdeflate level 4)
+# METHODS="..." picks some.
 set -u
 ROUNDS=${1:-3}
 MIB=${2:-768}
 B=${KBOSS_BUILDDIR:-$(dirname "$0")/../../_build}
-TOOL=$B/tests/qcow2-tool
+TOOL=$(realpath "$B/tests/qcow2-tool")
 [ -x "$TOOL" ] || { echo "build first: $TOOL" >&2; exit 1; }
 W=$(mktemp -d /var/tmp/kboss-bench-merge.XXXXXX)
 trap 'rm -rf "$W"' EXIT
@@ -47,11 +49,13 @@ run() {
 	cp+rebase) s=$(t bash -c "cp --sparse=always inc2.qcow2 $out && qemu-img rebase -q -f qcow2 -b '' $out") ;;
 	convert-c) s=$(t bash -c "qemu-img convert -q -c -O qcow2 -o compression_type=zstd inc2.qcow2 $out && qemu-img compare -q inc2.qcow2 $out") ;;
 	convert+kbw) s=$(t bash -c "qemu-img convert -q -O qcow2 inc2.qcow2 tmp.qcow2 && $TOOL compress -a zstd -t 2 --hash tmp.qcow2 $out && rm -f tmp.qcow2 && qemu-img compare -q inc2.qcow2 $out") ;;
+	convert-c-zlib) s=$(t bash -c "qemu-img convert -q -c -O qcow2 -o compression_type=zlib inc2.qcow2 $out && qemu-img compare -q inc2.qcow2 $out") ;;
+	convert+kbw-zlib) s=$(t bash -c "qemu-img convert -q -O qcow2 inc2.qcow2 tmp.qcow2 && $TOOL compress -a zlib -l 4 -t 2 --hash tmp.qcow2 $out && rm -f tmp.qcow2 && qemu-img compare -q inc2.qcow2 $out") ;;
 	esac
 	echo "$m round $r: ${s}s $(stat -c %s $out) bytes ($(du -k $out | cut -f1) KiB used)"
 }
 for r in $(seq 1 "$ROUNDS"); do
-	for m in convert convert+cmp cp+rebase convert-c convert+kbw; do
+	for m in ${METHODS:-convert convert+cmp cp+rebase convert-c convert+kbw convert-c-zlib convert+kbw-zlib}; do
 		run $m
 	done
 done

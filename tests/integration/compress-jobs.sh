@@ -8,14 +8,15 @@
 # entries holding real qcow2 files: zone and per-host limits with several
 # runners posing as hosts, retries and their interval, timeout, minimum free
 # storage, a backup in use, and a runner killed mid-job. In between, the
-# cluster sizes: a full compressed with 2 MiB clusters (the default) and one
-# with 64 KiB clusters (as before backup.compression.cluster.size) are
-# parents of incrementals taken afterwards, which are compressed too; both
-# chains restore byte-equal, the newest quick-restores and validates.
+# cluster sizes: a full compressed with 1 MiB clusters (the default), one
+# with 2 MiB clusters (the default of the previous release) and one with
+# 64 KiB clusters (as before backup.compression.cluster.size) are parents of
+# incrementals taken afterwards, which are compressed too; the three chains
+# restore byte-equal, the newest quick-restores and validates.
 . "$(dirname "$0")/../lib/functions.sh"
 . "$(dirname "$0")/../lib/kboss.sh"
 
-plan 67
+plan 74
 start_libvirt || bail_out "libvirtd"
 kb_conf_init 8
 CATALOG_TOOL=${top_builddir:-$KBT_TOPDIR/_build}/tests/catalog-tool
@@ -138,7 +139,7 @@ ok [ "$(kb_backup_field "$b4" compression_library)" = zlib -a "$(qcow2_ctype "$(
 ok chain_same "$b4" "the zlib backup reads as before"
 ok qemu-img check -q "$(kb_backup_file "$b4" vda)" "qemu-img check is clean on it"
 
-# ---- cluster sizes: old (64 KiB) and new (2 MiB) compressed parents ----
+# ---- cluster sizes: old (64 KiB), previous (2 MiB) and new (1 MiB) compressed parents ----
 kb_assign a zs
 printf 'backupValidationBootTimeout = 300\n' >> "$KB_ROOT/etc/vms.d/$(vm_domain a).conf"
 cluster_size() { qemu-img info -U --output=json "$1" | python3 -c 'import json,sys; print(json.load(sys.stdin)["cluster-size"])'; }
@@ -151,8 +152,12 @@ restores_to() { # BACKUP NAME: kboss-restore BACKUP gives the disks of snap NAME
 	kb kboss-restore --quiet "$1" >/dev/null 2>&1 || { diag "kboss-restore $1 failed"; return 1; }
 	qemu-img compare -q "$data" "$KBT_TMPDIR/$2-vdb.qcow2" && qemu-img compare -q "$(vm_disk a)" "$KBT_TMPDIR/$2-vda.qcow2"
 }
-for kind in old new; do
-	if [ $kind = old ]; then conf_set cluster.size=64; want=65536 n=1; else conf_set; want=2097152 n=2; fi
+for kind in old prev new; do
+	case $kind in
+	old) conf_set cluster.size=64; want=65536 n=1 ;;
+	prev) conf_set cluster.size=2048; want=2097152 n=2 ;;
+	new) conf_set; want=1048576 n=3 ;;
+	esac
 	qemu-io -f qcow2 -c "write -P 0x5$n $((2 * MiB)) $MiB" "$data" >/dev/null
 	f=$(kb_backup a --full)
 	snap "$kind-f"
@@ -175,7 +180,7 @@ for kind in old new; do
 	ok restores_to "$i1" "$kind-i1" "$kind: its compressed incremental restores byte-equal"
 	ok restores_to "$f" "$kind-f" "$kind: its compressed full restores byte-equal"
 done
-# The newest chain, compressed through (2 MiB full <- 64 KiB incremental <- 64 KiB
+# The newest chain, compressed through (1 MiB full <- 64 KiB incremental <- 64 KiB
 # incremental): quick restore and validation (which waits for pending compression).
 kb kboss-compress run >/dev/null 2>&1
 ok [ "$(kb_backup_field "$i2" compressed)" = true ] "kboss-compress run compresses the last incremental too"

@@ -18,7 +18,7 @@
 
 POINTS="planned temp-created disk-copied synced intent renamed-first renamed recorded removed-one removed forgotten checkpoint-xml recovery-renamed"
 NPOINTS=13
-plan $((28 + NPOINTS * 10))
+plan $((35 + NPOINTS * 10))
 start_libvirt || bail_out "libvirtd"
 kb_conf_init 16
 CATALOG_TOOL=${top_builddir:-$KBT_TOPDIR/_build}/tests/catalog-tool
@@ -90,7 +90,7 @@ hashes_are_files() { # BACKUP: the recorded hashes are those of the files
 	done
 }
 nothing_pending() { # no temporary file, no pending merge, no hash_new
-	! find "$KB_SECONDARY/kboss" -name '.kbmerge-*' | grep -q . &&
+	! find "$KB_SECONDARY/kboss" -name '*.kbmerge-*' | grep -q . &&
 		[ -z "$(kb_backup_field "$b3" merge)" ] && ! kb_backup_record "$b3" | grep -q '^hash_new'
 }
 listed() { kb_listed_backups | tr '\n' ' ' | sed 's/ $//'; }
@@ -128,6 +128,11 @@ out=$(kb kboss-validate --check-hash "$b3" 2>&1)
 ok [ $? -eq 0 ] "the hash re-check of $b3 passes: $out"
 ok nothing_pending "no temporary file or pending merge is left"
 ok grep -q "length = 2" <<<"$(cat "$(find "$vmdir/chains" -name 'chain.*.ini' | sort | tail -n1)")" "the chain record has length 2"
+# The current chain goes on: the next backup is an incremental on b4.
+qemu-io -f qcow2 -c "write -P 0x55 $((20 * MiB)) $MiB" "$data" >/dev/null
+b5=$(kb_backup m)
+ok '[ -n "$b5" ] && [ "$(kb_backup_field "$b5" type)/$(kb_backup_field "$b5" parent)" = "incremental/$b4" ] && qemu-img compare -q -U "$(kb_backup_file "$b5" vdb)" "$data"' \
+	"the next backup ($b5) is an incremental on $b4 and reads as the disk"
 qemu-io -f qcow2 -c "write -P 0xee 0 $((2 * MiB))" "$data" >/dev/null
 kb kboss-restore --quiet "$b3" >/dev/null 2>&1
 ok eval 'qemu-img compare -q "$data" "$refs/$b3-vdb.qcow2" && qemu-img compare -q "$root" "$refs/$b3-vda.qcow2"' \
@@ -151,6 +156,18 @@ ok '[ "$ctype" = zstd ] && [ "$(kb_backup_field "$b3" compressed)/$(kb_backup_fi
 ok same_as_refs "$b3" "$b4" "and $b3 and $b4 read as at backup time"
 ok hashes_are_files "$b3" "with the hashes of the new files recorded"
 
+# zlib: the merged full is zlib-compressed too.
+reset_catalog
+kb_offering k2 keep_last=2 compress=true compression_library=zlib
+out=$(kb kboss-compress "$b3" 2>&1)
+out=$(kb kbossctl prune "$dom" 2>&1); prc=$?
+diag "$out"
+ctype=$(qemu-img info -U --output=json "$(kb_backup_file "$b3" vdb)" | python3 -c 'import json,sys; print(json.load(sys.stdin)["format-specific"]["data"].get("compression-type"))')
+ok '[ $prc -eq 0 ] && [ "$(listed)" = "$want_left" ] && is_full "$b3" && [ "$ctype" = zlib ] && [ "$(kb_backup_field "$b3" compression_library)" = zlib ]' \
+	"a zlib-compressed $b3 merges into a zlib-compressed full ($ctype)"
+ok eval 'same_as_refs "$b3" "$b4" && hashes_are_files "$b3"' "which reads as at backup time, with its hashes recorded"
+kb_offering k2 keep_last=2 compress=true compression_library=zstd
+
 # ---- a backup in use is never merged or removed ----
 reset_catalog
 uuid=$(basename "$vmdir")
@@ -167,6 +184,32 @@ out=$(kb kbossctl prune "$dom" 2>&1)
 diag "$out"
 ok '[ "$(kb_listed_backups | wc -l)" -eq 4 ] && ! is_full "$b3" 2>/dev/null && grep -q "keep   $b1 (in-use" <<<"$out"' \
 	"with $b1's lock held by another operation, nothing is merged and $b1 stays"
+rm -f "$KB_SECONDARY/kboss/locks/backup-$b1.lock"
+ops_fake_lock "$KB_SECONDARY/kboss/locks/backup-$b4.lock" $holder
+out=$(kb kbossctl prune "$dom" 2>&1)
+diag "$out"
+ok '[ "$(kb_listed_backups | wc -l)" -eq 4 ] && ! is_full "$b3" 2>/dev/null' \
+	"with $b4's lock held (say its validation, which reads $b1 and $b2 too), nothing is merged or removed"
+rm -f "$KB_SECONDARY/kboss/locks/backup-$b4.lock"
+ops_fake_lock "$KB_SECONDARY/kboss/locks/job-compression-$b3.lock" $holder
+out=$(kb kbossctl prune "$dom" 2>&1)
+diag "$out"
+ok '[ "$(kb_listed_backups | wc -l)" -eq 4 ] && ! is_full "$b3" 2>/dev/null' \
+	"with a compression job running on $b3 (its job lock held), nothing is merged or removed"
+rm -f "$KB_SECONDARY/kboss/locks/job-compression-$b3.lock"
+# A pending merge is not finished while a backup built on its target is in
+# use (its validation may hold the target's file open, on another host too).
+KBOSS_TEST_PRUNE_KILL=intent kb kbossctl prune "$dom" >/dev/null 2>&1
+ops_fake_lock "$KB_SECONDARY/kboss/locks/backup-$b4.lock" $holder
+out=$(kb kbossctl prune "$dom" 2>&1)
+diag "$out"
+ok '[ -n "$(kb_backup_field "$b3" merge)" ] && [ "$(kb_listed_backups | wc -l)" -eq 4 ] && grep -q "not finished now" <<<"$out" && listed_same' \
+	"with $b4's lock held, the pending merge into $b3 waits (nothing renamed or removed, everything reads as before)"
+rm -f "$KB_SECONDARY/kboss/locks/backup-$b4.lock"
+out=$(kb kbossctl prune "$dom" 2>&1)
+diag "$out"
+ok '[ -z "$(kb_backup_field "$b3" merge)" ] && [ "$(listed)" = "$want_left" ] && is_full "$b3" && same_as_refs "$b3" "$b4"' \
+	"once it is free, the next prune finishes the merge"
 kill $holder 2>/dev/null; wait $holder 2>/dev/null
 
 # ---- kill -9 at each point ----
@@ -182,7 +225,7 @@ for p in $POINTS; do
 		rc=$?
 	fi
 	ok [ $rc = 137 ] "$p: prune was killed there (status $rc)"
-	diag "$p: left: $(listed); $b3 merge=$(kb_backup_field "$b3" merge) type=$(kb_backup_field "$b3" type); temps: $(find "$KB_SECONDARY/kboss" -name '.kbmerge-*' | wc -l)"
+	diag "$p: left: $(listed); $b3 merge=$(kb_backup_field "$b3" merge) type=$(kb_backup_field "$b3" type); temps: $(find "$KB_SECONDARY/kboss" -name '*.kbmerge-*' | wc -l)"
 	ok listed_same "$p: every backup still listed reads as at its backup time"
 	out=$(kb kboss-validate --check-hash "$b3" 2>&1)
 	ok [ $? = 0 ] "$p: the hash re-check of $b3 passes: $out"
