@@ -81,14 +81,15 @@ int bk_freeze(struct bk_vm *v, const char *by, char **ret_error);
 int bk_thaw(struct bk_vm *v);
 /* Normalisation: thaw a freeze kboss recorded whose run is gone; report,
  * and leave, any other freeze. _start asks the guest agent for the freeze
- * state in a thread; _finish waits for the answer and acts on it. */
+ * state in a thread (ACTIVE: the domain runs); _finish waits for the
+ * answer and acts on it. */
 struct bk_fs_probe {
   virDomainPtr dom;
   bool active, running;
   pthread_t thread;
   enum bk_fs_state state;
 };
-void bk_normalize_freeze_start(struct bk_vm *v, struct bk_fs_probe *p);
+void bk_normalize_freeze_start(struct bk_vm *v, bool active, struct bk_fs_probe *p);
 void bk_normalize_freeze_finish(struct bk_vm *v, struct bk_fs_probe *p);
 
 /* mountns.c: when qemu could not open the target PATH on a store although

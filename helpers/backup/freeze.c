@@ -119,12 +119,12 @@ static void *fs_probe_thread(void *arg)
   return NULL;
 }
 
-void bk_normalize_freeze_start(struct bk_vm *v, struct bk_fs_probe *p)
+void bk_normalize_freeze_start(struct bk_vm *v, bool active, struct bk_fs_probe *p)
 {
   sigset_t all, old;
 
   memset(p, 0, sizeof *p);
-  p->active = virDomainIsActive(v->dom) == 1;
+  p->active = active;
   if (!p->active)
     return;
   /* The guest's answer takes a round trip through its agent (tens of ms

@@ -129,12 +129,12 @@ int bk_finish_chain(struct bk_vm *v, const char *reason, char **ret_error)
 }
 
 /* Leftover domain jobs of a killed run (the libvirt job outlives us). */
-static void abort_stale_job(struct bk_vm *v)
+static void abort_stale_job(struct bk_vm *v, bool active)
 {
   virDomainJobInfo info;
   int k;
 
-  if (virDomainIsActive(v->dom) != 1 || virDomainGetJobInfo(v->dom, &info) < 0 ||
+  if (!active || virDomainGetJobInfo(v->dom, &info) < 0 ||
       info.type == VIR_DOMAIN_JOB_NONE)
     return;
   kb_info("VM %s: aborting a job left by a killed run", v->name);
@@ -158,11 +158,15 @@ int bk_normalize(struct bk_vm *v, bool before_backup, char **ret_error)
   bool clean = true;
   int r;
 
-  abort_stale_job(v);
+  /* Asked once for the steps below (a paused VM a discarded backup
+   * started is stopped again on the way: its QMP queries then fail). */
+  bool active = virDomainIsActive(v->dom) == 1;
+
+  abort_stale_job(v, active);
   /* A killed quiesced backup may have left the guest frozen; a freeze
    * kboss did not record is someone else's and stays. The agent is asked
    * now and answers while the catalog and checkpoints are looked at. */
-  bk_normalize_freeze_start(v, &probe);
+  bk_normalize_freeze_start(v, active, &probe);
   r = kb_catalog_list_chains(v->cat, v->uuid, &chains);
   if (r < 0 && r != -ENOENT) {
     bk_normalize_freeze_finish(v, &probe);
@@ -219,7 +223,7 @@ int bk_normalize(struct bk_vm *v, bool before_backup, char **ret_error)
   }
   /* Bitmaps of kboss checkpoints libvirt no longer knows (its metadata was
    * lost): they would only pile up. */
-  if (virDomainIsActive(v->dom) == 1) {
+  if (active) {
     CLEANUP_FREE char *xml = virDomainGetXMLDesc(v->dom, 0);
     struct kb_disks disks = { NULL, 0 };
     size_t i, k;

@@ -447,6 +447,44 @@ static int write_header(int fd, uint8_t *c, uint64_t size, uint64_t l1_size, uin
   return pwrite_all(fd, c, OUT_CLUSTER, 0);
 }
 
+/* A table of N_CLUSTERS clusters at cluster AT whose first N entries
+ * point to the consecutive clusters from FIRST (with FLAGS). */
+static int write_table(int fd, uint8_t *c, uint64_t at, uint64_t n_clusters, uint64_t n, uint64_t first,
+                       uint64_t flags)
+{
+  uint64_t i;
+  int r = 0;
+
+  for (i = 0; r == 0 && i < n_clusters * L2_ENTRIES; i++) {
+    if (i % L2_ENTRIES == 0)
+      memset(c, 0, OUT_CLUSTER);
+    if (i < n)
+      kb_put_be64(c + (i % L2_ENTRIES) * 8, ((first + i) * OUT_CLUSTER) | flags);
+    if (i % L2_ENTRIES == L2_ENTRIES - 1)
+      r = pwrite_all(fd, c, OUT_CLUSTER, (at + i / L2_ENTRIES) * OUT_CLUSTER);
+  }
+  return r;
+}
+
+/* The refcount table (RTC clusters at RT_AT) of RBC blocks at RB_AT, and
+ * the blocks that count the clusters below USED once each (the others
+ * stay holes: free clusters). */
+static int write_refcounts(int fd, uint8_t *c, uint64_t rt_at, uint64_t rtc, uint64_t rb_at, uint64_t rbc,
+                           uint64_t used)
+{
+  const uint64_t per = OUT_CLUSTER / 2;      /* 16-bit refcounts per block */
+  uint64_t i, e;
+  int r = write_table(fd, c, rt_at, rtc, rbc, rb_at, 0);
+
+  for (i = 0; r == 0 && i < rbc && i * per < used; i++) {
+    memset(c, 0, OUT_CLUSTER);
+    for (e = 0; e < per && i * per + e < used; e++)
+      kb_put_be16(c + e * 2, 1);
+    r = pwrite_all(fd, c, OUT_CLUSTER, (rb_at + i) * OUT_CLUSTER);
+  }
+  return r;
+}
+
 static int out_finish(struct out *o, const char *backing)
 {
   uint64_t nl2 = 0, l1c, rbc = 0, rtc = 0, total, prev = 0, l2_at, l1_at, rt_at, rb_at, i;
@@ -491,21 +529,8 @@ static int out_finish(struct out *o, const char *backing)
     free(l1);
   }
   /* Refcount table and blocks: every cluster below TOTAL is used once. */
-  for (i = 0; r == 0 && i < rtc * L2_ENTRIES; i++) {
-    if (i % L2_ENTRIES == 0)
-      memset(c, 0, OUT_CLUSTER);
-    if (i < rbc)
-      kb_put_be64(c + (i % L2_ENTRIES) * 8, (rb_at + i) * OUT_CLUSTER);
-    if (i % L2_ENTRIES == L2_ENTRIES - 1)
-      r = pwrite_all(o->fd, c, OUT_CLUSTER, (rt_at + i / L2_ENTRIES) * OUT_CLUSTER);
-  }
-  for (i = 0; r == 0 && i < rbc; i++) {
-    uint64_t e, per = OUT_CLUSTER / 2;
-    memset(c, 0, OUT_CLUSTER);
-    for (e = 0; e < per && i * per + e < total; e++)
-      kb_put_be16(c + e * 2, 1);
-    r = pwrite_all(o->fd, c, OUT_CLUSTER, (rb_at + i) * OUT_CLUSTER);
-  }
+  if (r == 0)
+    r = write_refcounts(o->fd, c, rt_at, rtc, rb_at, rbc, total);
   if (r == 0 && fdatasync(o->fd) < 0)
     r = -errno;
   if (r == 0)
@@ -876,7 +901,7 @@ int bk_qcow2_create(const char *path, unsigned long long size, const char *backi
 {
   const uint64_t per_rb = OUT_CLUSTER / 2;    /* 16-bit refcounts per block */
   uint64_t ncl = (size + OUT_CLUSTER - 1) / OUT_CLUSTER, l1_size = (ncl + L2_ENTRIES - 1) / L2_ENTRIES;
-  uint64_t l1c = (l1_size * 8 + OUT_CLUSTER - 1) / OUT_CLUSTER, rbc = 1, rtc = 1, meta = 0, prev, i;
+  uint64_t l1c = (l1_size * 8 + OUT_CLUSTER - 1) / OUT_CLUSTER, rbc = 1, rtc = 1, meta = 0, prev;
   uint64_t l1_at, rt_at, rb_at, l2_at, end;
   uint8_t *c = NULL;
   int fd, r = 0;
@@ -907,31 +932,12 @@ int bk_qcow2_create(const char *path, unsigned long long size, const char *backi
     r = -ENOMEM;
   if (r == 0 && ftruncate(fd, (off_t) (end * OUT_CLUSTER)) < 0)
     r = -errno;
-  /* L1: every entry to its L2 table (a hole, all unallocated). */
-  for (i = 0; r == 0 && i < l1c * L2_ENTRIES; i++) {
-    if (i % L2_ENTRIES == 0)
-      memset(c, 0, OUT_CLUSTER);
-    if (i < l1_size)
-      kb_put_be64(c + (i % L2_ENTRIES) * 8, ((l2_at + i) * OUT_CLUSTER) | QCOW2_OFLAG_COPIED);
-    if (i % L2_ENTRIES == L2_ENTRIES - 1)
-      r = pwrite_all(fd, c, OUT_CLUSTER, (l1_at + i / L2_ENTRIES) * OUT_CLUSTER);
-  }
-  /* Refcount table, then the blocks that count a used cluster. */
-  for (i = 0; r == 0 && i < rtc * L2_ENTRIES; i++) {
-    if (i % L2_ENTRIES == 0)
-      memset(c, 0, OUT_CLUSTER);
-    if (i < rbc)
-      kb_put_be64(c + (i % L2_ENTRIES) * 8, (rb_at + i) * OUT_CLUSTER);
-    if (i % L2_ENTRIES == L2_ENTRIES - 1)
-      r = pwrite_all(fd, c, OUT_CLUSTER, (rt_at + i / L2_ENTRIES) * OUT_CLUSTER);
-  }
-  for (i = 0; r == 0 && i * per_rb < end; i++) {
-    uint64_t e;
-    memset(c, 0, OUT_CLUSTER);
-    for (e = 0; e < per_rb && i * per_rb + e < end; e++)
-      kb_put_be16(c + e * 2, 1);
-    r = pwrite_all(fd, c, OUT_CLUSTER, (rb_at + i) * OUT_CLUSTER);
-  }
+  /* L1: every entry to its L2 table (a hole, all unallocated); then the
+   * refcounts of the metadata. */
+  if (r == 0)
+    r = write_table(fd, c, l1_at, l1c, l1_size, l2_at, QCOW2_OFLAG_COPIED);
+  if (r == 0)
+    r = write_refcounts(fd, c, rt_at, rtc, rb_at, rbc, end);
   if (r == 0)
     r = write_header(fd, c, size, l1_size, l1_at, rt_at, rtc, backing);
   if (r == 0 && fdatasync(fd) < 0)

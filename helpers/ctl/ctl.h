@@ -62,6 +62,9 @@ int ctl_merge_forward(const struct kb_catalog *cat, const char *vm_uuid, const c
  * VM's backups and remove temporary files of merges never recorded.
  * *RET_FINISHED counts the merges finished. 0, or 1 when one could not be. */
 int ctl_merge_recover(const struct kb_catalog *cat, const char *vm_uuid, unsigned *ret_finished);
+/* A compression, validation or hash job runs on backup ID (its job lock
+ * has a live holder). */
+bool ctl_job_running(const struct kb_catalog *cat, const char *id);
 /* Test hook: KBOSS_TEST_PRUNE_KILL=POINT makes prune SIGKILL itself there. */
 void ctl_prune_point(const char *point);
 

@@ -60,6 +60,36 @@ void ctl_prune_point(const char *point)
   }
 }
 
+bool ctl_job_running(const struct kb_catalog *cat, const char *id)
+{
+  static const char *const types[] = { KB_JOB_COMPRESSION, KB_JOB_VALIDATION, KB_JOB_HASH };
+
+  for (size_t t = 0; t < KB_ARRAY_SIZE(types); t++) {
+    CLEANUP_FREE char *jid = kb_printf("%s-%s", types[t], id);
+    if (!jid || kb_catalog_lock_probe(cat, KB_LOCK_JOB, jid, NULL) != 0)
+      return true;
+  }
+  return false;
+}
+
+/* Why the pending merge of IDS[K] cannot be finished now (its file is
+ * replaced by a rename): a quick restore runs on it, or a backup built on
+ * it is locked or has a job running (a validation or extract of it may
+ * hold the file open, on another host too). NULL: it can. */
+static const char *finish_blocked(const struct kb_catalog *cat, const struct kb_doc *doc, char *const *ids,
+                                  size_t k)
+{
+  if (kb_backup_in_use_by(doc))
+    return "a quick restore runs on it";
+  if (ctl_job_running(cat, ids[k]))
+    return "a job runs on it";
+  /* Ids sort by time: what is built on it is newer. */
+  for (size_t i = k + 1; ids[i]; i++)
+    if (kb_catalog_lock_probe(cat, KB_LOCK_BACKUP, ids[i], NULL) != 0 || ctl_job_running(cat, ids[i]))
+      return "a backup built on it is in use";
+  return NULL;
+}
+
 /* "<dir>/.kbmerge-<file>" beside PATH. */
 static char *merge_temp(const char *path)
 {
@@ -508,6 +538,15 @@ int ctl_merge_recover(const struct kb_catalog *cat, const char *vm_uuid, unsigne
         kb_doc_free(ref.doc);
         continue;
       }
+      {
+        const char *why = finish_blocked(cat, ref.doc, ids, i);
+        if (why) {
+          kb_warn("backup %s: a merge forward is pending, not finished now (%s); its files and record "
+                  "stay consistent meanwhile", ids[i], why);
+          kb_doc_free(ref.doc);
+          continue;
+        }
+      }
       kb_doc_free(ref.doc);
       ref.doc = NULL;
       r = kb_catalog_lock(cat, KB_LOCK_BACKUP, ids[i], "prune: finish a merge", 60000, &lock);
@@ -517,7 +556,8 @@ int ctl_merge_recover(const struct kb_catalog *cat, const char *vm_uuid, unsigne
         rc = 1;
         continue;
       }
-      if (kb_backup_load(cat, vm_uuid, chains[c], ids[i], &ref.doc) == 0 && kb_backup_merge_pending(ref.doc)) {
+      if (kb_backup_load(cat, vm_uuid, chains[c], ids[i], &ref.doc) == 0 && kb_backup_merge_pending(ref.doc) &&
+          !kb_backup_in_use_by(ref.doc)) {
         if (finish_one(cat, &ref, &err) < 0) {
           kb_err("prune: %s", err ? err : "cannot finish a merge");
           rc = 1;

@@ -290,24 +290,11 @@ static bool depends_on(const struct vm_plan *p, size_t c, size_t i, size_t t)
   return false;
 }
 
-/* A compression, validation or hash job runs on backup ID. */
-static bool job_running(const struct kb_catalog *cat, const char *id)
-{
-  static const char *const types[] = { KB_JOB_COMPRESSION, KB_JOB_VALIDATION, KB_JOB_HASH };
-
-  for (size_t t = 0; t < KB_ARRAY_SIZE(types); t++) {
-    CLEANUP_FREE char *jid = kb_printf("%s-%s", types[t], id);
-    if (!jid || kb_catalog_lock_probe(cat, KB_LOCK_JOB, jid, NULL) != 0)
-      return true;
-  }
-  return false;
-}
-
 /* Take backup ID's lock for prune (once, not waiting), unless a job runs
  * on it. */
 static int lock_backup(const struct kb_catalog *cat, const char *id, struct kb_lock **ret)
 {
-  if (job_running(cat, id))
+  if (ctl_job_running(cat, id))
     return -EBUSY;
   return kb_catalog_lock(cat, KB_LOCK_BACKUP, id, "prune", 0, ret);
 }

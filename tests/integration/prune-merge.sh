@@ -18,7 +18,7 @@
 
 POINTS="planned temp-created disk-copied synced intent renamed-first renamed recorded removed-one removed forgotten checkpoint-xml recovery-renamed"
 NPOINTS=13
-plan $((33 + NPOINTS * 10))
+plan $((35 + NPOINTS * 10))
 start_libvirt || bail_out "libvirtd"
 kb_conf_init 16
 CATALOG_TOOL=${top_builddir:-$KBT_TOPDIR/_build}/tests/catalog-tool
@@ -196,6 +196,20 @@ out=$(kb kbossctl prune "$dom" 2>&1)
 diag "$out"
 ok '[ "$(kb_listed_backups | wc -l)" -eq 4 ] && ! is_full "$b3" 2>/dev/null' \
 	"with a compression job running on $b3 (its job lock held), nothing is merged or removed"
+rm -f "$KB_SECONDARY/kboss/locks/job-compression-$b3.lock"
+# A pending merge is not finished while a backup built on its target is in
+# use (its validation may hold the target's file open, on another host too).
+KBOSS_TEST_PRUNE_KILL=intent kb kbossctl prune "$dom" >/dev/null 2>&1
+ops_fake_lock "$KB_SECONDARY/kboss/locks/backup-$b4.lock" $holder
+out=$(kb kbossctl prune "$dom" 2>&1)
+diag "$out"
+ok '[ -n "$(kb_backup_field "$b3" merge)" ] && [ "$(kb_listed_backups | wc -l)" -eq 4 ] && grep -q "not finished now" <<<"$out" && listed_same' \
+	"with $b4's lock held, the pending merge into $b3 waits (nothing renamed or removed, everything reads as before)"
+rm -f "$KB_SECONDARY/kboss/locks/backup-$b4.lock"
+out=$(kb kbossctl prune "$dom" 2>&1)
+diag "$out"
+ok '[ -z "$(kb_backup_field "$b3" merge)" ] && [ "$(listed)" = "$want_left" ] && is_full "$b3" && same_as_refs "$b3" "$b4"' \
+	"once it is free, the next prune finishes the merge"
 kill $holder 2>/dev/null; wait $holder 2>/dev/null
 
 # ---- kill -9 at each point ----
