@@ -527,7 +527,7 @@ void kb_format_size(uint64_t bytes, char *buf, size_t len)
     snprintf(buf, len, "%.1f %s", v, unit[u]);
 }
 
-int kb_run(const char *const argv[], char **ret_output)
+static int run_program(const char *const argv[], char **ret_output, bool die_with_parent)
 {
   int pipefd[2] = { -1, -1 };
   char *out = NULL;
@@ -552,8 +552,9 @@ int kb_run(const char *const argv[], char **ret_output)
     int nul = open("/dev/null", O_RDONLY);
     /* Killed with -9, the caller takes the program with it: no orphan
      * qemu-img keeps writing a temporary file. */
-    (void) prctl(PR_SET_PDEATHSIG, SIGKILL);
-    if (fd < 0 || nul < 0 || getppid() != parent)
+    if (die_with_parent)
+      (void) prctl(PR_SET_PDEATHSIG, SIGKILL);
+    if (fd < 0 || nul < 0 || (die_with_parent && getppid() != parent))
       _exit(127);
     dup2(nul, 0);
     dup2(fd, 1);
@@ -597,6 +598,16 @@ int kb_run(const char *const argv[], char **ret_output)
   if (WIFEXITED(status))
     return WEXITSTATUS(status);
   return 128 + WTERMSIG(status);
+}
+
+int kb_run(const char *const argv[], char **ret_output)
+{
+  return run_program(argv, ret_output, true);
+}
+
+int kb_run_to_end(const char *const argv[], char **ret_output)
+{
+  return run_program(argv, ret_output, false);
 }
 
 static volatile sig_atomic_t *signal_flag;

@@ -126,4 +126,10 @@ void kb_catch_signals(volatile sig_atomic_t *flag);
  * the caller dies (kill -9 leaves no orphan working on its behalf). */
 int kb_run(const char *const argv[], char **ret_output);
 
+/* kb_run for a short metadata update of a VM's own disk (`qemu-img
+ * bitmap`): the program is left to finish when the caller is killed, so
+ * a kill -9 does not stop it half-way and leave the disk's bitmaps marked
+ * in use (which would turn the next incremental into a full). */
+int kb_run_to_end(const char *const argv[], char **ret_output);
+
 #endif

@@ -63,7 +63,7 @@ int bk_checkpoint_delete(struct bk_vm *v, const char *name)
       /* Read with kboss's reader (offline.c): no qemu-img info process. */
       int rs = bk_offline_bitmap_state(d->source, name, &st, &why);
       /* An image the reader refuses: let qemu-img try (absent is fine). */
-      if ((rs < 0 || st.present) && kb_run(argv, &out) != 0 && rs == 0)
+      if ((rs < 0 || st.present) && kb_run_to_end(argv, &out) != 0 && rs == 0)
         r = -EIO;
     }
   }

@@ -778,7 +778,7 @@ static char *redefine_xml(const char *cpxml)
 static int qemu_img_bitmap(const char *op, const char *path, const char *name, char **ret_out)
 {
   const char *argv[] = { QEMU_IMG, "bitmap", op, "-f", "qcow2", path, name, NULL };
-  return kb_run(argv, ret_out) == 0 ? 0 : -EIO;
+  return kb_run_to_end(argv, ret_out) == 0 ? 0 : -EIO;
 }
 
 /* `qemu-img bitmap OP` on every disk D[i] with WANT[i] at once (one
