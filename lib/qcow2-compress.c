@@ -329,6 +329,11 @@ static void *io_main(void *arg)
         else if (r > 0)
           done += (size_t) r;
       }
+      /* Start writing back what was just written: the fsync at the end
+       * then finds little left to write (it was 0.1-0.15 s of a 2.8 s job,
+       * all of it after the last cluster was compressed). Only a hint. */
+      if (!err)
+        (void) sync_file_range(c->out_fd, (off_t) off, (off_t) len, SYNC_FILE_RANGE_WRITE);
       pthread_mutex_lock(&c->io_lock);
       if (err && !c->io_err)
         c->io_err = err;
@@ -1282,21 +1287,41 @@ int kb_qcow2_compress(const char *in, const char *out, const struct kb_compress_
     set_err(errmsg, r, "%s", c.errmsg[0] ? c.errmsg : strerror(-r));
     goto out;
   }
-  /* The fsync (writing the output back to disk) and the hash (reading it
-   * from the page cache) overlap: each would otherwise leave the cores idle
-   * while the other waits. */
+  /* The fsync (writing the output back to disk), the hash (reading it
+   * from the page cache) and qemu-img check (reading its metadata) overlap:
+   * each would otherwise leave the cores idle while the others wait. The
+   * file is complete: the writer has written its metadata and header. */
   {
     struct fsync_arg fa = { .fd = c.out_fd };
     pthread_t ftid;
-    bool threaded = pthread_create(&ftid, NULL, fsync_main, &fa) == 0;
-    int hr = 0;
+    bool threaded;
+    int hr = 0, cr = 0;
+    struct kb_child check = { .pid = -1, .out_fd = -1 };
+    CLEANUP_FREE char *check_spec = NULL, *check_out = NULL;
 
+    if (opts->qemu_img_check) {
+      /* This one image alone ("backing": null): qemu-img check would
+       * otherwise open the chain its header names. */
+      check_spec = strpbrk(tmp, "\"\\") ? NULL :
+        kb_printf("json:{\"driver\":\"qcow2\",\"file\":{\"driver\":\"file\",\"filename\":\"%s\"},"
+                  "\"backing\":null}", tmp);
+      const char *argv[] = { QEMU_IMG, "check", "-q", check_spec, NULL };
+      cr = check_spec ? kb_spawn(argv, true, &check) : -EINVAL;
+      if (cr < 0) {
+        r = cr;
+        set_err(errmsg, r, "cannot run qemu-img check of %s: %s", tmp, strerror(-r));
+        goto out;
+      }
+    }
+    threaded = pthread_create(&ftid, NULL, fsync_main, &fa) == 0;
     if (!threaded)
       fsync_main(&fa);
     if (opts->hash)
       hr = hash_output(c.out_fd, c.st.hash);
     if (threaded)
       pthread_join(ftid, NULL);
+    if (opts->qemu_img_check)
+      cr = kb_spawn_wait(&check, &check_out);
     if (fa.err < 0) {
       r = fa.err;
       set_err(errmsg, r, "fsync %s: %s", tmp, strerror(-r));
@@ -1305,6 +1330,11 @@ int kb_qcow2_compress(const char *in, const char *out, const struct kb_compress_
     if (hr < 0) {
       r = hr;
       set_err(errmsg, r, "cannot hash %s: %s", tmp, strerror(-r));
+      goto out;
+    }
+    if (cr != 0) {
+      r = -EIO;
+      set_err(errmsg, r, "qemu-img check of %s failed (status %d): %s", tmp, cr, check_out ? check_out : "");
       goto out;
     }
   }

@@ -116,6 +116,10 @@ struct kb_compress_opts {
    * than the input's keeps the input's. */
   unsigned cluster_bits;
   bool hash;                     /* fill stats->hash with the output's XXH3-128 */
+  /* Run `qemu-img check` on the finished output alone (no backing file
+   * opened) while it is fsync'd and hashed; a failure fails the job with
+   * -EIO and qemu-img's words in *ERRMSG. */
+  bool qemu_img_check;
 };
 
 struct kb_compress_stats {

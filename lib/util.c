@@ -527,15 +527,14 @@ void kb_format_size(uint64_t bytes, char *buf, size_t len)
     snprintf(buf, len, "%.1f %s", v, unit[u]);
 }
 
-static int run_program(const char *const argv[], char **ret_output, bool die_with_parent)
+static int spawn_program(const char *const argv[], bool want_output, bool die_with_parent, struct kb_child *ret)
 {
   int pipefd[2] = { -1, -1 };
-  char *out = NULL;
-  size_t len = 0, cap = 0;
   pid_t pid, parent;
-  int status;
 
-  if (ret_output && pipe2(pipefd, O_CLOEXEC) < 0)
+  ret->pid = -1;
+  ret->out_fd = -1;
+  if (want_output && pipe2(pipefd, O_CLOEXEC) < 0)
     return -errno;
   parent = getpid();
   pid = fork();
@@ -548,7 +547,7 @@ static int run_program(const char *const argv[], char **ret_output, bool die_wit
     return -e;
   }
   if (pid == 0) {
-    int fd = ret_output ? pipefd[1] : open("/dev/null", O_WRONLY);
+    int fd = want_output ? pipefd[1] : open("/dev/null", O_WRONLY);
     int nul = open("/dev/null", O_RDONLY);
     /* Killed with -9, the caller takes the program with it: no orphan
      * qemu-img keeps writing a temporary file. */
@@ -562,8 +561,27 @@ static int run_program(const char *const argv[], char **ret_output, bool die_wit
     execv(argv[0], (char *const *) argv);
     _exit(127);
   }
-  if (ret_output) {
+  if (want_output)
     close(pipefd[1]);
+  ret->pid = pid;
+  ret->out_fd = pipefd[0];
+  return 0;
+}
+
+int kb_spawn(const char *const argv[], bool want_output, struct kb_child *ret)
+{
+  return spawn_program(argv, want_output, true, ret);
+}
+
+int kb_spawn_wait(struct kb_child *child, char **ret_output)
+{
+  char *out = NULL;
+  size_t len = 0, cap = 0;
+  int status;
+
+  if (child->pid <= 0)
+    return -ECHILD;
+  if (child->out_fd >= 0) {
     for (;;) {
       ssize_t r;
       if (len + 4096 + 1 > cap) {
@@ -573,31 +591,53 @@ static int run_program(const char *const argv[], char **ret_output, bool die_wit
         out = n;
         cap = cap ? cap * 2 : 8192;
       }
-      r = read(pipefd[0], out + len, cap - len - 1);
+      r = read(child->out_fd, out + len, cap - len - 1);
       if (r < 0 && errno == EINTR)
         continue;
       if (r <= 0)
         break;
       len += r;
     }
-    close(pipefd[0]);
+    close(child->out_fd);
+    child->out_fd = -1;
   }
-  while (waitpid(pid, &status, 0) < 0) {
+  while (waitpid(child->pid, &status, 0) < 0) {
     if (errno != EINTR) {
+      int e = errno;
       free(out);
-      return -errno;
+      child->pid = -1;
+      return -e;
     }
   }
+  child->pid = -1;
   if (ret_output) {
     if (!out)
       out = strdup("");
     else
       out[len] = '\0';
     *ret_output = out;
+  } else {
+    free(out);
   }
   if (WIFEXITED(status))
     return WEXITSTATUS(status);
   return 128 + WTERMSIG(status);
+}
+
+void kb_spawn_kill(struct kb_child *child)
+{
+  if (child->pid > 0) {
+    (void) kill(child->pid, SIGKILL);
+    (void) kb_spawn_wait(child, NULL);
+  }
+}
+
+static int run_program(const char *const argv[], char **ret_output, bool die_with_parent)
+{
+  struct kb_child child;
+  int r = spawn_program(argv, ret_output != NULL, die_with_parent, &child);
+
+  return r < 0 ? r : kb_spawn_wait(&child, ret_output);
 }
 
 int kb_run(const char *const argv[], char **ret_output)
