@@ -358,6 +358,14 @@ char *kb_chain_qemu_json(const struct kb_chain *c, const char *overlay)
   return s;
 }
 
+char *kb_qemu_json_single(const char *path)
+{
+  char *files[2] = { (char *) path, NULL };
+  struct kb_chain one = { .n = 1, .files = files };
+
+  return kb_chain_qemu_json(&one, NULL);
+}
+
 /* Has the server started listening on SOCK? */
 static bool nbd_listening(const char *sock)
 {

@@ -56,6 +56,11 @@ void kb_chain_free(struct kb_chain *c);
  * and the base has "backing": null.  Returns NULL on ENOMEM. */
 char *kb_chain_qemu_json(const struct kb_chain *c, const char *overlay);
 
+/* The same description of the one image PATH alone ("backing": null: no
+ * backing file its header names is opened), e.g. for qemu-img check of a
+ * file kboss has just written.  Returns NULL on ENOMEM. */
+char *kb_qemu_json_single(const char *path);
+
 /* libguestfs cannot be handed per-node options: serve the validated chain
  * read-only over NBD instead (qemu-nbd on the json: description, a Unix
  * socket in a fresh 0700 folder) and give libguestfs the socket

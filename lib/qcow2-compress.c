@@ -31,6 +31,7 @@
 #include <libdeflate.h>
 #include <zstd.h>
 
+#include "chain.h"
 #include "hash.h"
 #include "qcow2.h"
 #include "qcow2-format.h"
@@ -1300,13 +1301,11 @@ int kb_qcow2_compress(const char *in, const char *out, const struct kb_compress_
     CLEANUP_FREE char *check_spec = NULL, *check_out = NULL;
 
     if (opts->qemu_img_check) {
-      /* This one image alone ("backing": null): qemu-img check would
-       * otherwise open the chain its header names. */
-      check_spec = strpbrk(tmp, "\"\\") ? NULL :
-        kb_printf("json:{\"driver\":\"qcow2\",\"file\":{\"driver\":\"file\",\"filename\":\"%s\"},"
-                  "\"backing\":null}", tmp);
+      /* This one image alone: qemu-img check would otherwise open the
+       * chain its header names. */
+      check_spec = kb_qemu_json_single(tmp);
       const char *argv[] = { QEMU_IMG, "check", "-q", check_spec, NULL };
-      cr = check_spec ? kb_spawn(argv, true, &check) : -EINVAL;
+      cr = check_spec ? kb_spawn(argv, true, &check) : -ENOMEM;
       if (cr < 0) {
         r = cr;
         set_err(errmsg, r, "cannot run qemu-img check of %s: %s", tmp, strerror(-r));

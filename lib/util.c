@@ -624,14 +624,6 @@ int kb_spawn_wait(struct kb_child *child, char **ret_output)
   return 128 + WTERMSIG(status);
 }
 
-void kb_spawn_kill(struct kb_child *child)
-{
-  if (child->pid > 0) {
-    (void) kill(child->pid, SIGKILL);
-    (void) kb_spawn_wait(child, NULL);
-  }
-}
-
 static int run_program(const char *const argv[], char **ret_output, bool die_with_parent)
 {
   struct kb_child child;

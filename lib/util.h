@@ -135,14 +135,12 @@ int kb_run_to_end(const char *const argv[], char **ret_output);
 /* kb_run in two halves, for a program that runs while the caller works:
  * kb_spawn starts it (its stdout+stderr to a pipe when WANT_OUTPUT, else
  * to /dev/null; SIGKILL when the caller dies), kb_spawn_wait collects its
- * output (when it was wanted) and its status as kb_run returns it, and
- * kb_spawn_kill stops and reaps it. */
+ * output (when it was wanted) and its status as kb_run returns it. */
 struct kb_child {
   pid_t pid;
   int out_fd;
 };
 int kb_spawn(const char *const argv[], bool want_output, struct kb_child *ret);
 int kb_spawn_wait(struct kb_child *child, char **ret_output);
-void kb_spawn_kill(struct kb_child *child);
 
 #endif

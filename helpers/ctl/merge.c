@@ -124,15 +124,6 @@ static int is_full(const char *path)
   return r;
 }
 
-/* The json: description of the single image PATH ("backing": null). */
-static char *single_json(const char *path)
-{
-  char *files[2] = { (char *) path, NULL };
-  struct kb_chain one = { .n = 1, .files = files };
-
-  return kb_chain_qemu_json(&one, NULL);
-}
-
 /* Whether REL ("<backup>/<file>") is a file of a backup in IDS. */
 static bool rel_in(const char *rel, const char *target, const char *const *ids)
 {
@@ -159,7 +150,7 @@ static int write_merged(const struct kb_chain *ch, const char *orig, const char 
                         char ret_hash[KB_HASH_HEX_LEN + 1], char **ret_error)
 {
   bool own_writer = compress && KB_STREQ(compress, "zlib");
-  CLEANUP_FREE char *spec = kb_chain_qemu_json(ch, NULL), *tspec = single_json(tmp);
+  CLEANUP_FREE char *spec = kb_chain_qemu_json(ch, NULL), *tspec = kb_qemu_json_single(tmp);
   CLEANUP_FREE char *opts = NULL, *out = NULL, *raw = own_writer ? kb_printf("%s.raw", tmp) : NULL;
   const char *target = own_writer ? raw : tmp;
   CLEANUP_CLOSE int fd = -1;
