@@ -12,7 +12,7 @@ KB_PACKAGES="
   libvirt-daemon-system libvirt-clients libvirt-daemon-driver-qemu
   qemu-system-x86 qemu-utils seabios ipxe-qemu
   libguestfs-tools linux-image-amd64 busybox-static qemu-guest-agent extlinux syslinux-common
-  xxhash zstd virtnbdbackup clang procps time bindfs fuse3
+  xxhash zstd virtnbdbackup clang procps time bindfs fuse3 strace
   debhelper dpkg-dev lintian git prometheus
 "
 

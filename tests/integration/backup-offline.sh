@@ -9,7 +9,7 @@
 . "$(dirname "$0")/../lib/functions.sh"
 . "$(dirname "$0")/../lib/kboss.sh"
 
-plan 40
+plan 42
 start_libvirt || bail_out "libvirtd"
 kb_conf_init 8
 make_test_vm a || bail_out "cannot define the test VM"
@@ -149,3 +149,20 @@ t0=$(date +%s.%N); b8=$(kb_backup a --bandwidth 8); t1=$(date +%s.%N)
 diag "offline incremental of 32 MiB at 8 MiB/s: $(python3 -c "print(f'{$t1 - $t0:.2f}')") s"
 ok python3 -c "import sys; sys.exit(0 if $t1 - $t0 >= 0.8 * 32 / 8 else 1)" "an offline incremental with --bandwidth 8 copies at most about 8 MiB/s"
 ok qemu-img compare -q "$(kb_backup_file "$b8" vdb)" "$data" "and equals the data disk"
+
+# The copies are on storage before the backup is recorded: qemu-img
+# convert (the full copy) never flushes its output, so kboss-backup syncs
+# each disk's file after qemu-img exits; the incremental's own writer
+# syncs its file itself.
+trace=$KBT_TMPDIR/offline.strace
+bf=$(strace -f -y -q -s 4096 -o "$trace" -e trace=execve,fsync,fdatasync "$(kb_path kboss-backup)" --json --full "$dom" 2>/dev/null |
+	sed -n 's/^ *"id": *"\([^"]*\)".*/\1/p' | head -n1)
+synced_after_convert() { # FILE: a sync of FILE after the qemu-img convert that wrote it exited
+	local pid qexit
+	pid=$(grep "execve(\"[^\"]*qemu-img\", \\[\"[^\"]*\", \"convert\"" "$trace" | grep -F "\"$1\"" | head -n1 | cut -d' ' -f1)
+	qexit=$(grep -n "^$pid +++ exited with 0" "$trace" | head -n1 | cut -d: -f1)
+	[ -n "$qexit" ] && awk -v from="$qexit" -v f="<$1>" 'NR > from && /sync\(/ && index($0, f) { found = 1 } END { exit !found }' "$trace"
+}
+ok [ "$(kb_backup_field "$bf" type)" = full ] "an offline full backup under strace: $bf"
+ok 'synced_after_convert "$(kb_backup_file "$bf" vdb)" && synced_after_convert "$(kb_backup_file "$bf" vda)"' \
+	"each disk's full copy is synced after qemu-img convert exits"

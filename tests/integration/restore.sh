@@ -6,7 +6,7 @@
 . "$(dirname "$0")/../lib/functions.sh"
 . "$(dirname "$0")/../lib/kboss.sh"
 
-plan 22
+plan 24
 start_libvirt || bail_out "libvirtd"
 kb_conf_init 8
 make_test_vm s 256 || bail_out "cannot define the test VM"
@@ -49,6 +49,26 @@ cp --sparse=always "$root" "$KBT_TMPDIR/root.keep"
 ok kb kboss-restore --disk vdb "$b2" "restore of vdb alone succeeds"
 ok qemu-img compare -q "$data" "$KBT_TMPDIR/data.2" "vdb equals backup point 2"
 ok qemu-img compare -q "$root" "$KBT_TMPDIR/root.keep" "vda was left as it was"
+
+# The restored disk is on storage before it replaces the VM's disk
+# (qemu-img convert itself never flushes its output), and the swap is
+# made durable by a sync of the folder after it.
+trace=$KBT_TMPDIR/restore.strace
+KBOSS_BINDIR=$KB_BINDIR strace -f -y -q -o "$trace" -e trace=execve,fsync,fdatasync,rename,renameat2 \
+	"$(kb_prog kboss-restore)" --quiet --disk vdb "$b3" >/dev/null 2>&1
+tmpname=$(basename "$data").kboss-restore.tmp
+# Line numbers in the trace: qemu-img convert's exit, then the first sync
+# of the temporary file after it (qemu-img's own syncs come while it
+# creates the file, before any data), then the swap.
+qpid=$(grep -m1 'execve("[^"]*qemu-img", \["[^"]*", "convert"' "$trace" | cut -d' ' -f1)
+qexit=$(grep -n "^$qpid +++ exited" "$trace" | head -n1 | cut -d: -f1)
+synced=$(awk -v from="${qexit:-999999}" -v t="/$tmpname>" 'NR > from && /sync\(/ && index($0, t) { print NR; exit }' "$trace")
+swapped=$(grep -n "rename[a-z0-9]*(.*\"[^\"]*/$tmpname\"" "$trace" | head -n1 | cut -d: -f1)
+dirsync=$(grep -n "fsync([0-9]*<$(dirname "$data")>)" "$trace" | tail -n1 | cut -d: -f1)
+ok '[ -n "$synced" ] && [ -n "$swapped" ] && [ "$synced" -lt "$swapped" ]' \
+	"a restored disk is fsynced before it is swapped in (qemu-img exits at line ${qexit:-none}, fsync at ${synced:-none}, swap at ${swapped:-none} of the trace)"
+ok '[ -n "$dirsync" ] && [ "$dirsync" -gt "$swapped" ] && qemu-img compare -q "$data" "$KBT_TMPDIR/data.3"' \
+	"its folder is fsynced after the swap (line ${dirsync:-none}) and vdb equals backup point 3"
 
 # A restore killed midway leaves the old disks intact.
 qemu-io -f qcow2 -c "write -P 0x77 0 200M" "$data" >/dev/null
