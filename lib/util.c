@@ -296,6 +296,18 @@ uint64_t kb_file_usage(const char *path)
   return (uint64_t) st.st_blocks * 512;
 }
 
+int kb_fsync_path(const char *path)
+{
+  int fd = open(path, O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC), r = 0;
+
+  if (fd < 0)
+    return -errno;
+  if (fsync(fd) < 0)
+    r = -errno;
+  (void) close(fd);
+  return r;
+}
+
 int kb_fsync_parent(const char *path)
 {
   CLEANUP_FREE char *dir = kb_dirname(path);

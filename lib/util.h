@@ -76,6 +76,10 @@ void kb_remove_prefixed(const char *dir, const char *prefix);
 uint64_t kb_file_usage(const char *path);
 /* fsync the folder that holds PATH (a rename in it becomes durable). */
 int kb_fsync_parent(const char *path);
+/* fsync PATH (opened read-only, non-blocking, without following a
+ * symlink): for files another program wrote, such as qemu-img convert,
+ * which leaves its output in the page cache.  0 or -errno. */
+int kb_fsync_path(const char *path);
 
 /* This host's name as kboss uses it in slot and lock files; "" when it
  * cannot be found (never a made-up fallback). KBOSS_HOSTNAME overrides

@@ -638,25 +638,12 @@ out:
   return r;
 }
 
-static int sync_path(const char *path, char **ret_why)
-{
-  int fd = open(path, O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC), r = 0;
-
-  if (fd < 0 || fdatasync(fd) < 0)
-    r = -errno;
-  if (fd >= 0)
-    (void) close(fd);
-  if (r < 0)
-    *ret_why = kb_printf("cannot write %s to storage: %s", path, strerror(-r));
-  return r;
-}
-
 static int copy_full(const struct bk_offline_disk *d, unsigned long bw, char **ret_why)
 {
   char rate[32];
   const char *argv[16] = { QEMU_IMG, "convert", "-q", "-W", "-f", d->format ? d->format : "raw", "-O", "qcow2",
                            "-o", "cluster_size=65536" };
-  int n = 10;
+  int n = 10, r;
   CLEANUP_FREE char *out = NULL;
 
   if (bw) {
@@ -677,7 +664,10 @@ static int copy_full(const struct bk_offline_disk *d, unsigned long bw, char **r
   /* qemu-img convert never flushes its output (cache mode "unsafe"): the
    * copy is on storage before the backup is recorded Ready, as the
    * incremental's own writer and the push job's target close make theirs. */
-  return sync_path(d->path, ret_why);
+  r = kb_fsync_path(d->path);
+  if (r < 0)
+    *ret_why = kb_printf("cannot write %s to storage: %s", d->path, strerror(-r));
+  return r;
 }
 
 /* Hold what a qemu reading the image holds and refuse writers: a qemu

@@ -95,14 +95,9 @@ static int convert(const struct rs_disk *d, char **ret_error)
  * next disk's copy, and is on disk (fsync: data, owner and mode) before the
  * first swap: a crash after the swap must find the backup's data, not a
  * file whose blocks were never written. */
-static int open_tmp(const struct rs_disk *d)
-{
-  return open(d->tmp, O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC);
-}
-
 static void start_writeback(const struct rs_disk *d)
 {
-  int fd = open_tmp(d);
+  int fd = open(d->tmp, O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC);
 
   if (fd >= 0) {
     (void) sync_file_range(fd, 0, 0, SYNC_FILE_RANGE_WRITE);
@@ -112,12 +107,8 @@ static void start_writeback(const struct rs_disk *d)
 
 static int sync_disk(const struct rs_disk *d, char **ret_error)
 {
-  int fd = open_tmp(d), r = 0;
+  int r = kb_fsync_path(d->tmp);
 
-  if (fd < 0 || fsync(fd) < 0)
-    r = -errno;
-  if (fd >= 0)
-    (void) close(fd);
   if (r < 0)
     *ret_error = kb_printf("disk %s: cannot write the restored disk %s to storage: %s", d->target, d->tmp,
                            strerror(-r));
