@@ -288,6 +288,17 @@ int rs_consolidate(struct rs_ctx *c, const struct rs_opts *o, char **ret_error)
       goto out;
     }
     r = consolidate_disk(c, di, o->bandwidth, ret_error);
+    /* qemu syncs the pulled data before it rewrites the disk's header
+     * without the backing file, but leaves that header write in the page
+     * cache (strace of qemu during a consolidation): a crash before it
+     * reaches storage brings back a disk that reads through the backup.
+     * The backup is released only once the disk's file is synced. */
+    if (r == 0) {
+      r = kb_fsync_path(di->dest);
+      if (r < 0)
+        *ret_error = kb_printf("VM %s: disk %s: cannot sync %s after consolidation: %s", c->vm_name, tok,
+                               di->dest, strerror(-r));
+    }
     if (r == 0)
       r = set_disk_chain(c, tok, NULL, ret_error);
     if (r < 0) {

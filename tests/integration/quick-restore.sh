@@ -7,7 +7,7 @@
 . "$(dirname "$0")/../lib/functions.sh"
 . "$(dirname "$0")/../lib/kboss.sh"
 
-plan 22
+plan 23
 start_libvirt || bail_out "libvirtd"
 kb_conf_init 8
 kb_offering quick allow_quick_restore=true
@@ -95,8 +95,13 @@ rc=$?
 ok "[ $rc -ne 0 ] && grep -q 'was the job cancelled' '$KBT_TMPDIR/quick3.log'" \
   "a cancelled consolidation job is reported (exit $rc): $(tail -n1 "$KBT_TMPDIR/quick3.log")"
 ok [ "$(vm_state q)" = running ] "the guest keeps running"
-kb kboss-restore --consolidate "$dom" > "$KBT_TMPDIR/quick4.log" 2>&1
+strace -f -y -q -o "$KBT_TMPDIR/quick4.strace" -e trace=fsync,fdatasync \
+  "$(kb_prog kboss-restore)" --consolidate "$dom" > "$KBT_TMPDIR/quick4.log" 2>&1
 ok [ $? -eq 0 ] "kboss-restore --consolidate finishes it: $(tail -n1 "$KBT_TMPDIR/quick4.log")"
+# qemu leaves the header it rewrites at the end of the pull in the page
+# cache; kboss-restore syncs each disk before it releases the backup.
+ok "grep -q 'fsync([0-9]*<$data>)' '$KBT_TMPDIR/quick4.strace' && grep -q 'fsync([0-9]*<$root>)' '$KBT_TMPDIR/quick4.strace'" \
+  "kboss-restore syncs both consolidated disks ($(grep -c 'fsync([0-9]*<.*\.qcow2>)' "$KBT_TMPDIR/quick4.strace") fsyncs of a disk)"
 ok [ -z "$(qemu-img info -U --output=json "$data" | grep backing-filename)$(qemu-img info -U --output=json "$root" | grep backing-filename)" ] \
   "neither disk has a backing file"
 stop_vm q
