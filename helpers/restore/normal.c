@@ -91,20 +91,11 @@ static int convert(const struct rs_disk *d, char **ret_error)
 
 /* qemu-img convert exits with its output in the page cache (its cache
  * mode for the output is "unsafe": it never flushes).  Each restored disk
- * starts its write-back as soon as it is complete, so that it overlaps the
- * next disk's copy, and is on disk (fsync: data, owner and mode) before the
- * first swap: a crash after the swap must find the backup's data, not a
- * file whose blocks were never written. */
-static void start_writeback(const struct rs_disk *d)
-{
-  int fd = open(d->tmp, O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC);
-
-  if (fd >= 0) {
-    (void) sync_file_range(fd, 0, 0, SYNC_FILE_RANGE_WRITE);
-    (void) close(fd);
-  }
-}
-
+ * is on storage (fsync: data, owner and mode) before the first swap: a
+ * crash after the swap must find the backup's data, not a file whose
+ * blocks were never written.  (Starting the write-back of one disk while
+ * the next is copied gains nothing: sync_file_range blocks until all of a
+ * large file's pages are submitted, 1.2 s for 2.9 GB here.) */
 static int sync_disk(const struct rs_disk *d, char **ret_error)
 {
   int r = kb_fsync_path(d->tmp);
@@ -190,7 +181,6 @@ int rs_restore(struct rs_ctx *c, const struct rs_opts *o, char **ret_error)
     r = rs_take_owner(&d[i], ret_error);
     if (r < 0)
       goto fail;
-    start_writeback(&d[i]);
   }
   for (i = 0; i < n; i++) {
     r = sync_disk(&d[i], ret_error);
