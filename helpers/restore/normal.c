@@ -93,9 +93,7 @@ static int convert(const struct rs_disk *d, char **ret_error)
  * mode for the output is "unsafe": it never flushes).  Each restored disk
  * is on storage (fsync: data, owner and mode) before the first swap: a
  * crash after the swap must find the backup's data, not a file whose
- * blocks were never written.  (Starting the write-back of one disk while
- * the next is copied gains nothing: sync_file_range blocks until all of a
- * large file's pages are submitted, 1.2 s for 2.9 GB here.) */
+ * blocks were never written. */
 static int sync_disk(const struct rs_disk *d, char **ret_error)
 {
   int r = kb_fsync_path(d->tmp);
@@ -179,11 +177,8 @@ int rs_restore(struct rs_ctx *c, const struct rs_opts *o, char **ret_error)
     if (r < 0)
       goto fail;
     r = rs_take_owner(&d[i], ret_error);
-    if (r < 0)
-      goto fail;
-  }
-  for (i = 0; i < n; i++) {
-    r = sync_disk(&d[i], ret_error);
+    if (r == 0)
+      r = sync_disk(&d[i], ret_error);
     if (r < 0)
       goto fail;
   }

@@ -158,10 +158,9 @@ trace=$KBT_TMPDIR/offline.strace
 bf=$(strace -f -y -q -s 4096 -o "$trace" -e trace=execve,fsync,fdatasync "$(kb_path kboss-backup)" --json --full "$dom" 2>/dev/null |
 	sed -n 's/^ *"id": *"\([^"]*\)".*/\1/p' | head -n1)
 synced_after_convert() { # FILE: a sync of FILE after the qemu-img convert that wrote it exited
-	local pid qexit
-	pid=$(grep "execve(\"[^\"]*qemu-img\", \\[\"[^\"]*\", \"convert\"" "$trace" | grep -F "\"$1\"" | head -n1 | cut -d' ' -f1)
-	qexit=$(grep -n "^$pid +++ exited with 0" "$trace" | head -n1 | cut -d: -f1)
-	[ -n "$qexit" ] && awk -v from="$qexit" -v f="<$1>" 'NR > from && /sync\(/ && index($0, f) { found = 1 } END { exit !found }' "$trace"
+	local qexit synced
+	read -r qexit synced <<<"$(trace_convert_synced "$trace" "$1")"
+	[ -n "$synced" ]
 }
 ok [ "$(kb_backup_field "$bf" type)" = full ] "an offline full backup under strace: $bf"
 ok 'synced_after_convert "$(kb_backup_file "$bf" vdb)" && synced_after_convert "$(kb_backup_file "$bf" vda)"' \

@@ -54,15 +54,12 @@ ok qemu-img compare -q "$root" "$KBT_TMPDIR/root.keep" "vda was left as it was"
 # (qemu-img convert itself never flushes its output), and the swap is
 # made durable by a sync of the folder after it.
 trace=$KBT_TMPDIR/restore.strace
-KBOSS_BINDIR=$KB_BINDIR strace -f -y -q -o "$trace" -e trace=execve,fsync,fdatasync,rename,renameat2 \
+KBOSS_BINDIR=$KB_BINDIR strace -f -y -q -s 4096 -o "$trace" -e trace=execve,fsync,fdatasync,rename,renameat2 \
 	"$(kb_prog kboss-restore)" --quiet --disk vdb "$b3" >/dev/null 2>&1
 tmpname=$(basename "$data").kboss-restore.tmp
 # Line numbers in the trace: qemu-img convert's exit, then the first sync
-# of the temporary file after it (qemu-img's own syncs come while it
-# creates the file, before any data), then the swap.
-qpid=$(grep -m1 'execve("[^"]*qemu-img", \["[^"]*", "convert"' "$trace" | cut -d' ' -f1)
-qexit=$(grep -n "^$qpid +++ exited" "$trace" | head -n1 | cut -d: -f1)
-synced=$(awk -v from="${qexit:-999999}" -v t="/$tmpname>" 'NR > from && /sync\(/ && index($0, t) { print NR; exit }' "$trace")
+# of the temporary file after it, then the swap.
+read -r qexit synced <<<"$(trace_convert_synced "$trace" "$data.kboss-restore.tmp")"
 swapped=$(grep -n "rename[a-z0-9]*(.*\"[^\"]*/$tmpname\"" "$trace" | head -n1 | cut -d: -f1)
 dirsync=$(grep -n "fsync([0-9]*<$(dirname "$data")>)" "$trace" | tail -n1 | cut -d: -f1)
 ok '[ -n "$synced" ] && [ -n "$swapped" ] && [ "$synced" -lt "$swapped" ]' \

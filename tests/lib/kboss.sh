@@ -93,6 +93,19 @@ kb_backup_file() {
 	find "$KB_SECONDARY/kboss/vms" -path "*/$id/$disk.qcow2" 2>/dev/null | head -n1
 }
 
+# trace_convert_synced TRACE FILE: "EXIT SYNC", the line numbers in TRACE
+# (strace -f -y -s 4096 -e trace=execve,fsync,fdatasync,...) of the exit of
+# the qemu-img convert that wrote FILE and of the first fsync or fdatasync
+# of FILE after it; SYNC, or both, empty when there is none.  qemu-img's
+# own syncs come while it creates FILE, before any data.
+trace_convert_synced() {
+	local pid qexit
+	pid=$(grep 'execve("[^"]*qemu-img", \["[^"]*", "convert"' "$1" | grep -F "\"$2\"" | head -n1 | cut -d' ' -f1)
+	[ -n "$pid" ] && qexit=$(grep -n "^$pid +++ exited with 0" "$1" | head -n1 | cut -d: -f1)
+	[ -n "$qexit" ] || return 0
+	echo "$qexit $(awk -v from="$qexit" -v f="<$2>" 'NR > from && /sync\(/ && index($0, f) { print NR; exit }' "$1")"
+}
+
 # bytes of data stored in the image's own file (not its backing chain)
 kb_own_data_bytes() {
 	qemu-img map -U --output=json "$1" | python3 -c '
