@@ -101,7 +101,8 @@ kb_backup_file() {
 trace_convert_synced() {
 	local pid qexit
 	pid=$(grep 'execve("[^"]*qemu-img", \["[^"]*", "convert"' "$1" | grep -F "\"$2\"" | head -n1 | cut -d' ' -f1)
-	[ -n "$pid" ] && qexit=$(grep -n "^$pid +++ exited with 0" "$1" | head -n1 | cut -d: -f1)
+	# strace pads the pid column: "1710  +++ exited ...", "24251 +++ exited ..."
+	[ -n "$pid" ] && qexit=$(grep -n "^$pid  *+++ exited with 0" "$1" | head -n1 | cut -d: -f1)
 	[ -n "$qexit" ] || return 0
 	echo "$qexit $(awk -v from="$qexit" -v f="<$2>" 'NR > from && /sync\(/ && index($0, f) { print NR; exit }' "$1")"
 }
