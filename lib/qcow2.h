@@ -100,7 +100,10 @@ typedef int (*kb_compress_progress_fn)(uint64_t done, uint64_t total, void *opaq
 
 struct kb_compress_opts {
   enum kb_qcow2_ctype algorithm; /* start from kb_compress_opts_init(): zstd */
-  unsigned threads;              /* compressing threads, >= 1 */
+  /* Compressions in flight, >= 1: the ring holds 2 x threads + 2 batches,
+   * and as many threads compress, but never more than the CPUs the
+   * process may run on (sched_getaffinity). */
+  unsigned threads;
   uint64_t rate_limit;           /* input bytes read per second, 0 = none */
   int zstd_level;                /* default 3 */
   int zstd_hash_log;             /* ZSTD_c_hashLog, default 16 (level 3's is 17); 0: the level's */
@@ -132,6 +135,7 @@ struct kb_compress_stats {
   uint64_t clusters_uncompressed; /* did not shrink, stored as they were */
   uint64_t bytes_read;            /* input data bytes read */
   uint64_t cluster_size;          /* of the output */
+  unsigned threads;               /* compressing threads (opts->threads, capped at the CPUs) */
   int64_t elapsed_ms;
   /* With opts->hash: XXH3-128 of the whole output file, the digits
    * `xxhsum -H2` prints (as the catalog records hashes). */

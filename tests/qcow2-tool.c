@@ -166,10 +166,10 @@ static int cmd_compress(int argc, char **argv)
   printf("virtual_size %" PRIu64 "\ninput_size %" PRIu64 "\noutput_size %" PRIu64 "\n"
          "clusters_unallocated %" PRIu64 "\nclusters_zero %" PRIu64 "\n"
          "clusters_compressed %" PRIu64 "\nclusters_uncompressed %" PRIu64 "\n"
-         "bytes_read %" PRIu64 "\nelapsed_ms %" PRId64 "\ncluster_size %" PRIu64 "\n",
+         "bytes_read %" PRIu64 "\nelapsed_ms %" PRId64 "\ncluster_size %" PRIu64 "\nthreads %u\n",
          st.virtual_size, st.input_file_size, st.output_file_size, st.clusters_unallocated,
          st.clusters_zero, st.clusters_compressed, st.clusters_uncompressed, st.bytes_read,
-         st.elapsed_ms, st.cluster_size);
+         st.elapsed_ms, st.cluster_size, st.threads);
   if (o.hash)
     printf("hash %s\n", st.hash);
   return 0;

@@ -338,9 +338,9 @@ int cp_compress_backup(const struct kb_config *cfg, const struct kb_catalog *cat
         : kb_printf("disk %s: %s", disks[i], m);
       goto out;
     }
-    kb_debug("disk %s: %llu -> %llu bytes, %llu-byte clusters, in %.1fs", disks[i],
+    kb_debug("disk %s: %llu -> %llu bytes, %llu-byte clusters, %u compressing threads, in %.1fs", disks[i],
              (unsigned long long) st.input_file_size, (unsigned long long) st.output_file_size,
-             (unsigned long long) st.cluster_size, st.elapsed_ms / 1000.0);
+             (unsigned long long) st.cluster_size, st.threads, st.elapsed_ms / 1000.0);
     hash[i] = strdup(st.hash);
     if (!hash[i]) {
       r = -ENOMEM;

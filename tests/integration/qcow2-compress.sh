@@ -86,6 +86,17 @@ for cs in 65536 4096 2097152; do
   done
 done
 
+# Threads: no more compress than the CPUs the process may run on; the
+# output does not depend on how many did.
+taskset -c 0 "$TOOL" compress -t 4 img-65536.qcow2 one-cpu.qcow2 > one-cpu.txt
+check "threads: 4 asked on one CPU, 1 compresses" grep -qx "threads 1" one-cpu.txt
+"$TOOL" compress -t 64 img-65536.qcow2 all-cpus.qcow2 > all-cpus.txt
+check "threads: 64 asked, as many as the CPUs ($(nproc)) compress" grep -qx "threads $(nproc)" all-cpus.txt
+"$TOOL" compress -t 1 img-65536.qcow2 t1.qcow2 > t1.txt
+check "threads: 1 asked, 1 compresses" grep -qx "threads 1" t1.txt
+check "threads: the same bytes whatever the thread count" cmp one-cpu.qcow2 all-cpus.qcow2
+check "threads: the same bytes with one thread" cmp t1.qcow2 all-cpus.qcow2
+
 # 2. A chain: base <- delta; the delta is compressed, the chain still reads the same.
 qemu-img create -q -f qcow2 base.qcow2 32M
 qio -c "write -s rand.bin 0 3000000" -c "write -P 0x33 8M 8M" base.qcow2
