@@ -39,8 +39,9 @@ W=$(mktemp -d "${BENCH_DIR:-/var/tmp}/kboss-bench.XXXXXX")
 cd "$W" || exit 1
 kb_conf_init 8
 # The same parallelism as qemu-img -m 8 (8 compressions in flight in its
-# thread pool): on an idle 2-core machine 2 threads do as well, but when
-# other work competes for the cores each runnable thread gets its share.
+# thread pool).  kboss-compress keeps 2 x 8 + 2 batches in flight but runs
+# no more compressing threads than the CPUs it may use (2 here); qemu-img
+# runs its 8.
 CO=${BENCH_COROUTINES:-8}
 cat >> "$KBOSS_CONF" <<CONF
 backup.compression.coroutines = $CO
