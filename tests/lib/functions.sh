@@ -302,6 +302,22 @@ wait_agent() {
 	done
 }
 
+# wait_agent_fine NAME [TIMEOUT=120]: wait_agent asking every 0.1 s, for
+# benchmarks that time the answer (wait_agent's steps of about 0.55 s are
+# 8 % of the test guest's 6.5 s boot).  The domain's state is looked at
+# once a second, so the polling takes little from the booting guest.
+wait_agent_fine() {
+	local name=$1 end=$((SECONDS + ${2:-120})) i=0
+	while [ $SECONDS -lt $end ]; do
+		agent_command "$name" '{"execute":"guest-ping"}' 2 2>/dev/null | grep -q '"return"' && return 0
+		if [ $((++i % 10)) -eq 0 ] && [ "$(vm_state "$name")" != running ]; then
+			break
+		fi
+		sleep 0.1
+	done
+	wait_agent "$name" 0
+}
+
 # JSON string literal for $1
 _kbt_json_str() {
 	local s=$1
