@@ -118,7 +118,7 @@ one_size() { # G: every measurement at G GiB of data
 			drop; t0=$(now)
 			/usr/bin/time -f '%M' -o "$work/qtime.out" "$RESTORE" --quiet --quick "$full" >/dev/null 2>&1 & pid=$!
 			for i in $(seq 1 900); do [ "$(vm_state b)" = running ] && break; sleep 0.1; done
-			wait_agent_fine b 300 >/dev/null; t1=$(now)
+			wait_agent b 300 0.1 >/dev/null; t1=$(now)
 			rec "quick:$G" "$(py "print(f'{$t1 - $t0:.3f}')")"
 			wait $pid; rec "rss:kboss-restore" "$(tail -n1 "$work/qtime.out")"
 			stop_vm b >/dev/null 2>&1

@@ -47,7 +47,7 @@ quick() { # BACKUP: seconds from kboss-restore --quick to the agent's answer
 	drop
 	t0=$(now); kb kboss-restore --quiet --quick "$1" >/dev/null 2>&1 & pid=$!
 	for i in $(seq 1 1200); do [ "$(vm_state b)" = running ] && break; sleep 0.1; done
-	wait_agent_fine b 600 >/dev/null || { echo "bench: no agent after quick restore of $1" >&2; }
+	wait_agent b 600 0.1 >/dev/null || { echo "bench: no agent after quick restore of $1" >&2; }
 	t1=$(now)
 	secs "$t0" "$t1"
 	wait $pid
